@@ -1,0 +1,43 @@
+"""Backend choice shared by every op: CUDA tensors go to Triton, CPU tensors to the reference."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "triton", "reference"]
+BACKENDS = ("auto", "triton", "reference")
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(op: str, backend: str, *tensors: torch.Tensor | None) -> bool:
+    """Decide whether ``op`` runs its Triton kernel.
+
+    "reference" never does; "auto" does when every tensor is on a CUDA device and Triton is
+    installed; "triton" always does, and on CPU tensors needs ``TRITON_INTERPRET=1`` set before
+    Triton is first imported (the interpreter), else it raises.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return False
+    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    if backend == "auto":
+        return on_cuda and triton_available()
+    if not triton_available():
+        raise RuntimeError(f"{op}: backend='triton' needs the triton package, which is not installed")
+    if not on_cuda and not interpreter_on():
+        raise RuntimeError(
+            f"{op}: backend='triton' on CPU tensors runs under the Triton interpreter; "
+            "set TRITON_INTERPRET=1 in the environment before triton is imported"
+        )
+    return True

@@ -1,0 +1,9 @@
+"""Test-wide set-up. Without a GPU, Triton kernels run under the interpreter on CPU tensors:
+TRITON_INTERPRET must be set before triton is first imported, so it is set here."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
