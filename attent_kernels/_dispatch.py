@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -41,3 +42,9 @@ def use_triton(op: str, backend: str, *tensors: torch.Tensor | None) -> bool:
             "set TRITON_INTERPRET=1 in the environment before triton is imported"
         )
     return True
+
+
+def implementation(op: str, backend: str, family: str, *tensors: torch.Tensor | None) -> ModuleType:
+    """The module that runs ``op`` for an op family package: ``family._triton`` or ``family._reference``."""
+    name = "_triton" if use_triton(op, backend, *tensors) else "_reference"
+    return importlib.import_module(f"{family}.{name}")

@@ -11,8 +11,7 @@ from typing import Sequence
 import torch
 
 from .._checks import check_mask, fail, require_float, require_leading, require_rank, require_same_device, shape_str
-from .._dispatch import Backend, use_triton
-from . import _reference
+from .._dispatch import Backend, implementation
 
 __all__ = [
     "linear_grad_norm_sq",
@@ -22,14 +21,6 @@ __all__ = [
 ]
 
 PATHS = ("auto", "ghost", "direct")
-
-
-def _impl(op: str, backend: str, *tensors: torch.Tensor | None):
-    if use_triton(op, backend, *tensors):
-        from . import _triton
-
-        return _triton
-    return _reference
 
 
 def _as_3d(
@@ -80,7 +71,7 @@ def linear_grad_norm_sq(
     op = "linear_grad_norm_sq"
     _check_path(op, path)
     x3, (g3,), m3 = _as_3d(op, x, [g], ["g"], mask)
-    return _impl(op, backend, x3, g3).linear_grad_norm_sq(x3, g3, bool(bias), m3, path)
+    return implementation(op, backend, __name__, x3, g3).linear_grad_norm_sq(x3, g3, bool(bias), m3, path)
 
 
 def grouped_linear_grad_norm_sq(
@@ -116,7 +107,7 @@ def grouped_linear_grad_norm_sq(
         if len(flags) != len(gs):
             fail(op, f"biases has {len(flags)} entries but gs has {len(gs)}")
     x3, g3s, m3 = _as_3d(op, x, gs, [f"gs[{k}]" for k in range(len(gs))], mask)
-    return _impl(op, backend, x3, *g3s).grouped_linear_grad_norm_sq(x3, g3s, flags, m3, path)
+    return implementation(op, backend, __name__, x3, *g3s).grouped_linear_grad_norm_sq(x3, g3s, flags, m3, path)
 
 
 def linear_grad_gram(
@@ -156,7 +147,7 @@ def linear_grad_gram(
         if x23.shape[-1] != x3.shape[-1] or g23.shape[-1] != g3.shape[-1]:
             fail(op, f"x2 {shape_str(x2)} and g2 {shape_str(g2)} must have the feature sizes of x {shape_str(x)} and g {shape_str(g)}")
         require_same_device(op, {"x": x, "x2": x2})
-    return _impl(op, backend, x3, g3, x23, g23).linear_grad_gram(x3, g3, m3, x23, g23, m23, bool(bias))
+    return implementation(op, backend, __name__, x3, g3, x23, g23).linear_grad_gram(x3, g3, m3, x23, g23, m23, bool(bias))
 
 
 def linear_weight_grad_and_norm_sq(
@@ -177,4 +168,4 @@ def linear_weight_grad_and_norm_sq(
     """
     op = "linear_weight_grad_and_norm_sq"
     x3, (g3,), m3 = _as_3d(op, x, [g], ["g"], mask)
-    return _impl(op, backend, x3, g3).linear_weight_grad_and_norm_sq(x3, g3, m3)
+    return implementation(op, backend, __name__, x3, g3).linear_weight_grad_and_norm_sq(x3, g3, m3)

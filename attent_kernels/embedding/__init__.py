@@ -1,0 +1,50 @@
+"""Embedding family: per-example squared norm of an embedding table's gradient."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_mask, fail, require_float, require_int, require_rank, require_same_device, shape_str
+from .._dispatch import Backend, implementation
+
+__all__ = ["embedding_grad_norm_sq"]
+
+
+def embedding_grad_norm_sq(
+    ids: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    padding_idx: int | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Per-example ||grad E||^2 of an embedding lookup y_t = E[id_t].
+
+    Positions with the same id add their gradients before squaring:
+    ||grad E_i||^2 = sum_{t,s} [id_t = id_s] (g_t . g_s).
+
+    Args:
+        ids: (B,) or (B, T) integer token ids.
+        g: gradient w.r.t. the looked-up rows, (B, d) or (B, T, d).
+        mask: (B,) or (B, T) bool (or 0/1); False positions contribute nothing.
+        padding_idx: positions holding this id contribute nothing (as ``nn.Embedding`` gives
+            its padding row no gradient).
+        backend: "auto", "triton" or "reference".
+
+    Returns:
+        (B,) float32 (float64 for float64 g).
+    """
+    op = "embedding_grad_norm_sq"
+    require_int(op, "ids", ids)
+    require_float(op, "g", g)
+    require_rank(op, "ids", ids, (1, 2))
+    if g.dim() != ids.dim() + 1 or g.shape[:-1] != ids.shape:
+        fail(op, f"ids has shape {shape_str(ids)} and g has shape {shape_str(g)}: g must be ids' shape plus a feature dimension")
+    require_same_device(op, {"ids": ids, "g": g, "mask": mask})
+    keep = check_mask(op, mask, ids.shape, f"ids of shape {shape_str(ids)}")
+    if padding_idx is not None:
+        not_pad = ids != padding_idx
+        keep = not_pad if keep is None else keep & not_pad
+    if ids.dim() == 1:
+        ids, g, keep = ids[:, None], g[:, None], None if keep is None else keep[:, None]
+    ids = ids.long()
+    return implementation(op, backend, __name__, ids, g).embedding_grad_norm_sq(ids, g, keep)

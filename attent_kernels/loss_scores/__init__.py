@@ -1,0 +1,161 @@
+"""Loss-score family: per-example loss and functional-gradient norm from a model's outputs.
+
+``fgrad_sq`` is the squared norm of the gradient of the example's summed loss w.r.t. its
+outputs: for softmax cross-entropy sum_t ||softmax(z_t) - e_{y_t}||^2, for MSE sum 4 (f - y)^2.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._checks import check_mask, fail, require_float, require_int, require_rank, require_same_device, shape_str
+from .._dispatch import Backend, implementation
+
+__all__ = ["CEScores", "MSEScores", "cross_entropy_scores", "linear_cross_entropy_scores", "mse_scores"]
+
+
+class CEScores(NamedTuple):
+    """Per-example cross-entropy scores, each (B,) float32 (count: int64).
+
+    loss: mean token loss over the example's valid tokens (0 when it has none).
+    fgrad_sq: sum over valid tokens of ||softmax(z_t) - onehot(y_t)||^2.
+    count: number of valid tokens.
+    """
+
+    loss: torch.Tensor
+    fgrad_sq: torch.Tensor
+    count: torch.Tensor
+
+
+class MSEScores(NamedTuple):
+    """Per-example MSE scores, each (B,) float32: mean squared error over valid elements, and
+    the squared norm of the summed loss's gradient w.r.t. the prediction, sum 4 (f - y)^2."""
+
+    loss: torch.Tensor
+    fgrad_sq: torch.Tensor
+
+
+def _check_targets(op: str, targets: torch.Tensor, row_shape: torch.Size, vocab: int, ignore_index: int, what: str) -> None:
+    require_int(op, "targets", targets)
+    if targets.shape != row_shape:
+        fail(op, f"targets has shape {shape_str(targets)} but {what} needs targets of shape ({', '.join(map(str, row_shape))})")
+    valid = targets != ignore_index
+    out_of_range = valid & ((targets < 0) | (targets >= vocab))
+    if bool(out_of_range.any()):
+        bad = targets[out_of_range]
+        fail(op, f"targets must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {bad.unique()[:8].tolist()}")
+
+
+def _per_example(tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_shape: torch.Size) -> CEScores:
+    loss_t, fgrad_t, valid = (t.reshape(*batch_shape, -1) for t in tokens)
+    count = valid.sum(dim=1)
+    loss = loss_t.sum(dim=1) / count.clamp(min=1).to(loss_t.dtype)
+    return CEScores(loss, fgrad_t.sum(dim=1), count)
+
+
+def cross_entropy_scores(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    backend: Backend = "auto",
+) -> CEScores:
+    """Per-example softmax cross-entropy loss, functional-gradient norm and valid-token count.
+
+    One pass over the vocabulary per row with an online softmax; no probability tensor and no
+    (B*T, V) float32 copy of the logits is allocated.
+
+    Args:
+        logits: (B, V) or (B, T, V), any floating dtype.
+        targets: (B,) or (B, T) integer class ids in [0, V), or ignore_index.
+        ignore_index: target value of positions that contribute nothing.
+        backend: "auto", "triton" or "reference".
+
+    Returns:
+        CEScores(loss, fgrad_sq, count), each (B,).
+    """
+    op = "cross_entropy_scores"
+    require_float(op, "logits", logits)
+    require_rank(op, "logits", logits, (2, 3))
+    require_same_device(op, {"logits": logits, "targets": targets})
+    _check_targets(op, targets, logits.shape[:-1], logits.shape[-1], ignore_index, f"logits of shape {shape_str(logits)}")
+    vocab = logits.shape[-1]
+    flat_logits, flat_targets = logits.reshape(-1, vocab), targets.reshape(-1).long()
+    impl = implementation(op, backend, __name__, flat_logits, flat_targets)
+    return _per_example(impl.cross_entropy_token_scores(flat_logits, flat_targets, ignore_index), logits.shape[:1])
+
+
+def linear_cross_entropy_scores(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    backend: Backend = "auto",
+) -> CEScores:
+    """Cross-entropy scores of the logits hidden @ weight.T (+ bias), computed one vocabulary
+    tile at a time so that the full logits tensor is never allocated.
+
+    Args:
+        hidden: (B, d) or (B, T, d) final hidden states.
+        weight: (V, d) output-head weight.
+        targets: (B,) or (B, T) class ids in [0, V), or ignore_index.
+        bias: optional (V,) output-head bias.
+        ignore_index, backend: as in :func:`cross_entropy_scores`.
+
+    Returns:
+        CEScores(loss, fgrad_sq, count), each (B,).
+    """
+    op = "linear_cross_entropy_scores"
+    require_float(op, "hidden", hidden)
+    require_float(op, "weight", weight)
+    require_rank(op, "hidden", hidden, (2, 3))
+    require_rank(op, "weight", weight, (2,))
+    if weight.shape[1] != hidden.shape[-1]:
+        fail(op, f"weight has shape {shape_str(weight)} but hidden has shape {shape_str(hidden)}: weight must be (V, {hidden.shape[-1]})")
+    if bias is not None:
+        require_float(op, "bias", bias)
+        if bias.shape != weight.shape[:1]:
+            fail(op, f"bias has shape {shape_str(bias)} but weight has shape {shape_str(weight)}: bias must be ({weight.shape[0]},)")
+    require_same_device(op, {"hidden": hidden, "weight": weight, "targets": targets, "bias": bias})
+    _check_targets(op, targets, hidden.shape[:-1], weight.shape[0], ignore_index, f"hidden of shape {shape_str(hidden)}")
+    flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).long()
+    impl = implementation(op, backend, __name__, flat_hidden, weight, bias, flat_targets)
+    tokens = impl.linear_cross_entropy_token_scores(flat_hidden, weight, bias, flat_targets, ignore_index)
+    return _per_example(tokens, hidden.shape[:1])
+
+
+def mse_scores(pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None) -> MSEScores:
+    """Per-example mean squared error and functional-gradient norm (elementwise PyTorch on every
+    device: one fused expression, memory-bound, no kernel of its own).
+
+    Args:
+        pred: (B, ...) predictions, floating.
+        target: same shape as pred.
+        mask: optional bool (or 0/1) mask over a leading prefix of pred's dims, e.g. (B,) or
+            (B, T) for pred (B, T, D); False entries contribute nothing.
+
+    Returns:
+        MSEScores(loss, fgrad_sq), each (B,) float32; an example with no valid element gets 0.
+    """
+    op = "mse_scores"
+    require_float(op, "pred", pred)
+    require_float(op, "target", target)
+    if pred.dim() < 1 or target.shape != pred.shape:
+        fail(op, f"pred has shape {shape_str(pred)} and target has shape {shape_str(target)}: they must match, with a batch dimension")
+    require_same_device(op, {"pred": pred, "target": target, "mask": mask})
+    dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
+    sq = (pred.to(dtype) - target.to(dtype)).square()
+    if mask is None:
+        keep = torch.ones(pred.shape, dtype=torch.bool, device=pred.device)
+    else:
+        if mask.dim() < 1 or mask.dim() > pred.dim():
+            fail(op, f"mask has shape {shape_str(mask)} but must be a leading prefix of pred's shape {shape_str(pred)}")
+        keep = check_mask(op, mask, pred.shape[: mask.dim()], f"pred of shape {shape_str(pred)}")
+        keep = keep.reshape(*keep.shape, *([1] * (pred.dim() - keep.dim()))).expand(pred.shape)
+    sq = torch.where(keep, sq, torch.zeros((), dtype=dtype, device=pred.device)).reshape(pred.shape[0], -1)
+    count = keep.reshape(pred.shape[0], -1).sum(dim=1)
+    total = sq.sum(dim=1)
+    return MSEScores(total / count.clamp(min=1).to(dtype), 4 * total)

@@ -1,0 +1,82 @@
+"""Plain PyTorch reference for per-token cross-entropy scores.
+
+Rows are processed in chunks of rows x vocabulary with an online softmax, so no (N, V) float32
+tensor is ever allocated. For each row with logits z and target y the running state is
+  m = max_v z_v,  s = sum_v exp(z_v - m),  q = sum_v exp(2 (z_v - m)),  z_y,
+and at the end
+  loss = m + log s - z_y,  sum_v p_v^2 = q / s^2,  p_y = exp(z_y - m - log s),
+  ||p - e_y||^2 = sum_v p_v^2 - 2 p_y + 1.
+Inputs arrive validated: targets (N,) int64 already checked to lie in [0, V) or equal ignore_index.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .._checks import rows_per_chunk
+
+VOCAB_TILE = 8192
+
+LogitTile = Callable[[slice, int, int], torch.Tensor]
+
+
+def _token_scores(
+    n_rows: int, vocab: int, logit_tile: LogitTile, targets: torch.Tensor, ignore_index: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    device = targets.device
+    loss = torch.zeros(n_rows, dtype=dtype, device=device)
+    fgrad = torch.zeros(n_rows, dtype=dtype, device=device)
+    valid = targets != ignore_index
+    v_tile = min(vocab, VOCAB_TILE)
+    step = rows_per_chunk(v_tile, n_rows)
+    for r0 in range(0, n_rows, step):
+        rows = slice(r0, r0 + step)
+        tgt = targets[rows].clamp(0, vocab - 1)
+        r = tgt.shape[0]
+        m = torch.full((r,), float("-inf"), dtype=dtype, device=device)
+        s = torch.zeros(r, dtype=dtype, device=device)
+        q = torch.zeros(r, dtype=dtype, device=device)
+        z_y = torch.zeros(r, dtype=dtype, device=device)
+        for v0 in range(0, vocab, v_tile):
+            v1 = min(vocab, v0 + v_tile)
+            z = logit_tile(rows, v0, v1).to(dtype)
+            m_new = torch.maximum(m, z.max(dim=1).values)
+            # exp(m - m_new) is 0 while m is still -inf; guard the all -inf case (-inf - -inf).
+            scale = torch.where(torch.isneginf(m_new), torch.zeros_like(m), torch.exp(m - m_new))
+            e = torch.exp(z - m_new[:, None])
+            s = s * scale + e.sum(dim=1)
+            q = q * scale.square() + e.square().sum(dim=1)
+            m = m_new
+            here = (tgt >= v0) & (tgt < v1)
+            local = (tgt - v0).clamp(0, v1 - v0 - 1)
+            z_y = torch.where(here, z.gather(1, local[:, None])[:, 0], z_y)
+        lse = m + torch.log(s)
+        p_y = torch.exp(z_y - lse)
+        v = valid[rows]
+        loss[rows] = torch.where(v, lse - z_y, torch.zeros((), dtype=dtype, device=device))
+        fgrad[rows] = torch.where(v, q / s.square() - 2 * p_y + 1, torch.zeros((), dtype=dtype, device=device))
+    return loss, fgrad, valid
+
+
+def cross_entropy_token_scores(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row (loss, ||p - e_y||^2, valid) for logits (N, V); zeros on ignored rows."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return _token_scores(
+        logits.shape[0], logits.shape[1], lambda rows, v0, v1: logits[rows, v0:v1], targets, ignore_index, dtype
+    )
+
+
+def linear_cross_entropy_token_scores(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same from hidden (N, d) and head weight (V, d) (+ bias (V,)), one logit tile at a time."""
+    dtype = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
+
+    def logit_tile(rows: slice, v0: int, v1: int) -> torch.Tensor:
+        z = hidden[rows].to(dtype) @ weight[v0:v1].to(dtype).T
+        return z if bias is None else z + bias[v0:v1].to(dtype)
+
+    return _token_scores(hidden.shape[0], weight.shape[0], logit_tile, targets, ignore_index, dtype)

@@ -1,0 +1,41 @@
+"""Norm-layer family: per-example gradient norms of LayerNorm / RMSNorm weight (and bias)."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_mask, require_float, require_leading, require_rank, require_same_device, shape_str
+from .._dispatch import Backend, implementation
+
+__all__ = ["norm_grad_norm_sq"]
+
+
+def norm_grad_norm_sq(
+    x_hat: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    bias: bool = True,
+    mask: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Per-example squared gradient norm of a norm layer's affine parameters, y = x_hat * w + b.
+
+    Args:
+        x_hat: the normalized input (before the affine), (B, d) or (B, T, d).
+        g: gradient w.r.t. the layer output, same shape as x_hat.
+        bias: add the bias gradient ||sum_t g_t||^2 (False for RMSNorm).
+        mask: (B,) or (B, T) bool (or 0/1); False positions contribute nothing.
+        backend: "auto", "triton" or "reference".
+
+    Returns:
+        (B,) float32: ||sum_t g_t * x_hat_t||^2 (+ ||sum_t g_t||^2).
+    """
+    op = "norm_grad_norm_sq"
+    require_float(op, "x_hat", x_hat)
+    require_float(op, "g", g)
+    require_rank(op, "x_hat", x_hat, (2, 3))
+    require_leading(op, "x_hat", x_hat, "g", g, x_hat.dim())
+    require_same_device(op, {"x_hat": x_hat, "g": g, "mask": mask})
+    mask = check_mask(op, mask, x_hat.shape[:-1], f"x_hat of shape {shape_str(x_hat)}")
+    if x_hat.dim() == 2:
+        x_hat, g, mask = x_hat[:, None], g[:, None], None if mask is None else mask[:, None]
+    return implementation(op, backend, __name__, x_hat, g).norm_grad_norm_sq(x_hat, g, bool(bias), mask)
