@@ -1,0 +1,155 @@
+"""Triton kernel of the embedding family against the reference and against per-example gradients
+of a real nn.Embedding, on random inputs of odd sizes. Without CUDA it runs on CPU tensors under
+the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay tiny.
+
+Both backends accumulate in float32 from the same (possibly bfloat16/float16) input values, so
+every input dtype is held to the float32 tolerance of ``assert_matches``."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("triton")
+
+from attent_kernels import _dispatch, embedding_grad_norm_sq  # noqa: E402
+from attent_kernels.embedding import _triton  # noqa: E402
+from tests.attent_kernels._oracle import (  # noqa: E402
+    assert_matches,
+    assert_nan_only_at,
+    per_example_grads,
+    randn,
+    random_mask,
+    sq_norms,
+    zero_where_masked,
+)
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+# (B, T, vocab, d): T past one 16-row interpreter block and not a multiple of it, d over several
+# 16-wide chunks; T an exact multiple of the block; T = 1. Small vocabularies so that ids repeat
+# inside a block and across blocks.
+SHAPES = [(3, 37, 7, 23), (2, 16, 5, 48), (3, 1, 4, 17)]
+
+
+@pytest.fixture
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(seed: int, B: int, T: int | None, vocab: int, d: int, device: str, dtype: torch.dtype = torch.float32):
+    """ids (B, T) (or (B,) when T is None), g (..., d) and a mask whose example 0 is fully padded."""
+    gen = torch.Generator().manual_seed(seed)
+    lead = (B,) if T is None else (B, T)
+    ids = torch.randint(0, vocab, lead, generator=gen)
+    g = randn(gen, *lead, d, dtype=dtype)
+    mask = random_mask(gen, *lead, empty_row=0)
+    return ids.to(device), g.to(device), mask.to(device)
+
+
+def _both(ids, g, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        embedding_grad_norm_sq(ids, g, backend="triton", **kwargs),
+        embedding_grad_norm_sq(ids, g, backend="reference", **kwargs),
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_matches_reference_on_odd_shapes(device, shape, masked):
+    ids, g, mask = _inputs(1, *shape, device)
+    got, expected = _both(ids, g, mask=mask if masked else None, padding_idx=1)
+    assert got.shape == (shape[0],) and got.dtype == torch.float32
+    assert_matches(got, expected, torch.float32)
+    if masked:
+        assert got[0] == 0
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_low_precision_matches_reference_on_the_same_values(device, dtype):
+    ids, g, mask = _inputs(2, *SHAPES[0], device, dtype)
+    got, expected = _both(ids, g, mask=mask, padding_idx=3)
+    assert got.dtype == torch.float32
+    assert_matches(got, expected, torch.float32)
+
+
+def test_float64_accumulates_in_float64(device):
+    ids, g, mask = _inputs(3, *SHAPES[0], device, torch.float64)
+    got, expected = _both(ids, g, mask=mask)
+    assert got.dtype == torch.float64
+    assert_matches(got, expected, torch.float64)
+
+
+@pytest.mark.parametrize("T", [None, 29], ids=["1-D ids", "2-D ids"])
+def test_equals_per_example_gradients_of_nn_embedding(device, T):
+    """Reference-free oracle: the per-example gradient of the table, from torch.func in float64."""
+    vocab, padding_idx = 6, 2
+    ids, g, mask = _inputs(4, 3, T, vocab, 19, device)
+    got = embedding_grad_norm_sq(ids, g, mask=mask, padding_idx=padding_idx, backend="triton")
+    table = nn.Embedding(vocab, g.shape[-1], padding_idx=padding_idx).double()
+    expected = sq_norms(per_example_grads(table, ids.cpu(), zero_where_masked(g.double().cpu(), mask.cpu())))
+    assert_matches(got.cpu(), expected, torch.float32)
+
+
+def test_one_id_repeated_everywhere_and_all_ids_distinct(device):
+    """All positions of one id: ||sum_t g_t||^2, which needs every off-diagonal block pair; all ids
+    distinct: sum_t ||g_t||^2, the diagonal only."""
+    B, T, d = 2, 37, 21
+    gen = torch.Generator().manual_seed(5)
+    g = randn(gen, B, T, d).to(device)
+    same = torch.full((B, T), 3, device=device)
+    distinct = torch.arange(T, device=device).expand(B, T)
+    one_id = embedding_grad_norm_sq(same, g, backend="triton")
+    assert_matches(one_id, g.double().sum(1).square().sum(1), torch.float32)
+    all_distinct = embedding_grad_norm_sq(distinct, g, backend="triton")
+    assert_matches(all_distinct, g.double().square().sum((1, 2)), torch.float32)
+
+
+def test_padding_idx_alone_and_strided_inputs(device):
+    """An example made only of padding ids scores 0; g may be a non-contiguous view and ids int32."""
+    B, T, d = 3, 23, 13
+    gen = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, 5, (B, T), generator=gen).to(device, torch.int32)
+    ids[2] = 4
+    g = randn(gen, B, d, 2 * T).to(device).transpose(1, 2)[:, ::2]
+    assert not g.is_contiguous()
+    got, expected = _both(ids, g, padding_idx=4)
+    assert_matches(got, expected, torch.float32)
+    assert got[2] == 0 and bool((got[:2] > 0).all())
+
+
+def test_nan_in_one_example_stays_in_that_example(device):
+    ids, g, _ = _inputs(7, *SHAPES[0], device)
+    clean = embedding_grad_norm_sq(ids, g, backend="triton")
+    g_bad = g.clone()
+    g_bad[1, 30, 4] = float("nan")
+    assert_nan_only_at(embedding_grad_norm_sq(ids, g_bad, backend="triton").cpu(), clean.cpu(), 1)
+
+
+def test_nan_at_a_masked_position_is_never_read(device):
+    ids, g, mask = _inputs(8, *SHAPES[0], device)
+    mask[2, 20] = False
+    g_bad = g.clone()
+    g_bad[2, 20] = float("nan")
+    g_bad[0] = float("nan")
+    clean = embedding_grad_norm_sq(ids, g, mask=mask, backend="triton")
+    assert torch.equal(embedding_grad_norm_sq(ids, g_bad, mask=mask, backend="triton"), clean)
+
+
+def test_empty_batch_and_empty_sequence(device):
+    ids, g = torch.zeros(0, 4, dtype=torch.long, device=device), torch.zeros(0, 4, 3, device=device)
+    assert embedding_grad_norm_sq(ids, g, backend="triton").shape == (0,)
+    ids, g = torch.zeros(2, 0, dtype=torch.long, device=device), torch.zeros(2, 0, 3, device=device)
+    assert torch.equal(embedding_grad_norm_sq(ids, g, backend="triton"), torch.zeros(2, device=device))
+
+
+def test_inputs_are_not_modified(device):
+    ids, g, mask = _inputs(9, *SHAPES[0], device, torch.bfloat16)
+    before = [t.clone() for t in (ids, g, mask)]
+    embedding_grad_norm_sq(ids, g, mask=mask, padding_idx=0, backend="triton")
+    for t, saved in zip((ids, g, mask), before):
+        assert torch.equal(t, saved)
+
+
+@pytest.mark.skipif(not _dispatch.interpreter_on(), reason="the interpreter configuration only")
+def test_interpreter_uses_one_small_configuration():
+    assert len(_triton._embedding_norm_kernel.configs) == 1
