@@ -2,8 +2,15 @@
 TRITON_INTERPRET must be set before triton is first imported, so it is set here."""
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def device() -> str:
+    """Where kernel tests run: the GPU when there is one, else the CPU (Triton interpreter)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -31,11 +31,6 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 SHAPES = [(3, 37, 7, 23), (2, 16, 5, 48), (3, 1, 4, 17)]
 
 
-@pytest.fixture
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _inputs(seed: int, B: int, T: int | None, vocab: int, d: int, device: str, dtype: torch.dtype = torch.float32):
     """ids (B, T) (or (B,) when T is None), g (..., d) and a mask whose example 0 is fully padded."""
     gen = torch.Generator().manual_seed(seed)

@@ -24,11 +24,6 @@ IGNORE = -100
 SHAPES = [(3, 13, 203), (3, None, 300), (2, 1, 64), (3, 5, 1)]
 
 
-@pytest.fixture
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _targets(gen: torch.Generator, B: int, T: int | None, V: int, ignore_index: int = IGNORE) -> torch.Tensor:
     """Random targets, a quarter ignored; with a sequence, example 0 has no valid token."""
     lead = (B,) if T is None else (B, T)

@@ -31,11 +31,6 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 SHAPES = [(3, 37, 45), (2, 1, 17), (3, 16, 48)]
 
 
-@pytest.fixture
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _inputs(seed: int, B: int, T: int | None, d: int, device: str, dtype: torch.dtype = torch.float32):
     """x_hat and g of shape (B, T, d) (or (B, d) when T is None) and a mask whose example 0 is fully padded."""
     gen = torch.Generator().manual_seed(seed)
