@@ -39,8 +39,8 @@ def embedding_grad_norm_sq(
     require_rank(op, "ids", ids, (1, 2))
     if g.dim() != ids.dim() + 1 or g.shape[:-1] != ids.shape:
         fail(op, f"ids has shape {shape_str(ids)} and g has shape {shape_str(g)}: g must be ids' shape plus a feature dimension")
-    require_same_device(op, {"ids": ids, "g": g, "mask": mask})
     keep = check_mask(op, mask, ids.shape, f"ids of shape {shape_str(ids)}")
+    require_same_device(op, {"ids": ids, "g": g, "mask": keep})
     if padding_idx is not None:
         not_pad = ids != padding_idx
         keep = not_pad if keep is None else keep & not_pad

@@ -33,8 +33,8 @@ def _as_3d(
     for name, g in zip(g_names, gs):
         require_float(op, name, g)
         require_leading(op, "x", x, name, g, x.dim() - 1)
-    require_same_device(op, {"x": x, **dict(zip(g_names, gs)), "mask": mask})
     mask = check_mask(op, mask, x.shape[:-1], f"x of shape {shape_str(x)}")
+    require_same_device(op, {"x": x, **dict(zip(g_names, gs)), "mask": mask})
     if x.dim() == 2:
         return x[:, None], [g[:, None] for g in gs], None if mask is None else mask[:, None]
     return x, list(gs), mask

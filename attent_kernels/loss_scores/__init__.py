@@ -5,11 +5,12 @@ outputs: for softmax cross-entropy sum_t ||softmax(z_t) - e_{y_t}||^2, for MSE s
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
-from .._checks import check_mask, fail, require_float, require_int, require_rank, require_same_device, shape_str
+from .._checks import check_mask, fail, require_float, require_int, require_rank, require_same_device, require_tensor, shape_str
 from .._dispatch import Backend, implementation
 
 __all__ = ["CEScores", "MSEScores", "cross_entropy_scores", "linear_cross_entropy_scores", "mse_scores"]
@@ -47,8 +48,10 @@ def _check_targets(op: str, targets: torch.Tensor, row_shape: torch.Size, vocab:
         fail(op, f"targets must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {bad.unique()[:8].tolist()}")
 
 
-def _per_example(tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_shape: torch.Size) -> CEScores:
-    loss_t, fgrad_t, valid = (t.reshape(*batch_shape, -1) for t in tokens)
+def _per_example(tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows_shape: torch.Size) -> CEScores:
+    """Per-token (loss, fgrad, valid) of the B * T rows -> per-example CEScores (T = 1 for 2-D inputs)."""
+    B, T = rows_shape[0], rows_shape[1] if len(rows_shape) == 2 else 1
+    loss_t, fgrad_t, valid = (t.reshape(B, T) for t in tokens)
     count = valid.sum(dim=1)
     loss = loss_t.sum(dim=1) / count.clamp(min=1).to(loss_t.dtype)
     return CEScores(loss, fgrad_t.sum(dim=1), count)
@@ -78,12 +81,14 @@ def cross_entropy_scores(
     op = "cross_entropy_scores"
     require_float(op, "logits", logits)
     require_rank(op, "logits", logits, (2, 3))
-    require_same_device(op, {"logits": logits, "targets": targets})
+    if logits.shape[-1] == 0:
+        fail(op, f"logits has shape {shape_str(logits)}: the class dimension must not be empty")
     _check_targets(op, targets, logits.shape[:-1], logits.shape[-1], ignore_index, f"logits of shape {shape_str(logits)}")
+    require_same_device(op, {"logits": logits, "targets": targets})
     vocab = logits.shape[-1]
     flat_logits, flat_targets = logits.reshape(-1, vocab), targets.reshape(-1).long()
     impl = implementation(op, backend, __name__, flat_logits, flat_targets)
-    return _per_example(impl.cross_entropy_token_scores(flat_logits, flat_targets, ignore_index), logits.shape[:1])
+    return _per_example(impl.cross_entropy_token_scores(flat_logits, flat_targets, ignore_index), logits.shape[:-1])
 
 
 def linear_cross_entropy_scores(
@@ -113,18 +118,20 @@ def linear_cross_entropy_scores(
     require_float(op, "weight", weight)
     require_rank(op, "hidden", hidden, (2, 3))
     require_rank(op, "weight", weight, (2,))
+    if weight.shape[0] == 0:
+        fail(op, f"weight has shape {shape_str(weight)}: it must have at least one class row")
     if weight.shape[1] != hidden.shape[-1]:
         fail(op, f"weight has shape {shape_str(weight)} but hidden has shape {shape_str(hidden)}: weight must be (V, {hidden.shape[-1]})")
     if bias is not None:
         require_float(op, "bias", bias)
         if bias.shape != weight.shape[:1]:
             fail(op, f"bias has shape {shape_str(bias)} but weight has shape {shape_str(weight)}: bias must be ({weight.shape[0]},)")
-    require_same_device(op, {"hidden": hidden, "weight": weight, "targets": targets, "bias": bias})
     _check_targets(op, targets, hidden.shape[:-1], weight.shape[0], ignore_index, f"hidden of shape {shape_str(hidden)}")
+    require_same_device(op, {"hidden": hidden, "weight": weight, "targets": targets, "bias": bias})
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).long()
     impl = implementation(op, backend, __name__, flat_hidden, weight, bias, flat_targets)
     tokens = impl.linear_cross_entropy_token_scores(flat_hidden, weight, bias, flat_targets, ignore_index)
-    return _per_example(tokens, hidden.shape[:1])
+    return _per_example(tokens, hidden.shape[:-1])
 
 
 def mse_scores(pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None) -> MSEScores:
@@ -145,6 +152,8 @@ def mse_scores(pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor |
     require_float(op, "target", target)
     if pred.dim() < 1 or target.shape != pred.shape:
         fail(op, f"pred has shape {shape_str(pred)} and target has shape {shape_str(target)}: they must match, with a batch dimension")
+    if mask is not None:
+        require_tensor(op, "mask", mask)
     require_same_device(op, {"pred": pred, "target": target, "mask": mask})
     dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
     sq = (pred.to(dtype) - target.to(dtype)).square()
@@ -155,7 +164,8 @@ def mse_scores(pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor |
             fail(op, f"mask has shape {shape_str(mask)} but must be a leading prefix of pred's shape {shape_str(pred)}")
         keep = check_mask(op, mask, pred.shape[: mask.dim()], f"pred of shape {shape_str(pred)}")
         keep = keep.reshape(*keep.shape, *([1] * (pred.dim() - keep.dim()))).expand(pred.shape)
-    sq = torch.where(keep, sq, torch.zeros((), dtype=dtype, device=pred.device)).reshape(pred.shape[0], -1)
-    count = keep.reshape(pred.shape[0], -1).sum(dim=1)
+    rows = (pred.shape[0], math.prod(pred.shape[1:]))
+    sq = torch.where(keep, sq, torch.zeros((), dtype=dtype, device=pred.device)).reshape(rows)
+    count = keep.reshape(rows).sum(dim=1)
     total = sq.sum(dim=1)
     return MSEScores(total / count.clamp(min=1).to(dtype), 4 * total)

@@ -2,10 +2,12 @@
 
 Rows are processed in chunks of rows x vocabulary with an online softmax, so no (N, V) float32
 tensor is ever allocated. For each row with logits z and target y the running state is
-  m = max_v z_v,  s = sum_v exp(z_v - m),  q = sum_v exp(2 (z_v - m)),  z_y,
-and at the end
-  loss = m + log s - z_y,  sum_v p_v^2 = q / s^2,  p_y = exp(z_y - m - log s),
-  ||p - e_y||^2 = sum_v p_v^2 - 2 p_y + 1.
+  m = max_v z_v,  r = sum_{v != y} exp(z_v - m),  q = sum_{v != y} exp(2 (z_v - m)),  z_y,
+and at the end, with s = r + exp(z_y - m) the softmax denominator,
+  loss = m + log s - z_y,
+  ||p - e_y||^2 = sum_{v != y} p_v^2 + (1 - p_y)^2 = q / s^2 + (r / s)^2.
+Every term of the last sum is non-negative: no cancellation, so the score keeps its relative
+accuracy when p_y is close to 1 (the form sum_v p_v^2 - 2 p_y + 1 loses it and can go negative).
 Inputs arrive validated: targets (N,) int64 already checked to lie in [0, V) or equal ignore_index.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ def _token_scores(
     loss = torch.zeros(n_rows, dtype=dtype, device=device)
     fgrad = torch.zeros(n_rows, dtype=dtype, device=device)
     valid = targets != ignore_index
+    zero = torch.zeros((), dtype=dtype, device=device)
     v_tile = min(vocab, VOCAB_TILE)
     step = rows_per_chunk(v_tile, n_rows)
     for r0 in range(0, n_rows, step):
@@ -35,7 +38,7 @@ def _token_scores(
         tgt = targets[rows].clamp(0, vocab - 1)
         r = tgt.shape[0]
         m = torch.full((r,), float("-inf"), dtype=dtype, device=device)
-        s = torch.zeros(r, dtype=dtype, device=device)
+        rest = torch.zeros(r, dtype=dtype, device=device)
         q = torch.zeros(r, dtype=dtype, device=device)
         z_y = torch.zeros(r, dtype=dtype, device=device)
         for v0 in range(0, vocab, v_tile):
@@ -44,18 +47,18 @@ def _token_scores(
             m_new = torch.maximum(m, z.max(dim=1).values)
             # exp(m - m_new) is 0 while m is still -inf; guard the all -inf case (-inf - -inf).
             scale = torch.where(torch.isneginf(m_new), torch.zeros_like(m), torch.exp(m - m_new))
+            here = (tgt >= v0) & (tgt < v1)
+            local = (tgt - v0).clamp(0, v1 - v0 - 1)[:, None]
+            z_y = torch.where(here, z.gather(1, local)[:, 0], z_y)
             e = torch.exp(z - m_new[:, None])
-            s = s * scale + e.sum(dim=1)
+            e.scatter_(1, local, torch.where(here[:, None], zero, e.gather(1, local)))
+            rest = rest * scale + e.sum(dim=1)
             q = q * scale.square() + e.square().sum(dim=1)
             m = m_new
-            here = (tgt >= v0) & (tgt < v1)
-            local = (tgt - v0).clamp(0, v1 - v0 - 1)
-            z_y = torch.where(here, z.gather(1, local[:, None])[:, 0], z_y)
-        lse = m + torch.log(s)
-        p_y = torch.exp(z_y - lse)
+        s = rest + torch.exp(z_y - m)
         v = valid[rows]
-        loss[rows] = torch.where(v, lse - z_y, torch.zeros((), dtype=dtype, device=device))
-        fgrad[rows] = torch.where(v, q / s.square() - 2 * p_y + 1, torch.zeros((), dtype=dtype, device=device))
+        loss[rows] = torch.where(v, m + torch.log(s) - z_y, zero)
+        fgrad[rows] = torch.where(v, q / s.square() + (rest / s).square(), zero)
     return loss, fgrad, valid
 
 

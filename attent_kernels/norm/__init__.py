@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_mask, require_float, require_leading, require_rank, require_same_device, shape_str
+from .._checks import check_mask, fail, require_float, require_rank, require_same_device, shape_str
 from .._dispatch import Backend, implementation
 
 __all__ = ["norm_grad_norm_sq"]
@@ -33,9 +33,10 @@ def norm_grad_norm_sq(
     require_float(op, "x_hat", x_hat)
     require_float(op, "g", g)
     require_rank(op, "x_hat", x_hat, (2, 3))
-    require_leading(op, "x_hat", x_hat, "g", g, x_hat.dim())
-    require_same_device(op, {"x_hat": x_hat, "g": g, "mask": mask})
+    if g.shape != x_hat.shape:
+        fail(op, f"x_hat has shape {shape_str(x_hat)} and g has shape {shape_str(g)}: g must have x_hat's shape")
     mask = check_mask(op, mask, x_hat.shape[:-1], f"x_hat of shape {shape_str(x_hat)}")
+    require_same_device(op, {"x_hat": x_hat, "g": g, "mask": mask})
     if x_hat.dim() == 2:
         x_hat, g, mask = x_hat[:, None], g[:, None], None if mask is None else mask[:, None]
     return implementation(op, backend, __name__, x_hat, g).norm_grad_norm_sq(x_hat, g, bool(bias), mask)
