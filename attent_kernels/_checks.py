@@ -44,7 +44,7 @@ def require_rank(op: str, name: str, t: torch.Tensor, ranks: Sequence[int]) -> N
 
 
 def require_same_device(op: str, named: dict[str, torch.Tensor | None]) -> None:
-    devices = {name: t.device for name, t in named.items() if t is not None}
+    devices = {name: require_tensor(op, name, t).device for name, t in named.items() if t is not None}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
         fail(op, f"all tensors must be on one device, got {listing}")

@@ -45,12 +45,14 @@ def _token_scores(
             v1 = min(vocab, v0 + v_tile)
             z = logit_tile(rows, v0, v1).to(dtype)
             m_new = torch.maximum(m, z.max(dim=1).values)
-            # exp(m - m_new) is 0 while m is still -inf; guard the all -inf case (-inf - -inf).
-            scale = torch.where(torch.isneginf(m_new), torch.zeros_like(m), torch.exp(m - m_new))
+            # Shift by 0 while every logit seen so far is -inf, so that no -inf - -inf = NaN arises
+            # (a leading tile can be all -inf under vocabulary masking); exp(m - shift) is then 0.
+            shift = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+            scale = torch.exp(m - shift)
             here = (tgt >= v0) & (tgt < v1)
             local = (tgt - v0).clamp(0, v1 - v0 - 1)[:, None]
             z_y = torch.where(here, z.gather(1, local)[:, 0], z_y)
-            e = torch.exp(z - m_new[:, None])
+            e = torch.exp(z - shift[:, None])
             e.scatter_(1, local, torch.where(here[:, None], zero, e.gather(1, local)))
             rest = rest * scale + e.sum(dim=1)
             q = q * scale.square() + e.square().sum(dim=1)

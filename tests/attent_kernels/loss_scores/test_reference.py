@@ -156,6 +156,18 @@ def test_vocabulary_tiles_and_row_chunks_leave_results_unchanged(monkeypatch):
             torch.testing.assert_close(field_a, field_b, rtol=1e-5, atol=1e-6)
 
 
+def test_leading_vocabulary_tiles_of_minus_infinity(monkeypatch):
+    """Vocabulary masking can make a row's first tiles all -inf: the online softmax must not
+    turn that into -inf - -inf = NaN."""
+    logits, targets, _ = _logits_and_targets(10, 3, 5, 13)
+    logits[..., :8] = float("-inf")
+    targets[(targets >= 0) & (targets < 8)] = 9
+    monkeypatch.setattr(loss_reference, "VOCAB_TILE", 4)
+    out = cross_entropy_scores(logits, targets, backend="reference")
+    assert torch.isfinite(out.loss).all() and torch.isfinite(out.fgrad_sq).all()
+    _assert_ce_matches(out, _ce_oracle(logits, targets), torch.float32, torch.float32)
+
+
 @pytest.mark.parametrize("T", [None, 4])
 def test_nan_in_one_example_stays_in_that_example(T):
     logits, targets, _ = _logits_and_targets(10, 4, T, 6)
