@@ -2,10 +2,10 @@
 ``_reference`` (inputs arrive validated: ids (B, T) int64, g (B, T, d), keep (B, T) bool or None,
 with the mask and padding_idx already folded into keep).
 
-It follows the conventions of the linear family's kernels (``attent_kernels/linear/_triton.py``)
-and shares their device helpers: masked positions are never read, float32 accumulation (float64
-for float64 g), IEEE float32 products, per-(example, block) partial sums reduced with
-``torch.sum``, autotuned (t, s) tiling on GPU and one small configuration under the interpreter.
+It keeps the conventions of ``attent_kernels/_triton_tiles.py`` and shares its helpers: masked
+positions are never read, float32 accumulation (float64 for float64 g), IEEE float32 products,
+per-(example, block) partial sums reduced with ``torch.sum``, autotuned (t, s) tiling on GPU and
+one small configuration under the interpreter.
 """
 from __future__ import annotations
 
@@ -14,10 +14,19 @@ import triton
 import triton.language as tl
 
 from .._checks import accum_dtype
-from ..linear._triton import _PAIR_CONFIGS, _dot_types, _family, _gram_tile, _mask_args, _rows_valid, _smallest
+from .._triton_tiles import (
+    PAIR_CONFIGS,
+    dot_types,
+    gram_tile,
+    mask_args,
+    rows_valid,
+    tile_grid,
+    tile_partials,
+    tune_key,
+)
 
 
-@triton.autotune(configs=_PAIR_CONFIGS, key=["tune_T", "tune_d"], reset_to_zero=["partial_ptr"])
+@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d"], reset_to_zero=["partial_ptr"])
 @triton.jit
 def _embedding_norm_kernel(
     ids_ptr, stride_ib, stride_it,
@@ -47,14 +56,14 @@ def _embedding_norm_kernel(
     g_base = g_ptr + b * stride_gb
     mask_base = mask_ptr + b * stride_mb
     t_rows = tb * BLOCK_T + tl.arange(0, BLOCK_T)
-    t_valid = _rows_valid(mask_base, stride_mt, t_rows, T, HAS_MASK)
+    t_valid = rows_valid(mask_base, stride_mt, t_rows, T, HAS_MASK)
     t_ids = tl.load(ids_base + t_rows.to(tl.int64) * stride_it, mask=t_valid, other=0)
     row_sums = tl.zeros((BLOCK_T,), ACC)
     for sb in range(0, tb + 1):
         s_rows = sb * BLOCK_T + tl.arange(0, BLOCK_T)
-        s_valid = _rows_valid(mask_base, stride_mt, s_rows, T, HAS_MASK)
+        s_valid = rows_valid(mask_base, stride_mt, s_rows, T, HAS_MASK)
         s_ids = tl.load(ids_base + s_rows.to(tl.int64) * stride_it, mask=s_valid, other=0)
-        g_gram = _gram_tile(
+        g_gram = gram_tile(
             tl.zeros((BLOCK_T, BLOCK_T), ACC),
             g_base, stride_gt, stride_gd, t_rows, t_valid, g_base, stride_gt, stride_gd, s_rows, s_valid,
             d, BLOCK_K, DOT, PRECISION,
@@ -71,16 +80,14 @@ def embedding_grad_norm_sq(ids: torch.Tensor, g: torch.Tensor, keep: torch.Tenso
     dtype = accum_dtype(g)
     if B == 0:
         return torch.zeros(0, dtype=dtype, device=g.device)
-    dot, acc, precision = _dot_types(g)
-    blocks = triton.cdiv(max(T, 1), _smallest(_PAIR_CONFIGS, "BLOCK_T"))
-    partial = torch.zeros(B, blocks, dtype=dtype, device=g.device)
-    grid = lambda meta: (B, triton.cdiv(max(T, 1), meta["BLOCK_T"]))  # noqa: E731
-    _embedding_norm_kernel[grid](
+    dot, acc, precision = dot_types(g)
+    partial = tile_partials(B, dtype, g.device, PAIR_CONFIGS, BLOCK_T=T)
+    _embedding_norm_kernel[tile_grid(B, BLOCK_T=T)](
         ids, *ids.stride(),
         g, *g.stride(),
-        *_mask_args(keep, g),
+        *mask_args(keep, g),
         partial, partial.stride(0),
-        T, d, _family(T), _family(d),
+        T, d, tune_key(T), tune_key(d),
         HAS_MASK=keep is not None, DOT=dot, ACC=acc, PRECISION=precision,
     )
     return partial.sum(dim=1)

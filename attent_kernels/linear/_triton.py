@@ -1,62 +1,34 @@
 """Triton kernels for the linear family: the same functions, signatures and results as
 ``_reference`` (inputs arrive validated and 3-D: x (B, T, d), g (B, T, p), mask (B, T) bool or
-None), computed in fused tiles.
-
-Conventions shared by every kernel here:
-- Tiles are loaded with ``tl.load(..., mask=row_valid & col_in_bounds, other=0)``: a padded or
-  out-of-range position is never read, so a NaN there cannot leak into any sum.
-- Operands of ``tl.dot`` are cast to one dot dtype (the promotion of the inputs' dtypes; a no-op
-  when they already agree). Accumulation is float32, float64 for float64 inputs, as in the
-  reference; float32 products use IEEE precision (no tf32), so results match the reference to
-  rounding. bfloat16 and float16 products are exact in float32, only the summation order differs.
-  The interpreter's ``tl.dot`` cannot multiply bfloat16 (numpy has no such type), so under
-  ``TRITON_INTERPRET=1`` bfloat16 tiles are upcast to float32 first: the same products, exactly.
-- Per-example results are written as partial sums to small buffers, one slot per program, and
-  reduced with ``torch.sum``: deterministic, no atomics.
-- Block sizes are autotuned on GPU, keyed on the sizes rounded up to powers of two (one tuning
-  per shape family, so a new sequence length within the family does not re-tune); under the
-  interpreter one small configuration is used, because autotuning there is far too slow.
+None), computed in fused tiles. They keep the conventions of ``attent_kernels/_triton_tiles.py``
+and share its helpers: masked positions are never read, operands of ``tl.dot`` in one dot dtype
+with float32 accumulation (float64 for float64 inputs) and IEEE float32 products, per-(example,
+tile) partial sums reduced with ``torch.sum``, autotuned tiles on GPU and one small
+configuration under the interpreter.
 """
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from .._checks import accum_dtype
-from .._dispatch import interpreter_on
+from .._triton_tiles import (
+    PAIR_CONFIGS,
+    autotune_configs,
+    dot_types,
+    gram_tile,
+    load_tile,
+    mask_args,
+    rows_valid,
+    tile_grid,
+    tile_partials,
+    tune_key,
+)
 from ._reference import prefers_ghost
 
-_TL_DTYPES = {
-    torch.float16: tl.float16,
-    torch.bfloat16: tl.bfloat16,
-    torch.float32: tl.float32,
-    torch.float64: tl.float64,
-}
-
-
-def _configs(interpreted: dict[str, int], tuned: list[tuple[dict[str, int], int, int]]) -> list[triton.Config]:
-    """One small configuration under the interpreter, the tuning list on GPU."""
-    if interpreter_on():
-        return [triton.Config(interpreted, num_warps=1, num_stages=1)]
-    return [triton.Config(blocks, num_warps=warps, num_stages=stages) for blocks, warps, stages in tuned]
-
-
-# (t, s) sequence tiling, shared by the ghost norm and the gradient Gram.
-_PAIR_CONFIGS = _configs(
-    {"BLOCK_T": 16, "BLOCK_K": 16},
-    [
-        ({"BLOCK_T": 32, "BLOCK_K": 64}, 4, 3),
-        ({"BLOCK_T": 64, "BLOCK_K": 32}, 4, 3),
-        ({"BLOCK_T": 64, "BLOCK_K": 64}, 4, 3),
-        ({"BLOCK_T": 128, "BLOCK_K": 32}, 8, 3),
-        ({"BLOCK_T": 128, "BLOCK_K": 64}, 8, 2),
-    ],
-)
 # (p, d) output-feature tiling, shared by the direct norm and the fused weight gradient.
-_FEATURE_CONFIGS = _configs(
+_FEATURE_CONFIGS = autotune_configs(
     {"BLOCK_P": 16, "BLOCK_D": 16, "BLOCK_T": 16},
     [
         ({"BLOCK_P": 64, "BLOCK_D": 64, "BLOCK_T": 32}, 4, 3),
@@ -69,53 +41,9 @@ _FEATURE_CONFIGS = _configs(
 )
 
 
-def _smallest(configs: list[triton.Config], name: str) -> int:
-    return min(c.kwargs[name] for c in configs)
-
-
-def _family(n: int) -> int:
-    """Autotuning key of a size: rounded up to a power of two."""
-    return triton.next_power_of_2(max(1, n))
-
-
 # ---------------------------------------------------------------------------------------------
-# Shared device helpers
+# Device helper
 # ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _rows_valid(mask_base, stride_mt, rows, T, HAS_MASK: tl.constexpr):
-    """(BLOCK,) bool: row inside the sequence and, with a mask, not padded."""
-    valid = rows < T
-    if HAS_MASK:
-        valid = valid & (tl.load(mask_base + rows.to(tl.int64) * stride_mt, mask=valid, other=0) != 0)
-    return valid
-
-
-@triton.jit
-def _load_tile(base, stride_row, stride_col, rows, rows_valid, cols, n_cols, DOT: tl.constexpr):
-    """(len(rows), len(cols)) tile in the dot dtype; invalid rows and columns out of range read as 0."""
-    ptrs = base + rows.to(tl.int64)[:, None] * stride_row + cols.to(tl.int64)[None, :] * stride_col
-    tile = tl.load(ptrs, mask=rows_valid[:, None] & (cols[None, :] < n_cols), other=0.0)
-    return tile.to(DOT)
-
-
-@triton.jit
-def _gram_tile(
-    acc,
-    a_base, a_stride_row, a_stride_col, a_rows, a_valid,
-    b_base, b_stride_row, b_stride_col, b_rows, b_valid,
-    n_cols,
-    BLOCK_K: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """acc + A[a_rows] @ B[b_rows]^T: the (len(a_rows), len(b_rows)) tile of row inner products,
-    summed over the n_cols features in chunks of BLOCK_K."""
-    for c0 in range(0, n_cols, BLOCK_K):
-        cols = c0 + tl.arange(0, BLOCK_K)
-        a = _load_tile(a_base, a_stride_row, a_stride_col, a_rows, a_valid, cols, n_cols, DOT)
-        b = _load_tile(b_base, b_stride_row, b_stride_col, b_rows, b_valid, cols, n_cols, DOT)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
-    return acc
 
 
 @triton.jit
@@ -131,9 +59,9 @@ def _example_weight_grad_tile(
     the sequence in chunks of BLOCK_T, and (WITH_G_SUM) g_sum + sum_t g[t, p_cols]."""
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
-        valid = _rows_valid(mask_base, stride_mt, rows, T, HAS_MASK)
-        x = _load_tile(x_base, stride_xt, stride_xd, rows, valid, d_cols, d, DOT)
-        g = _load_tile(g_base, stride_gt, stride_gp, rows, valid, p_cols, p, DOT)
+        valid = rows_valid(mask_base, stride_mt, rows, T, HAS_MASK)
+        x = load_tile(x_base, stride_xt, stride_xd, rows, valid, d_cols, d, DOT)
+        g = load_tile(g_base, stride_gt, stride_gp, rows, valid, p_cols, p, DOT)
         acc = tl.dot(tl.trans(g), x, acc, input_precision=PRECISION)
         if WITH_G_SUM:
             g_sum += tl.sum(g.to(g_sum.dtype), axis=0)
@@ -145,7 +73,7 @@ def _example_weight_grad_tile(
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=_PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], reset_to_zero=["partial_ptr"])
+@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], reset_to_zero=["partial_ptr"])
 @triton.jit
 def _ghost_norm_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,
@@ -177,13 +105,13 @@ def _ghost_norm_kernel(
     mask_base = mask_ptr + b * stride_mb
     x_base = x_ptr + b * stride_xb
     t_rows = tb * BLOCK_T + tl.arange(0, BLOCK_T)
-    t_valid = _rows_valid(mask_base, stride_mt, t_rows, T, HAS_MASK)
+    t_valid = rows_valid(mask_base, stride_mt, t_rows, T, HAS_MASK)
     row_sums = tl.zeros((BLOCK_T,), ACC)
     for sb in range(0, tb + 1):
         s_rows = sb * BLOCK_T + tl.arange(0, BLOCK_T)
-        s_valid = _rows_valid(mask_base, stride_mt, s_rows, T, HAS_MASK)
+        s_valid = rows_valid(mask_base, stride_mt, s_rows, T, HAS_MASK)
         zero = tl.zeros((BLOCK_T, BLOCK_T), ACC)
-        x_gram = _gram_tile(
+        x_gram = gram_tile(
             zero, x_base, stride_xt, stride_xd, t_rows, t_valid, x_base, stride_xt, stride_xd, s_rows, s_valid,
             d, BLOCK_K, DOT, PRECISION,
         )
@@ -191,7 +119,7 @@ def _ghost_norm_kernel(
         bias_sums = tl.zeros((BLOCK_T,), ACC)
         for k in tl.static_range(len(BIASES)):
             g_base = g_ptrs[k] + b * stride_gb[k]
-            g_gram_k = _gram_tile(
+            g_gram_k = gram_tile(
                 zero, g_base, stride_gt[k], stride_gp[k], t_rows, t_valid, g_base, stride_gt[k], stride_gp[k],
                 s_rows, s_valid, widths[k], BLOCK_K, DOT, PRECISION,
             )
@@ -291,7 +219,7 @@ def _weight_grad_and_norm_kernel(
     tl.store(out, total, mask=(p_cols[:, None] < p) & (d_cols[None, :] < d))
 
 
-@triton.autotune(configs=_PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"])
+@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"])
 @triton.jit
 def _gradient_gram_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,
@@ -330,16 +258,16 @@ def _gradient_gram_kernel(
     row_sums = tl.zeros((BLOCK_T,), ACC)
     for t0 in range(0, T_run, BLOCK_T):
         t_rows = t0 + tl.arange(0, BLOCK_T)
-        t_valid = _rows_valid(mask_base, stride_mt, t_rows, T, HAS_MASK)
+        t_valid = rows_valid(mask_base, stride_mt, t_rows, T, HAS_MASK)
         for s0 in range(0, T2, BLOCK_T):
             s_rows = s0 + tl.arange(0, BLOCK_T)
-            s_valid = _rows_valid(mask2_base, stride_m2t, s_rows, T2, HAS_MASK2)
+            s_valid = rows_valid(mask2_base, stride_m2t, s_rows, T2, HAS_MASK2)
             zero = tl.zeros((BLOCK_T, BLOCK_T), ACC)
-            x_gram = _gram_tile(
+            x_gram = gram_tile(
                 zero, x_base, stride_xt, stride_xd, t_rows, t_valid, x2_base, stride_x2t, stride_x2d, s_rows, s_valid,
                 d, BLOCK_K, DOT, PRECISION,
             )
-            g_gram = _gram_tile(
+            g_gram = gram_tile(
                 zero, g_base, stride_gt, stride_gp, t_rows, t_valid, g2_base, stride_g2t, stride_g2p, s_rows, s_valid,
                 p, BLOCK_K, DOT, PRECISION,
             )
@@ -355,66 +283,35 @@ def _gradient_gram_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _dot_types(*tensors: torch.Tensor) -> tuple[tl.dtype, tl.dtype, str]:
-    """(dot dtype, accumulator dtype, tl.dot input precision) for a call on these tensors."""
-    common = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
-    if common == torch.bfloat16 and interpreter_on():
-        common = torch.float32
-    dot = _TL_DTYPES.get(common, tl.float32)
-    acc = tl.float64 if accum_dtype(*tensors) == torch.float64 else tl.float32
-    precision = "ieee" if dot == tl.float32 else "tf32"
-    return dot, acc, precision
-
-
-def _mask_args(mask: torch.Tensor | None, stand_in: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(pointer, batch stride, position stride) of a bool mask, as an int32 copy (B * T words; the
-    float64 tl.dot lowering of Triton 3.8 rejects tiles masked through a byte load); a stand-in
-    pointer, never read, when there is no mask."""
-    if mask is None:
-        return stand_in, 0, 0
-    as_int = mask.to(torch.int32)
-    return as_int, as_int.stride(0), as_int.stride(1)
-
-
 def _ghost_norm_sq(
     x: torch.Tensor, gs: list[torch.Tensor], biases: list[bool], mask: torch.Tensor | None
 ) -> torch.Tensor:
     B, T, d = x.shape
-    dot, acc, precision = _dot_types(x, *gs)
-    partial = torch.zeros(B, triton.cdiv(max(T, 1), _smallest(_PAIR_CONFIGS, "BLOCK_T")), dtype=accum_dtype(x, *gs), device=x.device)
-    grid = lambda meta: (B, triton.cdiv(max(T, 1), meta["BLOCK_T"]))  # noqa: E731
-    _ghost_norm_kernel[grid](
+    dot, acc, precision = dot_types(x, *gs)
+    partial = tile_partials(B, accum_dtype(x, *gs), x.device, PAIR_CONFIGS, BLOCK_T=T)
+    _ghost_norm_kernel[tile_grid(B, BLOCK_T=T)](
         x, *x.stride(),
         tuple(gs), tuple(g.stride(0) for g in gs), tuple(g.stride(1) for g in gs), tuple(g.stride(2) for g in gs),
         tuple(g.shape[-1] for g in gs),
-        *_mask_args(mask, x),
+        *mask_args(mask, x),
         partial, partial.stride(0),
-        T, d, _family(T), _family(d), _family(sum(g.shape[-1] for g in gs)),
+        T, d, tune_key(T), tune_key(d), tune_key(sum(g.shape[-1] for g in gs)),
         BIASES=tuple(biases), HAS_MASK=mask is not None, DOT=dot, ACC=acc, PRECISION=precision,
     )
     return partial.sum(dim=1)
 
 
-def _feature_partial(B: int, d: int, p: int, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Zeroed (B, tiles) buffer with a slot for every (p, d) tile of the smallest configuration."""
-    tiles = triton.cdiv(max(p, 1), _smallest(_FEATURE_CONFIGS, "BLOCK_P")) * triton.cdiv(
-        max(d, 1), _smallest(_FEATURE_CONFIGS, "BLOCK_D")
-    )
-    return torch.zeros(B, tiles, dtype=accum_dtype(x, g), device=x.device)
-
-
 def _direct_norm_sq(x: torch.Tensor, g: torch.Tensor, bias: bool, mask: torch.Tensor | None) -> torch.Tensor:
     B, T, d = x.shape
     p = g.shape[-1]
-    dot, acc, precision = _dot_types(x, g)
-    partial = _feature_partial(B, d, p, x, g)
-    grid = lambda meta: (B, triton.cdiv(max(p, 1), meta["BLOCK_P"]), triton.cdiv(max(d, 1), meta["BLOCK_D"]))  # noqa: E731
-    _direct_norm_kernel[grid](
+    dot, acc, precision = dot_types(x, g)
+    partial = tile_partials(B, accum_dtype(x, g), x.device, _FEATURE_CONFIGS, BLOCK_P=p, BLOCK_D=d)
+    _direct_norm_kernel[tile_grid(B, BLOCK_P=p, BLOCK_D=d)](
         x, *x.stride(),
         g, *g.stride(),
-        *_mask_args(mask, x),
+        *mask_args(mask, x),
         partial, partial.stride(0),
-        T, d, p, _family(T), _family(d), _family(p),
+        T, d, p, tune_key(T), tune_key(d), tune_key(p),
         HAS_BIAS=bias, HAS_MASK=mask is not None, DOT=dot, ACC=acc, PRECISION=precision,
     )
     return partial.sum(dim=1)
@@ -454,15 +351,14 @@ def linear_weight_grad_and_norm_sq(
     grad = torch.zeros(p, d, dtype=dtype, device=x.device)
     if B == 0:
         return grad, torch.zeros(0, dtype=dtype, device=x.device)
-    dot, acc, precision = _dot_types(x, g)
-    partial = _feature_partial(B, d, p, x, g)
-    grid = lambda meta: (triton.cdiv(max(p, 1), meta["BLOCK_P"]), triton.cdiv(max(d, 1), meta["BLOCK_D"]))  # noqa: E731
-    _weight_grad_and_norm_kernel[grid](
+    dot, acc, precision = dot_types(x, g)
+    partial = tile_partials(B, dtype, x.device, _FEATURE_CONFIGS, BLOCK_P=p, BLOCK_D=d)
+    _weight_grad_and_norm_kernel[tile_grid(BLOCK_P=p, BLOCK_D=d)](
         x, *x.stride(),
         g, *g.stride(),
-        *_mask_args(mask, x),
+        *mask_args(mask, x),
         grad, partial, partial.stride(0),
-        B, T, d, p, _family(B), _family(T), _family(d), _family(p),
+        B, T, d, p, tune_key(B), tune_key(T), tune_key(d), tune_key(p),
         HAS_MASK=mask is not None, DOT=dot, ACC=acc, PRECISION=precision,
     )
     return grad, partial.sum(dim=1)
@@ -486,16 +382,16 @@ def linear_grad_gram(
     out = torch.zeros(B, B2, dtype=accum_dtype(x, g, x2, g2), device=x.device)
     if B == 0 or B2 == 0:
         return out
-    dot, acc, precision = _dot_types(x, g, x2, g2)
+    dot, acc, precision = dot_types(x, g, x2, g2)
     _gradient_gram_kernel[(B, B2)](
         x, *x.stride(),
         g, *g.stride(),
-        *_mask_args(mask, x),
+        *mask_args(mask, x),
         x2, *x2.stride(),
         g2, *g2.stride(),
-        *_mask_args(mask2, x2),
+        *mask_args(mask2, x2),
         out, out.stride(0),
-        T, T2, d, p, _family(max(T, T2)), _family(d), _family(p),
+        T, T2, d, p, tune_key(max(T, T2)), tune_key(d), tune_key(p),
         SYMMETRIC=symmetric, HAS_BIAS=bias, HAS_MASK=mask is not None, HAS_MASK2=mask2 is not None,
         DOT=dot, ACC=acc, PRECISION=precision,
     )

@@ -8,8 +8,8 @@ update it one vocabulary tile at a time with one shared helper, and finish with
 a sum of non-negative terms (no cancellation when p_y is close to 1). No probability tensor, and
 for the fused head no logits tensor, is ever written: each row's output is three numbers.
 
-Conventions (as in the linear family's kernels, ``attent_kernels/linear/_triton.py``, whose
-helpers these share): an ignored row is never read, so a NaN in it cannot surface, and scores 0;
+Conventions (those of ``attent_kernels/_triton_tiles.py``, whose helpers these share): an
+ignored row is never read, so a NaN in it cannot surface, and scores 0;
 a NaN in a row's logits (or hidden state) makes only that row NaN; accumulation is float32
 (float64 for float64 inputs); float32 products use IEEE precision; block sizes are autotuned on GPU,
 keyed on the sizes rounded up to powers of two, and one small configuration runs under the
@@ -21,10 +21,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..linear._triton import _configs, _dot_types, _family, _gram_tile
+from .._checks import accum_dtype
+from .._triton_tiles import TL_DTYPES, autotune_configs, dot_types, gram_tile, tile_grid, tune_key
 
 # (row block, vocabulary tile) of the cross-entropy kernel: few rows and wide tiles for large V.
-_CE_CONFIGS = _configs(
+_CE_CONFIGS = autotune_configs(
     {"BLOCK_N": 16, "BLOCK_V": 64},
     [
         ({"BLOCK_N": 1, "BLOCK_V": 2048}, 4, 2),
@@ -35,7 +36,7 @@ _CE_CONFIGS = _configs(
     ],
 )
 # (row block, vocabulary tile, hidden chunk) of the fused head kernel: GEMM-like tiles.
-_HEAD_CONFIGS = _configs(
+_HEAD_CONFIGS = autotune_configs(
     {"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_K": 16},
     [
         ({"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_K": 64}, 4, 3),
@@ -59,6 +60,13 @@ def _load_targets(targets_ptr, rows, n_rows, ignore_index):
     targets = tl.load(targets_ptr + rows, mask=rows < n_rows, other=ignore_index)
     valid = (rows < n_rows) & (targets != ignore_index)
     return tl.where(valid, targets, -1), valid
+
+
+@triton.jit
+def _empty_softmax_state(BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+    """(m, rest, q, z_y) of rows that have seen no logit yet: m = -inf, the sums 0."""
+    zeros = tl.zeros((BLOCK_N,), ACC)
+    return tl.full((BLOCK_N,), float("-inf"), ACC), zeros, zeros, zeros
 
 
 @triton.jit
@@ -114,10 +122,7 @@ def _cross_entropy_kernel(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     targets, valid = _load_targets(targets_ptr, rows, N, ignore_index)
     row_offsets = rows.to(tl.int64)[:, None] * stride_ln
-    m = tl.full((BLOCK_N,), float("-inf"), ACC)
-    rest = tl.zeros((BLOCK_N,), ACC)
-    q = tl.zeros((BLOCK_N,), ACC)
-    z_y = tl.zeros((BLOCK_N,), ACC)
+    m, rest, q, z_y = _empty_softmax_state(BLOCK_N, ACC)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         ptrs = logits_ptr + row_offsets + cols.to(tl.int64)[None, :] * stride_lv
@@ -149,14 +154,11 @@ def _linear_cross_entropy_kernel(
     """
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     targets, valid = _load_targets(targets_ptr, rows, N, ignore_index)
-    m = tl.full((BLOCK_N,), float("-inf"), ACC)
-    rest = tl.zeros((BLOCK_N,), ACC)
-    q = tl.zeros((BLOCK_N,), ACC)
-    z_y = tl.zeros((BLOCK_N,), ACC)
+    m, rest, q, z_y = _empty_softmax_state(BLOCK_N, ACC)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         in_vocab = cols < V
-        z = _gram_tile(
+        z = gram_tile(
             tl.zeros((BLOCK_N, BLOCK_V), ACC),
             hidden_ptr, stride_hn, stride_hd, rows, valid, weight_ptr, stride_wv, stride_wd, cols, in_vocab,
             d, BLOCK_K, DOT, PRECISION,
@@ -188,16 +190,15 @@ def cross_entropy_token_scores(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row (loss, ||p - e_y||^2, valid) for logits (N, V); zeros on ignored rows."""
     N, V = logits.shape
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dtype = accum_dtype(logits)
     loss, fgrad, valid = _score_buffers(targets, ignore_index, dtype)
     if N == 0:
         return loss, fgrad, valid
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _cross_entropy_kernel[grid](
+    _cross_entropy_kernel[tile_grid(BLOCK_N=N)](
         logits, *logits.stride(),
         targets, loss, fgrad,
-        N, V, ignore_index, _family(N), _family(V),
-        ACC=tl.float64 if dtype == torch.float64 else tl.float32,
+        N, V, ignore_index, tune_key(N), tune_key(V),
+        ACC=TL_DTYPES[dtype],
     )
     return loss, fgrad, valid
 
@@ -208,17 +209,16 @@ def linear_cross_entropy_token_scores(
     """The same from hidden (N, d) and head weight (V, d) (+ bias (V,)), one logit tile at a time."""
     N, d = hidden.shape
     V = weight.shape[0]
-    dot, acc, precision = _dot_types(hidden, weight)
-    loss, fgrad, valid = _score_buffers(targets, ignore_index, torch.float64 if acc == tl.float64 else torch.float32)
+    dot, acc, precision = dot_types(hidden, weight)
+    loss, fgrad, valid = _score_buffers(targets, ignore_index, accum_dtype(hidden, weight))
     if N == 0:
         return loss, fgrad, valid
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _linear_cross_entropy_kernel[grid](
+    _linear_cross_entropy_kernel[tile_grid(BLOCK_N=N)](
         hidden, *hidden.stride(),
         weight, *weight.stride(),
         weight if bias is None else bias, 0 if bias is None else bias.stride(0),
         targets, loss, fgrad,
-        N, V, d, ignore_index, _family(N), _family(V), _family(d),
+        N, V, d, ignore_index, tune_key(N), tune_key(V), tune_key(d),
         HAS_BIAS=bias is not None, DOT=dot, ACC=acc, PRECISION=precision,
     )
     return loss, fgrad, valid

@@ -2,10 +2,10 @@
 ``_reference`` (inputs arrive validated and 3-D: x_hat (B, T, d), g (B, T, d), mask (B, T) bool
 or None).
 
-It follows the conventions of the linear family's kernels (``attent_kernels/linear/_triton.py``)
-and shares their device helpers: masked positions are never read, float32 accumulation (float64
-for float64 inputs), per-(example, feature tile) partial sums reduced with ``torch.sum``,
-autotuned tiles on GPU and one small configuration under the interpreter.
+It keeps the conventions of ``attent_kernels/_triton_tiles.py`` and shares its helpers: masked
+positions are never read, float32 accumulation (float64 for float64 inputs), per-(example,
+feature tile) partial sums reduced with ``torch.sum``, autotuned tiles on GPU and one small
+configuration under the interpreter.
 """
 from __future__ import annotations
 
@@ -14,9 +14,18 @@ import triton
 import triton.language as tl
 
 from .._checks import accum_dtype
-from ..linear._triton import _TL_DTYPES, _configs, _family, _load_tile, _mask_args, _rows_valid, _smallest
+from .._triton_tiles import (
+    TL_DTYPES,
+    autotune_configs,
+    load_tile,
+    mask_args,
+    rows_valid,
+    tile_grid,
+    tile_partials,
+    tune_key,
+)
 
-_NORM_CONFIGS = _configs(
+_NORM_CONFIGS = autotune_configs(
     {"BLOCK_T": 16, "BLOCK_D": 16},
     [
         ({"BLOCK_T": 16, "BLOCK_D": 128}, 4, 2),
@@ -59,9 +68,9 @@ def _norm_grad_norm_kernel(
     bias_grad = tl.zeros((BLOCK_D,), ACC)
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
-        valid = _rows_valid(mask_base, stride_mt, rows, T, HAS_MASK)
-        x = _load_tile(x_base, stride_xt, stride_xd, rows, valid, d_cols, d, ACC)
-        g = _load_tile(g_base, stride_gt, stride_gd, rows, valid, d_cols, d, ACC)
+        valid = rows_valid(mask_base, stride_mt, rows, T, HAS_MASK)
+        x = load_tile(x_base, stride_xt, stride_xd, rows, valid, d_cols, d, ACC)
+        g = load_tile(g_base, stride_gt, stride_gd, rows, valid, d_cols, d, ACC)
         weight_grad += tl.sum(g * x, axis=0)
         if HAS_BIAS:
             bias_grad += tl.sum(g, axis=0)
@@ -74,14 +83,13 @@ def norm_grad_norm_sq(x_hat: torch.Tensor, g: torch.Tensor, bias: bool, mask: to
     dtype = accum_dtype(x_hat, g)
     if B == 0:
         return torch.zeros(0, dtype=dtype, device=g.device)
-    partial = torch.zeros(B, triton.cdiv(max(d, 1), _smallest(_NORM_CONFIGS, "BLOCK_D")), dtype=dtype, device=g.device)
-    grid = lambda meta: (B, triton.cdiv(max(d, 1), meta["BLOCK_D"]))  # noqa: E731
-    _norm_grad_norm_kernel[grid](
+    partial = tile_partials(B, dtype, g.device, _NORM_CONFIGS, BLOCK_D=d)
+    _norm_grad_norm_kernel[tile_grid(B, BLOCK_D=d)](
         x_hat, *x_hat.stride(),
         g, *g.stride(),
-        *_mask_args(mask, g),
+        *mask_args(mask, g),
         partial, partial.stride(0),
-        T, d, _family(T), _family(d),
-        HAS_BIAS=bias, HAS_MASK=mask is not None, ACC=_TL_DTYPES[dtype],
+        T, d, tune_key(T), tune_key(d),
+        HAS_BIAS=bias, HAS_MASK=mask is not None, ACC=TL_DTYPES[dtype],
     )
     return partial.sum(dim=1)
