@@ -1,0 +1,233 @@
+"""Run descriptions for ``attent train --config run.yaml``: a task, a model, a teacher, an optimizer
+and the training options, in one YAML file.
+
+Example (every key but ``task`` is optional; omitted ones take the task's default recipe)::
+
+    task: digits                 # a name in attent.tasks.TASKS, or {name: digits, quick: true},
+                                 # or {factory: "my_pkg.tasks:make_task", <its keyword arguments>}
+    seed: 0                      # task data, model initialization and training order
+    model: {depth: 3}            # keyword overrides for the task's model factory
+    teacher:                     # omitted or null: full-data training
+      score: fgrad               # any attent.Teacher argument; epochs defaults to the run's
+      strategy: hard
+      ratio: {kind: cosine, initial: 0.2, final: 0.8}   # or a number (constant ratio)
+      interval: 5                # or {kind: incremental, initial: 5, maximum: 10}
+      refresh: cycle
+    # teacher: {published: complex, strategy: soft}    # the published recipes (Teacher.published)
+    optimizer: {name: adamw, lr: 2.0e-3, weight_decay: 0.05}   # adamw | adam | sgd (+ their options)
+    lr_scheduler: {name: warmup_cosine, warmup_epochs: 2}      # none or null: a constant rate
+    epochs: 40
+    batch_size: 32
+    out_dir: runs/digits-fgrad   # relative paths are taken from the working directory
+    amp: null                    # ... and any other attent.fit option by name
+
+``adamw`` decays matrices only (not biases, norms, position embeddings or class tokens), as the
+tasks' recipes do; ``warmup_cosine`` is a per-epoch linear warm-up then cosine decay. Numbers in
+YAML's exponent form without a dot (``1e-3``, which YAML reads as text) are read as numbers.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+from torch import nn
+
+from .integrations.timm import vit_optimizer, warmup_cosine
+from .schedules import IntervalSchedule, RatioSchedule
+from .teacher import Teacher
+from .trainer import FitResult, fit
+
+__all__ = ["CONFIG_KEYS", "FIT_KEYS", "load_config", "build_run", "run_config", "run_from_config"]
+
+# fit options a config may set by name (the rest of fit's arguments are built from the config).
+FIT_KEYS: tuple[str, ...] = (
+    "epochs", "batch_size", "device", "amp", "grad_accum", "out_dir", "progress", "checkpoint_every", "resume_from",
+    "max_time", "max_steps", "eval_every", "eval_batch_size", "max_grad_norm", "num_workers",
+)
+CONFIG_KEYS: tuple[str, ...] = ("task", "seed", "model", "teacher", "optimizer", "lr_scheduler") + FIT_KEYS
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("warmup_cosine", "none")
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _numbers(value: Any) -> Any:
+    """The config with exponent-form strings (``1e-3``) read as floats."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"config {name} must be a mapping, got {type(value).__name__}: {value!r}")
+    return dict(value)
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a run description (see the module docstring).
+
+    Returns:
+        The config as a dict, numbers read, unknown keys rejected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config {path} must hold a mapping of keys to values, got {type(config).__name__}")
+    config = _numbers(config)
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"config {path} has unknown keys {unknown}; known keys are {list(CONFIG_KEYS)}")
+    if "task" not in config:
+        raise ValueError(f"config {path} needs a task: a name in attent.tasks.TASKS or {{factory: 'module:function'}}")
+    return dict(config)
+
+
+def _import(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"task factory must read 'module:function', got {target!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"task factory {target!r} cannot be imported: {error}") from error
+
+
+def _task(spec: Any, seed: int) -> Any:
+    from .tasks import make_task
+
+    if isinstance(spec, str):
+        return make_task(spec, seed=seed)
+    options = _mapping("task", spec)
+    if "factory" in options:
+        return _import(options.pop("factory"))(seed=seed, **options)
+    if "name" not in options:
+        raise ValueError(f"config task must be a name or a mapping with 'name' or 'factory', got {spec!r}")
+    name = options.pop("name")
+    unknown = sorted(set(options) - {"quick"})
+    if unknown:
+        raise ValueError(f"config task {name!r} takes only 'quick' besides its name, got {unknown}")
+    return make_task(name, seed=seed, quick=bool(options.get("quick", False)))
+
+
+def _model(task: Any, overrides: Mapping[str, Any], seed: int) -> nn.Module:
+    if not overrides:
+        return task.model(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return task.model_factory(**overrides)
+        except TypeError as error:
+            raise ValueError(f"config model overrides {dict(overrides)} do not fit the {task.name!r} model: {error}") from error
+
+
+def _schedule(kind: type, name: str, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return value
+    try:
+        return kind(**value)
+    except TypeError as error:
+        fields = list(inspect.signature(kind).parameters)
+        raise ValueError(f"config teacher {name} {dict(value)} must use the keys {fields}") from error
+
+
+def _teacher(spec: Any, num_examples: int, epochs: int, seed: int) -> Teacher | None:
+    if spec is None:
+        return None
+    options = _mapping("teacher", spec)
+    options.setdefault("seed", seed)
+    if "published" in options:
+        recipe = options.pop("published")
+        return Teacher.published(num_examples, epochs=options.pop("epochs", epochs), recipe=recipe, **options)
+    options.setdefault("epochs", epochs)
+    if "ratio" in options:
+        options["ratio"] = _schedule(RatioSchedule, "ratio", options["ratio"])
+    if "interval" in options:
+        options["interval"] = _schedule(IntervalSchedule, "interval", options["interval"])
+    try:
+        return Teacher(num_examples, **options)
+    except TypeError as error:
+        raise ValueError(f"config teacher: {error}") from error
+
+
+def _optimizer(spec: Any, model: nn.Module, defaults: Any) -> torch.optim.Optimizer:
+    options = _mapping("optimizer", spec)
+    name = options.pop("name", "adamw")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"config optimizer name must be one of {OPTIMIZERS}, got {name!r}")
+    lr = options.pop("lr", defaults.lr)
+    if name == "adamw":
+        weight_decay = options.pop("weight_decay", defaults.weight_decay)
+        if options:
+            raise ValueError(f"config optimizer adamw takes lr and weight_decay, got also {sorted(options)}")
+        return vit_optimizer(model, lr=lr, weight_decay=weight_decay)
+    kind = torch.optim.Adam if name == "adam" else torch.optim.SGD
+    try:
+        return kind(model.parameters(), lr=lr, **options)
+    except TypeError as error:
+        raise ValueError(f"config optimizer {name}: {error}") from error
+
+
+def _lr_scheduler(spec: Any, optimizer: torch.optim.Optimizer, epochs: int, defaults: Any) -> Any:
+    if spec is None:
+        return None
+    options = {"name": spec} if isinstance(spec, str) else _mapping("lr_scheduler", spec)
+    name = options.pop("name", "warmup_cosine")
+    if name not in SCHEDULERS:
+        raise ValueError(f"config lr_scheduler must be one of {SCHEDULERS}, got {name!r}")
+    if name == "none":
+        return None
+    warmup = options.pop("warmup_epochs", min(defaults.warmup_epochs, epochs - 1))
+    if options:
+        raise ValueError(f"config lr_scheduler warmup_cosine takes warmup_epochs only, got also {sorted(options)}")
+    return warmup_cosine(optimizer, epochs=epochs, warmup_epochs=warmup)
+
+
+def build_run(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`attent.fit` keyword arguments a checked config describes (model, data, loss,
+    optimizer, scheduler, teacher and options)."""
+    seed = config.get("seed", 0)
+    task = _task(config["task"], seed)
+    defaults = task.defaults
+    epochs = config.get("epochs", defaults.epochs)
+    model = _model(task, _mapping("model", config.get("model")), seed)
+    optimizer = _optimizer(config.get("optimizer"), model, defaults)
+    options = {key: config[key] for key in FIT_KEYS if key in config}
+    options.setdefault("batch_size", defaults.batch_size)
+    options.setdefault("eval_every", defaults.eval_every)
+    options.setdefault("max_grad_norm", defaults.max_grad_norm)
+    options["epochs"] = epochs
+    return dict(
+        model=model, train_data=task.train, eval_data=task.val, loss=task.loss, optimizer=optimizer,
+        lr_scheduler=_lr_scheduler(config.get("lr_scheduler", {}), optimizer, epochs, defaults), lr_scheduler_interval="epoch",
+        teacher=_teacher(config.get("teacher"), len(task.train), epochs, seed), seed=seed, **options,
+    )
+
+
+def run_config(config: Mapping[str, Any]) -> FitResult:
+    """Train as a checked config describes; returns the :class:`attent.trainer.FitResult`."""
+    arguments = build_run(config)
+    return fit(arguments.pop("model"), arguments.pop("train_data"), **arguments)
+
+
+def run_from_config(path: str | os.PathLike) -> FitResult:
+    """``attent train --config path``: read the YAML run description at ``path`` and train.
+
+    Returns:
+        The run's FitResult (``history[-1]`` holds the final evaluation).
+    """
+    return run_config(load_config(path))

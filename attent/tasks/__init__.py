@@ -1,0 +1,34 @@
+"""Testbeds: small training tasks, deterministic under a seed, with nothing to download.
+
+Each factory ``name(*, seed=0, quick=False) -> Task`` returns the training and validation datasets,
+a model factory, the loss, the metric runs are compared on and a default training recipe;
+``quick=True`` gives a tiny version for smoke tests.
+
+- ``digits``: a timm ViT from scratch on scikit-learn's 8x8 handwritten digits (``val_accuracy``).
+- ``stdlib_lm``: a tiny GPT-2 on the Python standard library's source, byte-level (``val_loss``).
+- ``scb``: the Sparse Contextual Bigram task, with its ground truth in ``info`` (``val_loss``).
+- ``icl_regression``: in-context linear regression (``val_loss``, the MSE).
+
+:mod:`attent.tasks.compare` runs training methods on a task and compares their time to a target.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ._task import METRIC_GOALS, Task, TrainDefaults, higher_is_better
+from .digits import digits
+from .icl_regression import icl_regression
+from .scb import scb
+from .stdlib_lm import stdlib_lm
+
+__all__ = ["METRIC_GOALS", "TASKS", "Task", "TrainDefaults", "higher_is_better", "make_task",
+           "digits", "stdlib_lm", "scb", "icl_regression"]
+
+TASKS: dict[str, Callable[..., Task]] = {"digits": digits, "stdlib_lm": stdlib_lm, "scb": scb, "icl_regression": icl_regression}
+
+
+def make_task(name: str, *, seed: int = 0, quick: bool = False) -> Task:
+    """The task called ``name`` (one of ``TASKS``), drawn from ``seed``, tiny when ``quick``."""
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name](seed=seed, quick=quick)

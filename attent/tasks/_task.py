@@ -1,0 +1,82 @@
+"""The Task record every testbed returns, and the direction of each metric."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..integrations.timm import vit_optimizer, warmup_cosine
+
+__all__ = ["METRIC_GOALS", "TrainDefaults", "Task", "higher_is_better"]
+
+# Whether a larger ("max") or a smaller ("min") value of a history metric is better.
+METRIC_GOALS: dict[str, str] = {"val_accuracy": "max", "val_loss": "min", "val_ppl": "min", "train_loss": "min"}
+
+
+def higher_is_better(metric: str) -> bool:
+    """True for metrics where larger is better (accuracy), False for losses and perplexity."""
+    if metric not in METRIC_GOALS:
+        raise ValueError(f"metric must be one of {sorted(METRIC_GOALS)}, got {metric!r}")
+    return METRIC_GOALS[metric] == "max"
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """A task's default training recipe: AdamW (no decay on biases, norms, position embeddings),
+    ``warmup_epochs`` of linear warm-up then a per-epoch cosine decay to 0, gradient clipping at
+    ``max_grad_norm``, an evaluation every ``eval_every`` optimizer steps (and at every epoch end)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    eval_every: int | None
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """A testbed: data, a model factory, the loss, the metric and a training recipe.
+
+    name: the task's name. train, val: map-style datasets of ``(input, target)`` pairs (disjoint).
+    model_factory: builds a fresh, randomly initialized model (use :meth:`model` for a seeded one).
+    loss: the :func:`attent.fit` loss name (``"cross_entropy"``, ``"lm"`` or ``"mse"``).
+    metric: the history key runs are compared on (``"val_accuracy"``, ``"val_loss"``, ...).
+    defaults: the training recipe. info: task facts (sizes, and the ground truth of synthetic tasks).
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset
+    model_factory: Callable[[], nn.Module]
+    loss: str
+    metric: str
+    defaults: TrainDefaults
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        higher_is_better(self.metric)
+
+    @property
+    def higher_is_better(self) -> bool:
+        """True when a larger ``metric`` is better."""
+        return higher_is_better(self.metric)
+
+    def model(self, seed: int) -> nn.Module:
+        """A model initialized from ``seed`` (the global RNG is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.model_factory()
+
+    def optimizer(self, model: nn.Module) -> torch.optim.AdamW:
+        """AdamW at the recipe's learning rate and weight decay (no decay on one-dimensional
+        parameters nor on those the model's ``no_weight_decay()`` names)."""
+        return vit_optimizer(model, lr=self.defaults.lr, weight_decay=self.defaults.weight_decay)
+
+    def lr_scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+        """The recipe's per-epoch warm-up + cosine schedule over ``epochs`` epochs (step it once per epoch)."""
+        return warmup_cosine(optimizer, epochs=epochs, warmup_epochs=min(self.defaults.warmup_epochs, epochs - 1))

@@ -1,0 +1,673 @@
+"""The thin trainer (layer 5): a plain PyTorch loop that composes a model, a teacher and the scores.
+
+    result = attent.fit(model, train_data, loss="cross_entropy", optimizer=opt, epochs=10,
+                        teacher=attent.Teacher(len(train_data), score="fgrad"), eval_data=val_data)
+
+Each epoch the teacher (when given) re-scores the examples it asks for (a forward-only refresh
+pass), selects the epoch's subset, and the loop trains on that subset only: every example's loss
+is multiplied by the teacher's weight for it, and the training step's per-example scores (loss,
+fgrad from the logits, or gradnorm from the probe's by-product) are fed back with ``observe``.
+Time spent selecting (refresh passes, ``select``, scoring work inside the steps, ``observe``) is
+measured apart from training time; evaluation and checkpoint writing are excluded from both and
+from ``wall_time``.
+
+Distributed data parallel: inside an initialized ``torch.distributed`` process group, pass the
+model wrapped in ``DistributedDataParallel`` and call ``fit`` on every rank with the same
+arguments. Each rank trains on its shard of each epoch (the teacher's sampler shards the
+selection; without a teacher the seeded order is split as ``DistributedSampler`` does), refresh
+passes split the examples between the ranks, ``observe`` gathers every rank's scores so all
+ranks select alike, every rank evaluates the whole eval set, and rank 0 alone writes logs,
+checkpoints (holding every rank's RNG state) and plots.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ._distributed import rank_and_world_size
+from .scores import (
+    AMP_MODES,
+    LossSpec,
+    Objective,
+    autocast,
+    distinct,
+    eval_mode,
+    forward_batch,
+    gradnorm_scores,
+    indexed_loader,
+    move_to,
+    score_pass,
+    split_batch,
+)
+
+__all__ = ["FitResult", "fit", "evaluate", "CHECKPOINT_NAME", "METRICS_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+HISTOGRAM_BINS = 40
+Metric = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass
+class FitResult:
+    """What a ``fit`` run did.
+
+    history: one record per evaluation (every epoch end, every ``eval_every`` steps, and when
+        training stops early), each with ``epoch`` (epochs completed, a float), ``step``
+        (optimizer steps), ``wall_time`` (training wall-clock seconds, every scoring pass
+        included, evaluation excluded), ``train_time``, ``selection_time``, ``examples_seen``
+        (training examples forwarded in training steps), ``examples_scored`` (in refresh passes),
+        ``ratio`` (the epoch's selected fraction), ``train_loss`` (mean per-example loss since the
+        previous record) and the evaluation metrics (``val_loss``; ``val_accuracy`` for
+        ``loss="cross_entropy"``; ``val_ppl`` for ``loss="lm"``; ``val_<name>`` for each extra metric).
+    selections: one record per epoch: ``epoch``, ``step``, ``ratio``, ``selected`` (examples),
+        ``is_full``, ``refreshed`` (examples re-scored), ``time`` (seconds), and at a teacher's
+        selection points ``histogram`` (counts and bin edges of the finite scores it held then).
+    """
+
+    history: list[dict[str, float]]
+    selections: list[dict[str, Any]]
+    wall_time: float
+    train_time: float
+    selection_time: float
+    eval_time: float
+    examples_seen: int
+    examples_scored: int
+    steps: int
+    epochs_completed: int
+    stopped_early: bool
+    out_dir: Path | None
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last history record (empty when nothing was recorded)."""
+        return self.history[-1] if self.history else {}
+
+    @property
+    def selection_overhead(self) -> float:
+        """Selection time as a fraction of wall time."""
+        return self.selection_time / self.wall_time if self.wall_time > 0 else 0.0
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint needs besides the model, optimizer, scheduler, scaler and teacher."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    epoch_order: torch.Tensor | None = None
+    ratio: float = 1.0
+    step: int = 0
+    examples_seen: int = 0
+    examples_scored: int = 0
+    wall_time: float = 0.0
+    train_time: float = 0.0
+    selection_time: float = 0.0
+    eval_time: float = 0.0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    history: list = field(default_factory=list)
+    selections: list = field(default_factory=list)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    loss: LossSpec | Objective,
+    batch_size: int = 256,
+    collate_fn: Callable[[list], Any] | None = None,
+    device: torch.device | str | None = None,
+    amp: str | None = None,
+    label_key: str = "labels",
+    metrics: Mapping[str, Metric] | None = None,
+) -> dict[str, float]:
+    """Evaluate ``model`` on ``data`` in eval mode under ``torch.no_grad``.
+
+    Returns:
+        ``val_loss`` (mean loss per counted position: per token for the cross-entropy losses, per
+        example otherwise); ``val_accuracy`` (argmax == target over valid positions) for
+        ``loss="cross_entropy"``; ``val_ppl`` = exp(val_loss) for ``loss="lm"``; and for each
+        ``metrics`` entry ``name: fn(prediction, targets) -> Tensor[B]`` the mean of its values as
+        ``val_<name>``.
+    """
+    objective = Objective.resolve(loss)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    loss_sum, positions, correct, counted, examples = 0.0, 0, 0, 0, 0
+    extra = {name: 0.0 for name in (metrics or {})}
+    with eval_mode(model), torch.no_grad():
+        for _, batch in indexed_loader(data, batch_size=batch_size, collate_fn=collate_fn):
+            inputs, targets = split_batch(move_to(batch, device), label_key)
+            with autocast(device, amp):
+                pred = forward_batch(model, inputs)
+                losses = objective.losses(pred, targets)
+            counts = objective.token_counts(pred, targets)
+            loss_sum += float((losses.double() * counts).sum())
+            positions += int(counts.sum())
+            examples += pred.shape[0]
+            if objective.name == "cross_entropy":
+                hits, valid = objective.correct(pred, targets)
+                correct, counted = correct + int(hits.sum()), counted + int(valid.sum())
+            for name, fn in (metrics or {}).items():
+                values = fn(pred, targets)
+                if not isinstance(values, torch.Tensor) or values.shape != pred.shape[:1]:
+                    raise ValueError(f"metric {name!r} must return per-example values of shape ({pred.shape[0]},)")
+                extra[name] += float(values.double().sum())
+    if examples == 0:
+        raise ValueError("eval data is empty")
+    result = {"val_loss": loss_sum / max(positions, 1)}
+    if objective.name == "cross_entropy":
+        result["val_accuracy"] = correct / max(counted, 1)
+    if objective.name == "lm":
+        result["val_ppl"] = math.exp(min(result["val_loss"], 700.0))
+    result.update({f"val_{name}": total / examples for name, total in extra.items()})
+    return result
+
+
+class _Clock:
+    """perf_counter that first waits for queued CUDA work, so GPU time lands in the right bucket."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+class _Run:
+    """One ``fit`` call: the options, the live objects and the resumable state."""
+
+    def __init__(self, model, train_data, *, loss, optimizer, teacher, epochs, batch_size, eval_data, metrics,
+                 device, amp, grad_accum, lr_scheduler, lr_scheduler_interval, collate_fn, out_dir, progress, checkpoint_every,
+                 seed, max_time, max_steps, eval_every, eval_batch_size, max_grad_norm, label_key, ignore_index,
+                 gradnorm_params, num_workers):
+        _positive_int("epochs", epochs)
+        _positive_int("batch_size", batch_size)
+        _positive_int("grad_accum", grad_accum)
+        _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+        _positive_int("eval_every", eval_every, allow_none=True)
+        _positive_int("max_steps", max_steps, allow_none=True)
+        if amp is not None and amp not in AMP_MODES:
+            raise ValueError(f"amp must be None or one of {AMP_MODES}, got {amp!r}")
+        if lr_scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}")
+        if max_time is not None and not max_time > 0:
+            raise ValueError(f"max_time must be a positive number of seconds or None, got {max_time!r}")
+        if checkpoint_every is not None and out_dir is None:
+            raise ValueError("checkpoint_every needs out_dir: checkpoints are written to out_dir/" + CHECKPOINT_NAME)
+        if len(train_data) == 0:
+            raise ValueError("train_data is empty")
+        if teacher is not None and teacher.num_examples != len(train_data):
+            raise ValueError(f"teacher was built for {teacher.num_examples} examples but train_data has {len(train_data)}")
+        if teacher is not None and teacher.plan.epochs not in (None, epochs):
+            raise ValueError(f"teacher plans {teacher.plan.epochs} epochs but fit was asked for epochs={epochs}; build the teacher with epochs={epochs}")
+        self.model, self.train_data, self.eval_data = model, train_data, eval_data
+        self.objective = Objective.resolve(loss, ignore_index=ignore_index)
+        self.optimizer, self.teacher, self.lr_scheduler = optimizer, teacher, lr_scheduler
+        self.step_scheduler_per_epoch = lr_scheduler_interval == "epoch"
+        self.epochs, self.batch_size, self.grad_accum = epochs, batch_size, grad_accum
+        self.metrics, self.amp, self.collate_fn, self.label_key = metrics, amp, collate_fn, label_key
+        self.progress, self.checkpoint_every, self.seed = progress, checkpoint_every, seed
+        self.max_time, self.max_steps, self.eval_every = max_time, max_steps, eval_every
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_grad_norm, self.num_workers = max_grad_norm, num_workers
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.clock = _Clock(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        self.kind = teacher.score if teacher is not None else None
+        self.gradnorm_params = gradnorm_params
+        self.probe = None
+        self.rank, self.world = rank_and_world_size()
+        self.state = _State()
+        self.session_start = 0.0
+        self.excluded = 0.0
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def wall(self) -> float:
+        return self.state.wall_time + (self.clock.now() - self.session_start) - self.excluded
+
+    def record(self, epoch: float) -> dict[str, float]:
+        state = self.state
+        start = self.clock.now()
+        values = {} if self.eval_data is None else evaluate(
+            self.model, self.eval_data, loss=self.objective, batch_size=self.eval_batch_size, collate_fn=self.collate_fn,
+            device=self.device, amp=self.amp, label_key=self.label_key, metrics=self.metrics,
+        )
+        spent = self.clock.now() - start
+        self.excluded += spent
+        state.eval_time += spent
+        entry = {
+            "epoch": epoch,
+            "step": state.step,
+            "wall_time": self.wall(),
+            "train_time": state.train_time,
+            "selection_time": state.selection_time,
+            "eval_time": state.eval_time,
+            "examples_seen": state.examples_seen,
+            "examples_scored": state.examples_scored,
+            "ratio": state.ratio,
+            "train_loss": state.loss_sum / state.loss_count if state.loss_count else float("nan"),
+            **values,
+        }
+        state.loss_sum, state.loss_count = 0.0, 0
+        state.history.append(entry)
+        self.log({"event": "eval", **entry})
+        return entry
+
+    def log(self, entry: Mapping[str, Any]) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / METRICS_NAME, "a") as f:
+            f.write(json.dumps(entry, default=float) + "\n")
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        """Write out_dir/checkpoint.pt (rank 0; under torch.distributed every rank must call it,
+        since it gathers each rank's RNG state)."""
+        if self.out_dir is None:
+            return
+        start = self.clock.now()
+        self.state.wall_time = self.wall()
+        self.session_start, self.excluded = start, 0.0
+        rng = [_rng_state()]
+        if self.world > 1:
+            rng = [None] * self.world
+            dist.all_gather_object(rng, _rng_state())
+        if self.rank != 0:
+            self.excluded += self.clock.now() - start
+            return
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "state": asdict(self.state),
+            "rng": rng,
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / CHECKPOINT_NAME
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        self.excluded += self.clock.now() - start
+
+    def load_checkpoint(self, resume_from: str | os.PathLike) -> None:
+        path = Path(resume_from)
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME
+        if not path.is_file():
+            raise ValueError(f"resume_from: no checkpoint at {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if (payload["teacher"] is None) != (self.teacher is None):
+            had = "with" if payload["teacher"] is not None else "without"
+            raise ValueError(f"resume_from: the checkpoint {path} was written by a run {had} a teacher; pass the same kind of run")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.lr_scheduler is not None and payload["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(payload["lr_scheduler"])
+        if self.scaler is not None and payload["scaler"] is not None:
+            self.scaler.load_state_dict(payload["scaler"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(payload["teacher"])
+        if len(payload["rng"]) != self.world:
+            raise ValueError(f"resume_from: the checkpoint {path} was written by {len(payload['rng'])} processes, "
+                             f"this run has {self.world}")
+        self.state = _State(**payload["state"])
+        _set_rng_state(payload["rng"][self.rank])
+
+    # ------------------------------------------------------------ selection
+
+    def begin_epoch(self, epoch: int) -> torch.Tensor:
+        """The epoch's example order; with a teacher: refresh pass, selection, record."""
+        state = self.state
+        start = self.clock.now()
+        if self.teacher is None:
+            order = torch.randperm(len(self.train_data), generator=torch.Generator().manual_seed(self.seed + epoch))
+            record = {"epoch": epoch, "step": state.step, "ratio": 1.0, "selected": len(order), "is_full": True, "refreshed": 0}
+            order = self.rank_shard(order)
+        else:
+            refresh = self.teacher.refresh_indices(epoch)
+            refreshed = 0 if refresh is None else int(refresh.numel())
+            if refreshed:
+                scores = score_pass(
+                    self.model, self.train_data, self.kind, loss=self.objective, indices=refresh,
+                    batch_size=self.eval_batch_size, collate_fn=self.collate_fn, device=self.device, amp=self.amp,
+                    label_key=self.label_key, probe=self.probe,
+                )
+                self.teacher.observe(refresh, scores, step=state.step)
+                state.examples_scored += refreshed
+            selection = self.teacher.select(epoch)
+            sampler = self.teacher.sampler(shuffle=True)
+            sampler.set_epoch(epoch)
+            order = torch.as_tensor(list(sampler), dtype=torch.long)
+            record = {
+                "epoch": epoch, "step": state.step, "ratio": float(selection.ratio), "selected": int(selection.indices.numel()),
+                "is_full": bool(selection.is_full), "refreshed": refreshed,
+            }
+            if self.teacher.plan.at(epoch).is_selection_point:
+                record["histogram"] = self.score_histogram()
+        spent = self.clock.now() - start
+        state.selection_time += spent
+        state.ratio = record["ratio"]
+        record["time"] = spent
+        state.selections.append(record)
+        self.log({"event": "selection", **record})
+        return order
+
+    def score_histogram(self) -> dict[str, list[float]]:
+        held = self.teacher.state_dict()
+        scores = held["scores"][held["score_steps"] >= 0]
+        finite = scores[torch.isfinite(scores)].double().numpy()
+        counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS) if finite.size else (np.zeros(0), np.zeros(0))
+        return {"counts": counts.tolist(), "edges": edges.tolist()}
+
+    # ------------------------------------------------------------ training
+
+    def train_group(self, group: list[tuple[torch.Tensor, Any]]) -> float:
+        """One optimizer step over ``group`` (up to grad_accum micro-batches); returns the scoring
+        seconds spent inside it."""
+        model, objective, scaler = self.model, self.objective, self.scaler
+        total = sum(int(indices.numel()) for indices, _ in group)
+        scoring, gradnorm_scale = 0.0, 1.0
+        pending = []
+        for position, (indices, batch) in enumerate(group):
+            inputs, targets = split_batch(move_to(batch, self.device), self.label_key)
+            # DDP: reduce the gradients once, after the group's last micro-batch.
+            accumulating = position < len(group) - 1 and hasattr(model, "no_sync")
+            with model.no_sync() if accumulating else contextlib.nullcontext():
+                with autocast(self.device, self.amp):
+                    pred = forward_batch(model, inputs)
+                    losses = objective.losses(pred, targets)
+                coefficients = torch.full_like(losses, 1.0 / total)
+                if self.teacher is not None:
+                    coefficients = coefficients * self.teacher.loss_weights(indices).to(coefficients)
+                weighted = losses * coefficients if scaler is None else scaler.scale(losses * coefficients)
+                if self.probe is not None:
+                    norms_sq = self.probe.backward(weighted, reduction="sum")
+                else:
+                    weighted.sum().backward()
+            self.state.loss_sum += float(losses.detach().double().sum())
+            self.state.loss_count += int(indices.numel())
+            if self.teacher is None:
+                continue
+            start = self.clock.now()
+            if self.kind == "loss":
+                scores = losses.detach()
+            elif self.kind == "fgrad":
+                scores = objective.output_scores(pred, targets, "fgrad")
+            else:
+                gradnorm_scale = scaler.get_scale() if scaler is not None else 1.0
+                scores = gradnorm_scores(norms_sq, coefficients * gradnorm_scale)
+            pending.append((indices, scores))
+            scoring += self.clock.now() - start
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None and not self.step_scheduler_per_epoch:
+            self.lr_scheduler.step()
+        self.state.step += 1
+        self.state.examples_seen += total * self.world
+        overflowed = scaler is not None and self.kind == "gradnorm" and scaler.get_scale() < gradnorm_scale
+        start = self.clock.now()
+        for indices, scores in ([] if overflowed else pending):
+            self.teacher.observe(*distinct(indices, scores), step=self.state.step - 1)
+        return scoring + self.clock.now() - start
+
+    def out_of_budget(self) -> bool:
+        """True once max_steps or max_time is spent (under torch.distributed: on any rank, so that
+        every rank stops at the same step)."""
+        spent = (self.max_steps is not None and self.state.step >= self.max_steps) or (
+            self.max_time is not None and self.wall() >= self.max_time
+        )
+        if self.world > 1 and self.max_time is not None:
+            flag = torch.tensor([float(spent)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            spent = bool(flag.item())
+        return spent
+
+    def rank_shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of an epoch order: under torch.distributed, the order padded by
+        repeating from its start to a multiple of the world size, every world-size-th entry from
+        the rank's own (as DistributedSampler does); the order itself otherwise."""
+        if self.world == 1:
+            return order
+        total = math.ceil(len(order) / self.world) * self.world
+        return order.repeat(math.ceil(total / len(order)))[:total][self.rank :: self.world]
+
+    def run(self, resume_from: str | os.PathLike | None) -> FitResult:
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        else:
+            _seed_everything(self.seed)
+        state = self.state
+        self.model.to(self.device)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.kind == "gradnorm":
+            from .probe import GradNormProbe
+
+            self.probe = GradNormProbe(self.model, self.gradnorm_params)
+        self.session_start, self.excluded = self.clock.now(), 0.0
+        stopped = False
+        try:
+            while state.epoch < self.epochs:
+                epoch = state.epoch
+                if state.epoch_order is None:
+                    state.epoch_order, state.batches_done = self.begin_epoch(epoch), 0
+                n_batches = math.ceil(len(state.epoch_order) / self.batch_size)
+                rest = state.epoch_order[state.batches_done * self.batch_size:].tolist()
+                loader = indexed_loader(self.train_data, batch_size=self.batch_size, sampler=rest, collate_fn=self.collate_fn,
+                                        seed=self.seed + epoch, num_workers=self.num_workers)
+                self.run_epoch(epoch, iter(loader), n_batches)
+                if state.batches_done >= n_batches:
+                    state.epoch, state.epoch_order, state.batches_done = epoch + 1, None, 0
+                    if self.lr_scheduler is not None and self.step_scheduler_per_epoch:
+                        self.lr_scheduler.step()
+                    self.record(float(epoch + 1))
+                    self.save_checkpoint()
+                if self.out_of_budget():
+                    stopped = state.epoch < self.epochs
+                    if state.epoch_order is not None:
+                        self.record(epoch + state.batches_done / n_batches)
+                        self.save_checkpoint()
+                    break
+        finally:
+            if self.probe is not None:
+                self.probe.remove()
+        return self.result(stopped)
+
+    def run_epoch(self, epoch: int, batches: Iterator, n_batches: int) -> None:
+        """Train on the rest of an epoch's batches, until they run out or a budget (max_steps,
+        max_time) is spent."""
+        state = self.state
+        bar = tqdm(total=n_batches, initial=state.batches_done, desc=f"epoch {epoch + 1}/{self.epochs}",
+                   disable=not self.progress or self.rank != 0, leave=False, dynamic_ncols=True)
+        try:
+            while True:
+                start = self.clock.now()
+                group = list(itertools.islice(batches, self.grad_accum))
+                if not group:
+                    return
+                loss_before, count_before = state.loss_sum, state.loss_count
+                scoring = self.train_group(group)
+                spent = self.clock.now() - start
+                state.train_time += spent - scoring
+                state.selection_time += scoring
+                state.batches_done += len(group)
+                bar.update(len(group))
+                wall = self.wall()
+                bar.set_postfix(
+                    loss=f"{(state.loss_sum - loss_before) / max(1, state.loss_count - count_before):.4f}",
+                    ratio=f"{state.ratio:.2f}", sel=f"{100 * state.selection_time / max(wall, 1e-9):.1f}%",
+                )
+                if self.checkpoint_every is not None and state.step % self.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.out_of_budget():
+                    return
+                if self.eval_every is not None and state.step % self.eval_every == 0 and state.batches_done < n_batches:
+                    self.record(epoch + state.batches_done / n_batches)
+        finally:
+            bar.close()
+
+    def result(self, stopped: bool) -> FitResult:
+        state = self.state
+        if self.out_dir is not None and state.history and self.rank == 0:
+            from .plots import plot_run
+
+            plot_run(state.history, state.selections, self.out_dir)
+        return FitResult(
+            history=list(state.history), selections=list(state.selections), wall_time=self.wall(),
+            train_time=state.train_time, selection_time=state.selection_time, eval_time=state.eval_time,
+            examples_seen=state.examples_seen, examples_scored=state.examples_scored, steps=state.step,
+            epochs_completed=state.epoch, stopped_early=stopped, out_dir=self.out_dir,
+        )
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    *,
+    loss: LossSpec,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    teacher: Any = None,
+    batch_size: int = 64,
+    eval_data: Dataset | None = None,
+    metrics: Mapping[str, Metric] | None = None,
+    device: torch.device | str | None = None,
+    amp: str | None = None,
+    grad_accum: int = 1,
+    lr_scheduler: Any = None,
+    lr_scheduler_interval: str = "step",
+    collate_fn: Callable[[list], Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    checkpoint_every: int | None = None,
+    resume_from: str | os.PathLike | None = None,
+    seed: int = 0,
+    max_time: float | None = None,
+    max_steps: int | None = None,
+    eval_every: int | None = None,
+    eval_batch_size: int | None = None,
+    max_grad_norm: float | None = None,
+    label_key: str = "labels",
+    ignore_index: int = -100,
+    gradnorm_params: Any = None,
+    num_workers: int = 0,
+) -> FitResult:
+    """Train ``model`` on ``train_data``, with a teacher selecting what each epoch trains on.
+
+    Args:
+        model: any ``nn.Module``; moved to ``device`` and trained in place.
+        train_data: map-style dataset of ``(input, target)`` pairs or of mappings (the target under
+            ``label_key``, the other entries the model's keyword arguments); batches are built by
+            ``collate_fn`` (default: torch's default collate).
+        loss: ``"cross_entropy"`` (logits (B, C) / (B, T, V), targets (B,) / (B, T)),
+            ``"lm"`` (causal LM: logits (B, T, V), labels (B, T) aligned with the inputs, shifted
+            here; ``ignore_index`` positions skipped), ``"mse"`` or a callable
+            ``(prediction, targets) -> Tensor[B]`` of per-example losses. The batch loss is
+            sum_i w_i l_i / (examples in the optimizer step), with w_i the teacher's
+            ``loss_weights`` (1 without a teacher): the mean of per-example losses.
+        optimizer: a torch optimizer over the model's parameters.
+        epochs: number of epochs (a teacher's epoch trains on its selected subset only).
+        teacher: an ``attent.Teacher`` built for ``len(train_data)`` examples, or None (plain training).
+        batch_size: examples per micro-batch; ``grad_accum`` micro-batches make an optimizer step.
+        eval_data, metrics: evaluation set and extra per-example metrics (see :func:`evaluate`).
+        device: where to train (default: CUDA when available, else CPU).
+        amp: None, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + GradScaler).
+        lr_scheduler: stepped after every optimizer step (``lr_scheduler_interval="step"``) or at
+            every epoch end (``"epoch"``: a schedule in epochs, which a teacher's shorter subset
+            epochs do not stretch).
+        out_dir: when given: ``metrics.jsonl`` (one line per evaluation and per selection),
+            ``checkpoint.pt`` (every epoch end, every ``checkpoint_every`` steps and when a budget
+            stops training) and the plots of :func:`attent.plots.plot_run`.
+        progress: show a tqdm bar with the loss, the selected ratio and the selection overhead.
+        resume_from: a checkpoint file or a folder holding ``checkpoint.pt``: model, optimizer,
+            scheduler, scaler, teacher, position in the epoch and RNG states are restored, so the
+            resumed run reproduces the uninterrupted one (with ``num_workers=0``).
+        seed: seeds torch, numpy and random at the start (not on resume). Without a teacher,
+            epoch e visits the examples in the order
+            ``torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed + e))``.
+        max_time: stop once the training wall time passes this many seconds.
+        max_steps: stop after this many optimizer steps.
+        eval_every: also evaluate whenever the run's optimizer step count is a multiple of this
+            (an epoch's last step gets its epoch-end record only).
+        eval_batch_size: batch size of evaluation and refresh passes (default: batch_size).
+        max_grad_norm: clip the gradient norm before each step.
+        label_key: the targets' key in mapping items.
+        ignore_index: target value the cross-entropy losses skip.
+        gradnorm_params: parameters (or names) the ``"gradnorm"`` score covers (default: all trainable).
+        num_workers: DataLoader worker processes.
+
+    Returns:
+        FitResult (see its docstring); ``history[-1]`` holds the final evaluation.
+    """
+    run = _Run(
+        model, train_data, loss=loss, optimizer=optimizer, teacher=teacher, epochs=epochs, batch_size=batch_size,
+        eval_data=eval_data, metrics=metrics, device=device, amp=amp, grad_accum=grad_accum, lr_scheduler=lr_scheduler,
+        lr_scheduler_interval=lr_scheduler_interval,
+        collate_fn=collate_fn, out_dir=out_dir, progress=progress, checkpoint_every=checkpoint_every, seed=seed,
+        max_time=max_time, max_steps=max_steps, eval_every=eval_every, eval_batch_size=eval_batch_size,
+        max_grad_norm=max_grad_norm, label_key=label_key, ignore_index=ignore_index, gradnorm_params=gradnorm_params,
+        num_workers=num_workers,
+    )
+    return run.run(resume_from)

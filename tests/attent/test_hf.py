@@ -1,0 +1,106 @@
+"""Hugging Face Trainer integration: a tiny GPT-2 with peft LoRA trained under a teacher, end to end."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from attent.integrations.hf import INDEX_KEY, AtteNTTrainer  # noqa: E402
+from attent.teacher import Teacher  # noqa: E402
+
+VOCAB, LENGTH, N_EXAMPLES = 29, 7, 11
+
+
+def _data(seed, n=N_EXAMPLES):
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        ids = torch.randint(0, VOCAB, (LENGTH,), generator=g)
+        labels = ids.clone()
+        labels[LENGTH - 1 - i % 3:] = -100  # some examples carry fewer target tokens
+        items.append({"input_ids": ids, "attention_mask": torch.ones(LENGTH, dtype=torch.long), "labels": labels})
+    return items
+
+
+def _lora_gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    lora = peft.LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["c_attn"], fan_in_fan_out=True,
+                           init_lora_weights=False)
+    return peft.get_peft_model(transformers.GPT2LMHeadModel(config), lora)
+
+
+def _example_fgrad(model, item):
+    """||d l_i / d logits_i|| of the example's mean shifted-token loss, by autograd."""
+    logits = model(input_ids=item["input_ids"][None]).logits.detach().requires_grad_(True)
+    loss = F.cross_entropy(logits[0, :-1], item["labels"][1:], ignore_index=-100)
+    (grad,) = torch.autograd.grad(loss, logits)
+    return grad.norm()
+
+
+def test_lora_gpt2_trains_under_the_teacher(tmp_path):
+    train, val = _data(0), _data(1, 5)
+    model = _lora_gpt2()
+    initial = copy.deepcopy(model)
+    teacher = Teacher(len(train), score="fgrad", strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
+    observed, selected = [], {}
+    observe, select = teacher.observe, teacher.select
+    teacher.observe = lambda indices, scores, *, step=None: (observed.append((indices, scores, step)), observe(indices, scores, step=step))
+    teacher.select = lambda epoch: selected.setdefault(epoch, select(epoch))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, num_train_epochs=3,
+        learning_rate=5e-2, lr_scheduler_type="constant", logging_steps=1, eval_strategy="epoch", save_strategy="no",
+        report_to=[], use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=0,
+    )
+    trainer = AtteNTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, teacher=teacher)
+    assert trainer.objective.name == "lm"  # a causal LM under its peft wrapper
+    trainer.train()
+
+    # epoch 0: all 11 examples (3 steps); epochs 1 and 2: the 5 highest-scored (2 steps each)
+    assert trainer.state.global_step == 3 + 2 + 2
+    first_indices, first_scores, _ = observed[0]  # the first training batch, scored before any update
+    expected = torch.stack([_example_fgrad(initial, train[i]) for i in first_indices.tolist()])
+    torch.testing.assert_close(first_scores, expected, rtol=1e-4, atol=1e-6)
+    refreshes = [(i, step) for i, _, step in observed if i.numel() == N_EXAMPLES]  # training batches hold 4 at most
+    assert [step for _, step in refreshes] == [3, 5] and all(sorted(i.tolist()) == list(range(N_EXAMPLES)) for i, _ in refreshes)
+    for epoch, (first_step, end_step) in enumerate([(0, 3), (3, 5), (5, 7)]):
+        trained = torch.cat([i for i, _, step in observed if i.numel() < N_EXAMPLES and first_step <= step < end_step])
+        assert sorted(trained.tolist()) == selected[epoch].indices.tolist()
+    ratios = [log["attent_ratio"] for log in trainer.state.log_history if "attent_ratio" in log and "loss" in log]
+    assert ratios[:3] == [1.0] * 3 and ratios[3:] == pytest.approx([5 / 11] * 4)
+    assert sum("eval_loss" in log for log in trainer.state.log_history) == 3
+
+    changed = {name for (name, p), q in zip(model.named_parameters(), initial.parameters()) if not torch.equal(p, q)}
+    assert changed and all("lora_" in name for name in changed)
+
+
+def test_compute_loss_is_the_weighted_mean_of_per_example_losses(tmp_path):
+    train = _data(2)
+    model = _lora_gpt2()
+    teacher = Teacher(len(train), score="loss", ratio=0.5, epochs=2, interval=1)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
+    trainer = AtteNTTrainer(model=model, args=args, train_dataset=train, teacher=teacher)
+    picks = [3, 8, 0]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in picks])
+    assert batch[INDEX_KEY].tolist() == picks
+    weights = torch.tensor([0.5, 2.0, 1.5])
+    teacher.loss_weights = lambda indices: weights[[picks.index(i) for i in indices.tolist()]]
+    loss = trainer.compute_loss(model, dict(batch))
+    per_example = torch.stack([
+        F.cross_entropy(model(input_ids=train[i]["input_ids"][None]).logits[0, :-1], train[i]["labels"][1:], ignore_index=-100)
+        for i in picks
+    ])
+    torch.testing.assert_close(loss, (per_example * weights).mean())
+    assert teacher.stats["observed"] == 3
+
+
+def test_bad_teachers_are_rejected(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="teacher was built for 5 examples"):
+        AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(5, ratio=0.5))
+    with pytest.raises(ValueError, match="teacher score must be one of"):
+        AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(N_EXAMPLES, score="gradnorm", ratio=0.5))

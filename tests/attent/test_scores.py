@@ -1,0 +1,208 @@
+"""Per-example scores (attent.scores) against F.cross_entropy, autograd and single-example loops."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from attent.scores import Objective, distinct, forward_batch, gradnorm_scores, prediction_of, score_pass, split_batch
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _output_grad_norms(per_example_loss, pred):
+    """||d l_i / d pred_i|| by one autograd call per example (the oracle)."""
+    norms = []
+    for i in range(pred.shape[0]):
+        leaf = pred[i : i + 1].detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(per_example_loss(leaf, i), leaf)
+        norms.append(g.norm())
+    return torch.stack(norms)
+
+
+def test_classification_losses_and_scores_match_cross_entropy():
+    g = _gen(1)
+    logits = torch.randn(5, 7, generator=g, dtype=torch.float64) * 3
+    targets = torch.randint(0, 7, (5,), generator=g)
+    objective = Objective.resolve("cross_entropy")
+    expected = F.cross_entropy(logits, targets, reduction="none")
+    torch.testing.assert_close(objective.losses(logits, targets), expected)
+    torch.testing.assert_close(objective.output_scores(logits, targets, "loss"), expected)
+    oracle = _output_grad_norms(lambda z, i: F.cross_entropy(z, targets[i : i + 1]), logits)
+    torch.testing.assert_close(objective.output_scores(logits, targets, "fgrad"), oracle)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "lm"])
+def test_sequence_scores_are_per_example_token_means(name):
+    g = _gen(2)
+    batch, length, vocab = 4, 9, 11
+    logits = torch.randn(batch, length, vocab, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, vocab, (batch, length), generator=g)
+    labels[1, 3:] = -100
+    labels[2] = -100  # an example with no valid token scores 0
+    objective = Objective.resolve(name)
+    shift = 1 if name == "lm" else 0
+
+    def example_loss(z, i):
+        z = z[:, : length - shift].reshape(-1, vocab)
+        y = labels[i, shift:]
+        if (y != -100).sum() == 0:
+            return (z * 0).sum()
+        return F.cross_entropy(z, y, ignore_index=-100)
+
+    expected = torch.stack([example_loss(logits[i : i + 1], i) for i in range(batch)])
+    torch.testing.assert_close(objective.losses(logits, labels), expected)
+    torch.testing.assert_close(objective.output_scores(logits, labels, "loss"), expected)
+    oracle = _output_grad_norms(example_loss, logits)
+    fgrad = objective.output_scores(logits, labels, "fgrad")
+    torch.testing.assert_close(fgrad, oracle)
+    assert fgrad[2] == 0 and objective.losses(logits, labels)[2] == 0
+
+
+def test_mse_scores_match_autograd():
+    g = _gen(3)
+    pred = torch.randn(5, 3, 2, generator=g, dtype=torch.float64)
+    target = torch.randn(5, 3, 2, generator=g, dtype=torch.float64)
+    objective = Objective.resolve("mse")
+    expected = ((pred - target) ** 2).reshape(5, -1).mean(dim=1)
+    torch.testing.assert_close(objective.losses(pred, target), expected)
+    torch.testing.assert_close(objective.output_scores(pred, target, "loss"), expected)
+    oracle = _output_grad_norms(lambda p, i: F.mse_loss(p, target[i : i + 1]), pred)
+    torch.testing.assert_close(objective.output_scores(pred, target, "fgrad"), oracle, rtol=1e-6, atol=1e-9)
+
+
+def test_callable_loss_fgrad_is_the_gradient_wrt_its_own_output():
+    g = _gen(4)
+    pred = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(7, 3, generator=g, dtype=torch.float64)
+
+    def huber(p, y):
+        return F.huber_loss(p, y, reduction="none", delta=0.5).sum(dim=1) ** 1.5
+
+    objective = Objective.resolve(huber)
+    torch.testing.assert_close(objective.losses(pred, target), huber(pred, target))
+    oracle = _output_grad_norms(lambda p, i: huber(p, target[i : i + 1]).sum(), pred)
+    torch.testing.assert_close(objective.output_scores(pred, target, "fgrad"), oracle)
+    assert pred.grad is None and not objective.output_scores(pred, target, "fgrad").requires_grad
+
+
+def test_bad_input_names_the_argument():
+    objective = Objective.resolve("cross_entropy")
+    with pytest.raises(ValueError, match="integer class-id targets"):
+        objective.losses(torch.randn(3, 4), torch.randn(3))
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(5,\)"):
+        objective.losses(torch.randn(3, 4), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="loss='lm'"):
+        Objective.resolve("lm").losses(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="prediction's shape"):
+        Objective.resolve("mse").losses(torch.randn(3, 2), torch.randn(3))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        Objective.resolve("hinge")
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        Objective.resolve(lambda p, y: p.sum()).losses(torch.randn(3, 2), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="needs the probe"):
+        objective.output_scores(torch.randn(3, 4), torch.zeros(3, dtype=torch.long), "gradnorm")
+
+
+def test_batch_conventions():
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
+    assert split_batch((x, y)) == (x, y)
+    inputs, targets = split_batch({"input_ids": x, "labels": y})
+    assert set(inputs) == {"input_ids"} and targets is y
+    with pytest.raises(ValueError, match="label_key='target'"):
+        split_batch({"input_ids": x}, label_key="target")
+    with pytest.raises(ValueError, match="pair or a mapping"):
+        split_batch((x, y, y))
+
+    class Output:
+        logits = x
+
+    assert prediction_of(Output()) is x and prediction_of({"logits": x}) is x and prediction_of((x, y)) is x
+    with pytest.raises(ValueError, match="cannot find the prediction"):
+        prediction_of("text")
+
+
+class _Tiny(nn.Module):
+    """A model with dropout, so that eval mode matters for the oracle."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("kind", ["loss", "fgrad"])
+def test_score_pass_matches_single_example_forwards(kind):
+    torch.manual_seed(0)
+    model = _Tiny().double()
+    data = torch.utils.data.TensorDataset(torch.randn(13, 5, dtype=torch.float64), torch.randint(0, 3, (13,)))
+    indices = torch.tensor([12, 0, 7, 3, 3, 9, 1])
+    model.train()
+    scores = score_pass(model, data, kind, loss="cross_entropy", indices=indices, batch_size=3)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    expected = []
+    for i in indices.tolist():
+        x, y = data[i]
+        z = model(x[None])
+        if kind == "loss":
+            expected.append(F.cross_entropy(z, y[None]).detach())
+        else:
+            expected.append(_output_grad_norms(lambda p, _: F.cross_entropy(p, y[None]), z)[0])
+    torch.testing.assert_close(scores, torch.stack(expected).float(), rtol=1e-5, atol=1e-7)
+
+
+def test_score_pass_gradnorm_matches_per_example_parameter_gradients():
+    pytest.importorskip("attent.probe")
+    torch.manual_seed(1)
+    model = _Tiny().double()
+    data = torch.utils.data.TensorDataset(torch.randn(11, 5, dtype=torch.float64), torch.randint(0, 3, (11,)))
+    scores = score_pass(model, data, "gradnorm", loss="cross_entropy", batch_size=4)
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def example_loss(p, x, y):
+        return F.cross_entropy(functional_call(model, p, (x[None],)), y[None])
+
+    x, y = data.tensors
+    grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y)
+    expected = sum(g.reshape(11, -1).square().sum(dim=1) for g in grads.values()).sqrt()
+    torch.testing.assert_close(scores, expected.float(), rtol=1e-4, atol=1e-7)
+
+
+def test_score_pass_rejects_out_of_range_indices():
+    data = torch.utils.data.TensorDataset(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\)"):
+        score_pass(_Tiny(), data, "loss", loss="cross_entropy", indices=[0, 4])
+    with pytest.raises(ValueError, match="score kind"):
+        score_pass(_Tiny(), data, "entropy", loss="cross_entropy")
+
+
+def test_forward_batch_passes_mappings_as_keywords():
+    class Keyword(nn.Module):
+        def forward(self, input_ids, scale):
+            return {"logits": input_ids * scale}
+
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(forward_batch(Keyword(), {"input_ids": x, "scale": 2.0}), 2 * x)
+
+
+def test_distinct_keeps_each_example_once_with_its_first_score():
+    indices = torch.tensor([5, 2, 5, 9, 2, 5])
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    unique, kept = distinct(indices, scores)
+    assert unique.tolist() == [2, 5, 9] and kept.tolist() == [2.0, 1.0, 4.0]
+    same = torch.tensor([3, 1, 2])
+    assert distinct(same, scores[:3])[0] is same
+
+
+def test_gradnorm_scores_undo_the_loss_coefficients():
+    norms_sq = torch.tensor([4.0, 9.0, 0.25], dtype=torch.float64)
+    coefficients = torch.tensor([0.5, -3.0, 0.1])
+    torch.testing.assert_close(gradnorm_scores(norms_sq, coefficients), torch.tensor([4.0, 1.0, 5.0]))

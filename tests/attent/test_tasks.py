@@ -1,0 +1,254 @@
+"""The testbeds: shapes, determinism under a seed, disjoint splits, model forwards, the synthetic
+tasks' ground truth, and the time-to-target comparison shared by the demo and the benchmark."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from attent.scores import Objective
+from attent.tasks import TASKS, Task, TrainDefaults, make_task
+from attent.tasks.compare import FULL_DATA, Method, format_table, summarize, time_to_target
+from attent.tasks.icl_regression import make_prompts
+from attent.tasks.scb import ground_truth, next_token_distribution
+from attent.tasks.stdlib_lm import ByteTokenizer, WindowDataset, corpus_files
+from attent.trainer import FitResult
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return {name: make_task(name, seed=3) for name in TASKS}
+
+
+def _first_batch(dataset, size=5):
+    return next(iter(DataLoader(dataset, batch_size=size)))
+
+
+def _rows(dataset) -> set[bytes]:
+    inputs = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return {row.numpy().tobytes() for row in inputs.reshape(len(dataset), -1)}
+
+
+EXPECTED = {
+    # name: (train size, val size, input shape, input dtype, target shape, target dtype, prediction shape per example)
+    "digits": (1437, 360, (1, 8, 8), torch.float32, (), torch.int64, (10,)),
+    "stdlib_lm": (3072, 512, (64,), torch.int64, (64,), torch.int64, (64, 257)),
+    "scb": (6144, 1024, (12,), torch.int64, (), torch.int64, (16,)),
+    "icl_regression": (8192, 1024, (12, 7), torch.float32, (1,), torch.float32, (1,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_items_have_the_documented_shapes_and_the_model_consumes_a_batch(tasks, name):
+    task = tasks[name]
+    n_train, n_val, in_shape, in_dtype, target_shape, target_dtype, pred_shape = EXPECTED[name]
+    assert (len(task.train), len(task.val)) == (n_train, n_val)
+    x, y = task.train[n_train - 1]
+    assert (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype) == (in_shape, in_dtype, target_shape, target_dtype)
+    inputs, targets = _first_batch(task.val, 5)
+    model = task.model(0).eval()
+    with torch.no_grad():
+        outputs = model(inputs)
+    pred = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+    assert tuple(pred.shape) == (5, *pred_shape)
+    losses = Objective.resolve(task.loss).losses(pred, targets)
+    assert losses.shape == (5,) and torch.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_a_seed_fixes_data_and_model_initialization(name):
+    first, again = make_task(name, seed=5, quick=True), make_task(name, seed=5, quick=True)
+    for split in ("train", "val"):
+        a, b = getattr(first, split), getattr(again, split)
+        assert len(a) == len(b)
+        for i in (0, len(a) // 2, len(a) - 1):
+            assert all(torch.equal(u, v) for u, v in zip(a[i], b[i]))
+    state = torch.get_rng_state()
+    one, same, other = first.model(7), again.model(7), first.model(8)
+    assert torch.equal(torch.get_rng_state(), state), "Task.model must leave the global RNG alone"
+    pairs = list(zip(one.state_dict().values(), same.state_dict().values(), other.state_dict().values()))
+    assert all(torch.equal(p, q) for p, q, _ in pairs)
+    assert any(not torch.equal(p, r) for p, _, r in pairs if p.is_floating_point())
+
+
+@pytest.mark.parametrize("name", ["stdlib_lm", "scb", "icl_regression"])
+def test_another_seed_draws_other_training_data(name):
+    a, b = make_task(name, seed=1, quick=True), make_task(name, seed=2, quick=True)
+    assert not torch.equal(a.train[0][0], b.train[0][0])
+
+
+@pytest.mark.parametrize("name", ["digits", "scb", "icl_regression"])
+def test_no_validation_input_appears_in_training(tasks, name):
+    task = tasks[name]
+    assert not _rows(task.train) & _rows(task.val)
+
+
+def test_digits_split_is_fixed_stratified_and_covers_the_dataset(tasks):
+    info = tasks["digits"].info
+    train_idx, val_idx = info["train_indices"], info["val_indices"]
+    assert sorted(torch.cat([train_idx, val_idx]).tolist()) == list(range(1797))
+    labels = torch.tensor([int(tasks["digits"].val[i][1]) for i in range(len(tasks["digits"].val))])
+    counts = torch.bincount(labels, minlength=10)
+    assert int(counts.min()) >= 35 and int(counts.max()) <= 37
+    assert torch.equal(make_task("digits", seed=99).info["val_indices"], val_idx)
+    images = torch.stack([tasks["digits"].train[i][0] for i in range(len(tasks["digits"].train))])
+    assert abs(float(images.mean())) < 1e-4 and abs(float(images.std()) - 1.0) < 1e-3
+
+
+def test_stdlib_corpus_holds_out_whole_files_and_windows_are_its_text(tasks):
+    train_files, val_files = corpus_files()
+    assert train_files and val_files and not set(train_files) & set(val_files)
+    assert sorted(train_files + val_files) == sorted(Path(train_files[0]).parent.glob("*.py"))
+    task = tasks["stdlib_lm"]
+    assert task.info["val_files"] == [f.name for f in val_files]
+    tokenizer = task.info["tokenizer"]
+    val_text = "".join(f.read_text(encoding="utf-8", errors="replace") + "\n" for f in val_files)  # eos after every file
+    for i in (0, 137, len(task.val) - 1):
+        ids, labels = task.val[i]
+        assert torch.equal(ids, labels) and int(ids.max()) < tokenizer.vocab_size
+        text = tokenizer.decode(ids)
+        if "\ufffd" not in text:  # a window may cut a multi-byte character at its ends
+            assert text in val_text
+
+
+def test_byte_tokenizer_round_trips_and_validates():
+    tokenizer = ByteTokenizer()
+    text = "def f(x):\n    return 'é' * x\n"
+    ids = tokenizer.encode(text, eos=True)
+    assert ids.dtype == torch.int64 and int(ids[-1]) == tokenizer.eos_id
+    assert tokenizer.decode(ids[:-1]) == text
+    with pytest.raises(ValueError, match="shape"):
+        tokenizer.decode(ids[None])
+    with pytest.raises(ValueError, match="starts"):
+        WindowDataset(ids, torch.tensor([ids.numel() - 2]), 5)
+
+
+def test_scb_ground_truth_is_sparse_and_stochastic():
+    transition, attention = ground_truth(vocab=9, context=7, sparsity=3, support=2, seed=4)
+    assert torch.allclose(transition.sum(1), torch.ones(9, dtype=torch.float64))
+    assert torch.allclose(attention.sum(1), torch.ones(9, dtype=torch.float64))
+    assert ((transition > 0).sum(1) == 2).all() and ((attention > 0).sum(1) == 3).all()
+    assert (attention[:, -1] == 0).all()
+    with pytest.raises(ValueError, match="sparsity"):
+        ground_truth(vocab=9, context=7, sparsity=7, support=2, seed=4)
+
+
+def test_scb_next_token_distribution_matches_a_loop_over_positions():
+    transition, attention = ground_truth(vocab=5, context=9, sparsity=2, support=3, seed=0)
+    inputs = torch.randint(0, 5, (7, 9), generator=torch.Generator().manual_seed(1))
+    expected = torch.zeros(7, 5, dtype=torch.float64)
+    for b in range(7):
+        last = int(inputs[b, -1])
+        for j in range(9):
+            expected[b] += attention[last, j] * transition[int(inputs[b, j])]
+    assert torch.allclose(next_token_distribution(inputs, transition, attention), expected)
+    with pytest.raises(ValueError, match="attention"):
+        next_token_distribution(inputs[:, :4], transition, attention)
+
+
+def test_scb_targets_follow_the_ground_truth(tasks):
+    task = tasks["scb"]
+    transition, attention = task.info["transition"], task.info["attention"]
+    inputs = torch.stack([task.train[i][0] for i in range(len(task.train))])
+    targets = torch.stack([task.train[i][1] for i in range(len(task.train))])
+    truth = next_token_distribution(inputs, transition, attention)
+    # every target is possible under the sparse ground truth ...
+    assert (truth.gather(1, targets[:, None]) > 0).all()
+    # ... and the targets' frequencies match the model's (standard error ~0.005 per entry here)
+    empirical = torch.bincount(targets, minlength=truth.shape[1]).double() / targets.numel()
+    assert torch.allclose(empirical, truth.mean(0), atol=0.02)
+    # a transition matrix with permuted rows does not explain the data
+    permuted = next_token_distribution(inputs, transition.roll(1, dims=0), attention)
+    assert (permuted.gather(1, targets[:, None]) == 0).float().mean() > 0.2
+    val_inputs = torch.stack([task.val[i][0] for i in range(len(task.val))])
+    val_targets = torch.stack([task.val[i][1] for i in range(len(task.val))])
+    bayes = -next_token_distribution(val_inputs, transition, attention).gather(1, val_targets[:, None]).log().mean()
+    assert math.isclose(float(bayes), task.info["bayes_val_loss"], rel_tol=1e-9)
+    assert task.info["bayes_val_loss"] < math.log(task.info["vocab"])
+
+
+def test_icl_targets_are_the_prompt_weights_applied_to_the_query(tasks):
+    task = tasks["icl_regression"]
+    dim, pairs = task.info["dim"], task.info["pairs"]
+    for split, weights in (("train", task.info["train_weights"]), ("val", task.info["val_weights"])):
+        data = getattr(task, split)
+        for i in (0, 11, len(data) - 1):
+            prompt, target = data[i]
+            assert torch.allclose(target, prompt[-1, :dim] @ weights[i] / math.sqrt(dim), atol=1e-5)
+            assert (prompt[:pairs, dim + 1] == 0).all() and prompt[-1, dim + 1] == 1 and prompt[-1, dim] == 0
+            # the pairs in the prompt determine w: least squares on them predicts the query exactly
+            xs, ys = prompt[:pairs, :dim].double(), prompt[:pairs, dim].double()
+            solution = torch.linalg.lstsq(xs, ys[:, None]).solution[:, 0]
+            assert torch.allclose(prompt[-1, :dim].double() @ solution, target.double(), atol=1e-4)
+
+
+def test_icl_prompts_validate_their_sizes():
+    with pytest.raises(ValueError, match="dim"):
+        make_prompts(3, dim=0, pairs=4, generator=torch.Generator())
+
+
+def test_unknown_task_and_metric_are_rejected():
+    with pytest.raises(ValueError, match="task must be one of"):
+        make_task("mnist")
+    defaults = TrainDefaults(epochs=1, batch_size=2, lr=1e-3, weight_decay=0.0, warmup_epochs=0, eval_every=None)
+    with pytest.raises(ValueError, match="metric"):
+        Task("t", [], [], lambda: None, "mse", "val_f1", defaults)
+
+
+def test_time_to_target_follows_the_metric_direction():
+    history = [{"wall_time": 1.0, "val_accuracy": 0.5, "val_loss": 2.0},
+               {"wall_time": 2.0, "val_accuracy": float("nan"), "val_loss": float("nan")},
+               {"wall_time": 3.5, "val_accuracy": 0.81, "val_loss": 0.9},
+               {"wall_time": 5.0, "val_accuracy": 0.79, "val_loss": 1.1}]
+    assert time_to_target(history, "val_accuracy", 0.8) == 3.5
+    assert time_to_target(history, "val_accuracy", 0.5) == 1.0
+    assert time_to_target(history, "val_accuracy", 0.9) is None
+    assert time_to_target(history, "val_loss", 1.0) == 3.5
+    assert time_to_target(history, "val_loss", 2.5) == 1.0
+    assert time_to_target(history, "val_loss", 0.5) is None
+
+
+def _result(history, selection_time=0.0):
+    return FitResult(history=history, selections=[], wall_time=history[-1]["wall_time"], train_time=0.0,
+                     selection_time=selection_time, eval_time=0.0, examples_seen=int(history[-1]["examples_seen"]),
+                     examples_scored=0, steps=len(history), epochs_completed=len(history), stopped_early=False, out_dir=None)
+
+
+def test_summarize_measures_against_the_baselines_first_arrival_at_its_final_value():
+    full = _result([{"wall_time": 2.0, "val_loss": 1.0, "examples_seen": 10},
+                    {"wall_time": 4.0, "val_loss": 0.5, "examples_seen": 20},
+                    {"wall_time": 6.0, "val_loss": 0.5, "examples_seen": 30}])
+    fast = _result([{"wall_time": 1.0, "val_loss": 0.7, "examples_seen": 5},
+                    {"wall_time": 3.0, "val_loss": 0.4, "examples_seen": 10}], selection_time=0.3)
+    slow = _result([{"wall_time": 7.0, "val_loss": 0.6, "examples_seen": 9}])
+    rows = summarize({"full": full, "fast": fast, "slow": slow}, metric="val_loss", baseline="full")
+    assert [r.method for r in rows] == ["full", "fast", "slow"]
+    assert rows[0].time_to_target == 4.0 and rows[0].time_saved == 0.0
+    assert rows[1].time_to_target == 3.0 and math.isclose(rows[1].time_saved, 0.25)
+    assert math.isclose(rows[1].selection_overhead, 0.1) and rows[1].examples_seen == 10 and rows[1].final == 0.4
+    assert rows[2].time_to_target is None and rows[2].time_saved is None
+    with pytest.raises(ValueError, match="baseline"):
+        summarize({"fast": fast}, metric="val_loss", baseline="full")
+    with pytest.raises(ValueError, match="val_accuracy"):
+        summarize({"full": full}, metric="val_accuracy", baseline="full")
+
+
+def test_methods_build_their_teachers():
+    assert FULL_DATA.teacher(10, epochs=3, seed=0) is None
+    teacher = Method("a", "teacher", {"score": "loss", "ratio": 0.5}).teacher(10, epochs=4, seed=2)
+    assert (teacher.num_examples, teacher.score, teacher.seed) == (10, "loss", 2)
+    published = Method("p", "published").teacher(10, epochs=12, seed=0)
+    assert published.score == "loss" and published.refresh == "cycle"
+    with pytest.raises(ValueError, match="kind"):
+        Method("x", "oracle")
+    with pytest.raises(ValueError, match="options"):
+        Method("x", "full", {"ratio": 0.5})
+
+
+def test_format_table_aligns_columns():
+    table = format_table(["run", "acc"], [["full data", "0.9"], ["a", "0.95"]]).splitlines()
+    assert table[0] == "run         acc" and table[1] == "---------  ----"
+    assert table[2] == "full data   0.9" and table[3] == "a          0.95"
+    with pytest.raises(ValueError, match="cells"):
+        format_table(["a", "b"], [["only one"]])

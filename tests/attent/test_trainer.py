@@ -1,0 +1,356 @@
+"""The thin trainer (attent.fit): step-for-step equivalence with a hand-written loop, gradient
+accumulation, exact resume, mixed precision, logs and plots, and the teacher's part in the loop."""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from attent.trainer import CHECKPOINT_NAME, METRICS_NAME, evaluate, fit
+
+N_EXAMPLES, N_FEATURES, N_CLASSES = 37, 5, 3
+
+
+def _data(seed=0, n=N_EXAMPLES):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, N_FEATURES, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return TensorDataset(x, y)
+
+
+def _model(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(N_FEATURES, 9), nn.Tanh(), nn.Dropout(dropout), nn.Linear(9, N_CLASSES))
+
+
+def _same_parameters(a, b, exact=True):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        if exact:
+            assert torch.equal(p, q), name
+        else:
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_plain_fit_matches_a_hand_written_loop_step_for_step():
+    data, seed, epochs, batch = _data(), 3, 2, 8
+    trained = _model(dropout=0.3)
+    by_hand = copy.deepcopy(trained)
+    fit(trained, data, loss="cross_entropy", optimizer=torch.optim.SGD(trained.parameters(), lr=0.2, momentum=0.9),
+        epochs=epochs, batch_size=batch, seed=seed, progress=False)
+
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.2, momentum=0.9)
+    x, y = data.tensors
+    torch.manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed + epoch))
+        for chunk in order.split(batch):
+            optimizer.zero_grad()
+            F.cross_entropy(by_hand(x[chunk]), y[chunk]).backward()
+            optimizer.step()
+    _same_parameters(trained, by_hand)
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+    data = _data(1)
+    small, large = _model(), _model()
+    common = dict(loss="cross_entropy", epochs=2, seed=5, progress=False)
+    # 37 examples: micro-batches of 4, three per step, give the same steps as batches of 12 (12, 12, 12, 1).
+    accumulated = fit(small, data, optimizer=torch.optim.SGD(small.parameters(), lr=0.3), batch_size=4, grad_accum=3, **common)
+    plain = fit(large, data, optimizer=torch.optim.SGD(large.parameters(), lr=0.3), batch_size=12, **common)
+    assert accumulated.steps == plain.steps == 8
+    _same_parameters(small, large, exact=False)
+    assert not torch.equal(small[0].weight, _model()[0].weight)
+
+
+def _resume_run(out_dir, **overrides):
+    model = _model(dropout=0.25)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
+    options = dict(loss="cross_entropy", optimizer=optimizer, lr_scheduler=scheduler, epochs=3, batch_size=6,
+                   eval_data=_data(9, 11), seed=11, progress=False, out_dir=out_dir)
+    options.update(overrides)
+    return model, fit(model, _data(2), **options)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
+    uninterrupted, full = _resume_run(tmp_path / "full")
+    _, first = _resume_run(tmp_path / "split", max_steps=9)  # 7 batches per epoch: step 9 is mid-epoch 2
+    assert first.stopped_early and first.steps == 9 and first.final["epoch"] == pytest.approx(1 + 2 / 7)
+    resumed, second = _resume_run(tmp_path / "split", resume_from=tmp_path / "split")
+    assert not second.stopped_early and second.steps == full.steps == 21
+    _same_parameters(resumed, uninterrupted)
+    assert second.final["val_loss"] == full.final["val_loss"]
+    assert second.examples_seen == full.examples_seen == 3 * len(_data(2))
+
+
+def test_resume_rejects_a_missing_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        _resume_run(None, resume_from=tmp_path)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(amp):
+    from attent.teacher import Teacher
+
+    model = _model()
+    before = copy.deepcopy(model)
+    teacher = Teacher(N_EXAMPLES, score="fgrad", ratio=0.5, interval=1, epochs=3)
+    result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=3,
+                 batch_size=8, amp=amp, teacher=teacher, eval_data=_data(), progress=False)
+    assert teacher.stats["observed"] == N_EXAMPLES + 2 * 18 and teacher.stats["nonfinite_scores"] == 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model[0].weight, before[0].weight)
+    assert result.final["val_loss"] < evaluate(before, _data(), loss="cross_entropy")["val_loss"]
+    assert 0.0 <= result.final["val_accuracy"] <= 1.0
+
+
+def test_metrics_jsonl_plots_and_records(tmp_path):
+    model = _model()
+    result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=2,
+                 batch_size=8, eval_data=_data(4, 13), eval_every=2, out_dir=tmp_path, progress=False,
+                 metrics={"margin": lambda logits, y: logits.gather(1, y[:, None])[:, 0] - logits.mean(dim=1)})
+    # 5 steps per epoch: records every 2 steps and at each epoch end, never twice for one step
+    assert [r["step"] for r in result.history] == [2, 4, 5, 6, 8, 10]
+    assert [r["epoch"] for r in result.history][2::3] == [1.0, 2.0]
+    required = {"epoch", "step", "wall_time", "train_time", "selection_time", "examples_seen", "ratio", "train_loss",
+                "val_loss", "val_accuracy", "val_margin"}
+    assert all(required <= set(r) for r in result.history)
+    walls = [r["wall_time"] for r in result.history]
+    assert walls == sorted(walls) and all(r["wall_time"] >= r["train_time"] + r["selection_time"] - 1e-6 for r in result.history)
+    assert result.history[-1]["examples_seen"] == 2 * N_EXAMPLES
+    lines = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
+    assert [l["event"] for l in lines].count("eval") == 6 and [l["event"] for l in lines].count("selection") == 2
+    assert lines[-1]["val_loss"] == result.final["val_loss"]
+    for name in ("metric_vs_time.png", "metric_vs_examples.png", "ratio.png", CHECKPOINT_NAME):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_evaluate_matches_a_direct_computation():
+    model, data = _model(), _data(6, 17)
+    x, y = data.tensors
+    logits = model(x)
+    result = evaluate(model, data, loss="cross_entropy", batch_size=5)
+    assert result["val_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert result["val_accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+def test_lm_loss_on_mapping_batches_reports_perplexity():
+    vocab, length = 13, 6
+
+    class TinyLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = nn.Embedding(vocab, 8), nn.Linear(8, vocab)
+
+        def forward(self, input_ids):
+            return {"logits": self.head(self.embed(input_ids))}
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (9, length), generator=g)
+    labels = ids.clone()
+    labels[:, -2:] = -100
+    data = [{"input_ids": i, "labels": l} for i, l in zip(ids, labels)]
+    model = TinyLM()
+    logits = model(ids)["logits"]
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=-100)
+    result = evaluate(model, data, loss="lm", batch_size=4)
+    assert result["val_loss"] == pytest.approx(expected.item(), rel=1e-6)
+    assert result["val_ppl"] == pytest.approx(expected.exp().item(), rel=1e-6)
+    run = fit(model, data, loss="lm", optimizer=torch.optim.Adam(model.parameters(), lr=0.05), epochs=3, batch_size=4,
+              eval_data=data, progress=False)
+    assert run.final["val_loss"] < result["val_loss"]
+
+
+def test_max_time_stops_training_early():
+    model = _model()
+    result = fit(model, _data(n=400), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                 epochs=10_000, batch_size=2, max_time=0.3, progress=False)
+    assert result.stopped_early and result.epochs_completed < 10_000 and result.wall_time >= 0.3
+
+
+def test_bad_arguments_raise_value_errors(tmp_path):
+    model, data = _model(), _data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for bad, match in [
+        (dict(epochs=0), "epochs must be a positive integer"),
+        (dict(epochs=1, batch_size=0), "batch_size"),
+        (dict(epochs=1, grad_accum=1.5), "grad_accum"),
+        (dict(epochs=1, amp="fp8"), "amp must be"),
+        (dict(epochs=1, checkpoint_every=3), "checkpoint_every needs out_dir"),
+        (dict(epochs=1, max_time=0), "max_time"),
+        (dict(epochs=1, loss="hinge"), "loss must be one of"),
+    ]:
+        options = dict(loss="cross_entropy", optimizer=optimizer, progress=False)
+        options.update(bad)
+        with pytest.raises(ValueError, match=match):
+            fit(model, data, **options)
+    with pytest.raises(ValueError, match="train_data is empty"):
+        fit(model, TensorDataset(torch.zeros(0, 5), torch.zeros(0)), loss="mse", optimizer=optimizer, epochs=1)
+
+
+# ---------------------------------------------------------------- with a teacher
+
+
+class _Spy:
+    """Records a teacher's select and observe calls, passing them through."""
+
+    def __init__(self, teacher):
+        self.selections, self.observed = {}, []
+        select, observe = teacher.select, teacher.observe
+
+        def spy_select(epoch):
+            self.selections[epoch] = selection = select(epoch)
+            return selection
+
+        def spy_observe(indices, scores, *, step=None):
+            self.observed.append((indices.clone(), scores.clone(), step))
+            observe(indices, scores, step=step)
+
+        teacher.select, teacher.observe = spy_select, spy_observe
+
+
+class _LoggedData(torch.utils.data.Dataset):
+    def __init__(self, data):
+        self.data, self.fetched = data, []
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        self.fetched.append(index)
+        return self.data[index]
+
+
+def _oracle_scores(model, data, indices, kind):
+    x, y = data.tensors
+    logits = model(x[indices]).detach()
+    if kind == "loss":
+        return F.cross_entropy(logits, y[indices], reduction="none")
+    return (logits.softmax(dim=1) - F.one_hot(y[indices], N_CLASSES)).norm(dim=1)
+
+
+@pytest.mark.parametrize("kind", ["loss", "fgrad"])
+def test_teacher_trains_on_its_selection_and_observes_each_trained_example(kind):
+    from attent.teacher import Teacher
+
+    data, model = _data(7), _model()
+    logged = _LoggedData(data)
+    teacher = Teacher(len(data), score=kind, strategy="hard", ratio=0.4, interval=1, epochs=3)
+    spy = _Spy(teacher)
+    # lr=0: the model never changes, so every score the trainer feeds can be checked against it.
+    result = fit(model, logged, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                 teacher=teacher, epochs=3, batch_size=5, progress=False)
+    steps = [0, 8, 11, 14]  # 37 examples in batches of 5, then 14 selected (floor(0.4 * 37))
+    assert [r["step"] for r in result.history] == steps[1:]
+    assert [s["selected"] for s in result.selections] == [37, 14, 14]
+    for epoch in range(3):
+        observed = [(i, s) for i, s, step in spy.observed if steps[epoch] <= step < steps[epoch + 1]]
+        indices = torch.cat([i for i, _ in observed])
+        assert sorted(indices.tolist()) == spy.selections[epoch].indices.tolist()
+        torch.testing.assert_close(torch.cat([s for _, s in observed]), _oracle_scores(model, data, indices, kind))
+    assert sorted(logged.fetched) == sorted(torch.cat([i for i, _, _ in spy.observed]).tolist())
+    every = _oracle_scores(model, data, torch.arange(len(data)), kind)
+    assert spy.selections[1].indices.tolist() == sorted(every.topk(14).indices.tolist())
+    assert result.final["ratio"] == pytest.approx(14 / 37) and result.examples_seen == 37 + 14 + 14
+
+
+def test_teacher_loss_weights_multiply_the_per_example_losses():
+    from attent.teacher import Teacher
+
+    data, model = _data(8), _model()
+    before = copy.deepcopy(model)
+    teacher = Teacher(len(data), score="loss", strategy="importance", ratio=1.0, interval=1, epochs=1, warmup_epochs=0)
+    weights = 0.5 + torch.arange(len(data), dtype=torch.float32) / 10
+    teacher.loss_weights = lambda indices: weights[indices]
+    fit(model, data, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=1.0), teacher=teacher,
+        epochs=1, batch_size=len(data), progress=False)
+    chosen = teacher.select(0).indices
+    x, y = data.tensors
+    loss = (F.cross_entropy(before(x[chosen]), y[chosen], reduction="none") * weights[chosen]).mean()
+    grads = torch.autograd.grad(loss, list(before.parameters()))
+    for p, q, g in zip(model.parameters(), before.parameters(), grads):
+        torch.testing.assert_close(p, q - g, rtol=1e-5, atol=1e-6)
+
+
+def _teacher_resume_run(out_dir, **overrides):
+    from attent.teacher import Teacher
+
+    model = _model(dropout=0.2, seed=4)
+    teacher = Teacher(len(_data(3)), score="fgrad", strategy="soft", ratio=0.5, interval=2, epochs=5, refresh="cycle",
+                      reselect_each_epoch=True, seed=2)
+    options = dict(loss="cross_entropy", optimizer=torch.optim.Adam(model.parameters(), lr=0.02), teacher=teacher,
+                   epochs=5, batch_size=4, seed=1, progress=False, out_dir=out_dir)
+    options.update(overrides)
+    return model, teacher, fit(model, _data(3), **options)
+
+
+def test_resume_with_a_teacher_mid_cycle_reproduces_the_uninterrupted_run(tmp_path):
+    model, teacher, full = _teacher_resume_run(tmp_path / "full")
+    _teacher_resume_run(tmp_path / "split", max_steps=14)  # 10 full-data steps, then 4 into epoch 1's subset
+    resumed_model, resumed_teacher, resumed = _teacher_resume_run(tmp_path / "split", resume_from=tmp_path / "split")
+    _same_parameters(resumed_model, model)
+    assert torch.equal(resumed_teacher.state_dict()["scores"], teacher.state_dict()["scores"])
+    assert resumed.steps == full.steps and [s["selected"] for s in resumed.selections] == [s["selected"] for s in full.selections]
+    assert full.examples_scored == 4 * 37  # a refresh pass over every example before each subset epoch
+
+
+def test_teacher_must_match_the_run():
+    from attent.teacher import Teacher
+
+    model, data = _model(), _data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="teacher was built for 36 examples"):
+        fit(model, data, loss="cross_entropy", optimizer=optimizer, epochs=2, teacher=Teacher(36, ratio=0.5))
+    with pytest.raises(ValueError, match="teacher plans 3 epochs"):
+        fit(model, data, loss="cross_entropy", optimizer=optimizer, epochs=2, teacher=Teacher(37, epochs=3))
+
+
+# ---------------------------------------------------------------- torch.distributed (2 gloo processes)
+
+WORLD_SIZE = 2
+
+
+def _ddp_rank(rank, store, out):
+    """One rank of the distributed run: DDP model, a teacher with refresh passes, rank 0 writes."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from attent.teacher import Teacher
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE)
+    model = DistributedDataParallel(_model(seed=6))
+    teacher = Teacher(N_EXAMPLES, score="fgrad", ratio=0.5, interval=1, epochs=3, refresh="cycle", seed=1)
+    result = fit(model, _data(5), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.3),
+                 teacher=teacher, epochs=3, batch_size=4, grad_accum=2, eval_data=_data(6, 9), progress=False,
+                 out_dir=os.path.dirname(out), max_time=60.0)
+    torch.save({"params": [p.detach() for p in model.parameters()], "scores": teacher.state_dict()["scores"],
+                "history": result.history, "selected": [s["selected"] for s in result.selections]}, out)
+    dist.destroy_process_group()
+
+
+def test_distributed_ranks_train_identically_and_rank_zero_writes(tmp_path):
+    outs = [tmp_path / f"rank{rank}.pt" for rank in range(WORLD_SIZE)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([sys.executable, __file__, str(rank), str(tmp_path / "store"), str(out)], env=env)
+               for rank, out in enumerate(outs)]
+    assert [w.wait(timeout=120) for w in workers] == [0] * WORLD_SIZE
+    first, second = (torch.load(out, weights_only=False) for out in outs)
+    assert all(torch.equal(p, q) for p, q in zip(first["params"], second["params"]))
+    assert torch.equal(first["scores"], second["scores"]) and (first["scores"] > 0).all()
+    assert first["selected"] == second["selected"] == [37, 18, 18]
+    # each rank trains on its half of the selection (padded to equal length): the counts cover both ranks
+    assert [r["examples_seen"] for r in first["history"]] == [38, 38 + 18, 38 + 36]
+    assert [r["val_loss"] for r in first["history"]] == [r["val_loss"] for r in second["history"]]
+    lines = (tmp_path / METRICS_NAME).read_text().splitlines()
+    assert sum(json.loads(line)["event"] == "eval" for line in lines) == 3
+    assert (tmp_path / CHECKPOINT_NAME).is_file()
+
+
+if __name__ == "__main__":
+    _ddp_rank(int(sys.argv[1]), sys.argv[2], sys.argv[3])
