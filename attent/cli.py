@@ -21,6 +21,7 @@ def _run_bench(name: str, argv: list[str]) -> int:
         sys.path.insert(0, str(BENCH_DIR.parent))
     spec = importlib.util.spec_from_file_location(f"bench.{name}.run", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
     spec.loader.exec_module(module)
     return int(module.main(argv) or 0)
 

@@ -1,0 +1,469 @@
+"""GradNormProbe: exact per-example parameter-gradient norms of a whole model, streamed layer by layer.
+
+    probe = attent.GradNormProbe(model)              # every trainable parameter
+    losses = per_example_loss(model(batch))           # (B,), the forward runs under the probe
+    sq = probe.score(losses)                          # (B,) ||d losses[i] / d theta||^2; .grad untouched
+    sq = probe.backward(losses, reduction="mean")     # the training backward, norms as a by-product
+
+How it works. While attached, every covered layer's forward hook runs its registry rule
+(``attent.layers``), which keeps what the layer's per-example gradients need (its input, or the
+token ids) and hooks the gradient of the layer's output. When that gradient arrives during the
+backward pass, the layer's squared norms are computed at once with the ``attent_kernels`` ops (ghost
+or direct path, Triton on a GPU) and the saved input is dropped: nothing of size B x (parameter
+size) is formed, and memory is released as the backward walks down the model.
+
+``score`` runs a backward pass that asks autograd for the gradients of the lowest probed layers'
+outputs only (found by walking the graph), so no weight-gradient matmul runs and ``.grad`` is not
+touched, and the pass stops below the lowest probed layer (a probe of the last blocks costs a
+backward through those blocks). ``backward`` runs the ordinary ``backward()`` of the reduced loss;
+the hooks see the reduced loss's output gradients (1/B of each example's for "mean") and the norms
+are rescaled to each example's own loss.
+
+Examples must be independent in the forward pass (no BatchNorm in training mode, no cross-example
+mixing): the per-example gradient of example i is then the gradient of losses[i] alone. Shared
+parameters (GPT-2's tied input/output embeddings, a module called twice) get their cross terms.
+Loose parameters owned by a module without a rule and broadcast along the batch (``cls_token``,
+``pos_embed``: size 1 in the batch dimension) are expanded to the batch while the owner runs, so
+their per-example gradient is read off directly (it is small).
+
+Works under autocast, ``model.eval()``/``train()`` (with dropout on, the norms are those of that
+forward pass) and gradient checkpointing (``score`` needs ``use_reentrant=False``; ``backward``
+takes both).
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+import torch
+from torch import nn
+from torch.autograd.graph import GradientEdge
+
+from . import _factors
+from .layers import Capture, Direct, Factor, find_rule
+
+__all__ = ["GradNormProbe"]
+
+_MARK = "attent.probe"
+
+
+@dataclass(eq=False)
+class _Record:
+    """One layer call of one forward pass: what its hooked output's gradient is turned into."""
+
+    layer: str
+    params: dict[str, int]  # module-relative parameter name -> probed parameter key
+    capture: Capture | None
+    probe: "weakref.ReferenceType[GradNormProbe]"
+
+    def on_grad(self, grad: torch.Tensor) -> None:
+        probe, capture = self.probe(), self.capture
+        if probe is None or capture is None or probe._call is None:
+            return  # a backward pass the probe does not run: the record lives as long as the graph
+        self.capture = None  # the saved inputs go as soon as the gradient has been used
+        probe._call.consume(self, capture.factors(grad))
+
+
+@dataclass
+class _Call:
+    """The state of one ``score``/``backward`` call."""
+
+    probe: "GradNormProbe"
+    batch: int
+    shared: set[int]
+    per_layer: dict[str, torch.Tensor] = field(default_factory=dict)
+    stashed: dict[int, list[Factor]] = field(default_factory=dict)
+    single: set[int] = field(default_factory=set)
+
+    def add(self, layer: str, sq: torch.Tensor) -> None:
+        sq = sq.to(torch.float64 if sq.dtype == torch.float64 else torch.float32)
+        self.per_layer[layer] = self.per_layer[layer] + sq if layer in self.per_layer else sq
+
+    def consume(self, record: _Record, factors: dict[str, Factor]) -> None:
+        probe = self.probe
+        for local, key in record.params.items():
+            if local not in factors:
+                continue
+            try:
+                factor = _factors.canonical(factors[local], probe.batch_dim, probe._params[key].numel(), self.batch)
+            except ValueError as error:
+                raise ValueError(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}") from None
+            if key in self.shared:
+                self.stashed.setdefault(key, []).append(factor)
+                continue
+            if key in self.single:
+                raise RuntimeError(
+                    f"GradNormProbe: parameter {probe._names[key]!r} was used twice in one backward pass by "
+                    f"layers recorded during that pass (reentrant checkpointing); use use_reentrant=False")
+            self.single.add(key)
+            self.add(record.layer, _factors.norm_sq(factor))
+
+    def finish(self) -> None:
+        probe = self.probe
+        for key, factors in self.stashed.items():
+            shape = probe._params[key].shape
+            total = sum(_factors.norm_sq(f) for f in factors)
+            for i in range(len(factors)):
+                for j in range(i + 1, len(factors)):
+                    total = total + 2 * _factors.inner(factors[i], factors[j], shape)
+            self.add(probe._owner[key], total)
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+class GradNormProbe:
+    """Exact per-example squared gradient norms ||d l_i / d theta||^2 over a set of parameters.
+
+    Args:
+        model: the module; the probe hooks its layers until ``remove()`` (or the end of a ``with``
+            block).
+        params: the parameters to cover: None (every parameter with ``requires_grad``), or an
+            iterable of parameters or of their names in ``model.named_parameters()``.
+        allow_uncovered: leave out parameters no rule covers (listed in ``coverage``) instead of
+            raising an error that names them.
+        batch_dim: the batch dimension of the probed layers' inputs and outputs (1 for
+            sequence-first models, e.g. ``nn.TransformerEncoder(batch_first=False)``).
+
+    Attributes:
+        per_layer: {layer name: (B,) float32} from the last call (shared parameters appear under
+            their first owner's name; loose parameters under their own name).
+        coverage: {parameter name: how it is covered ("linear", "embedding", ..., "direct") or
+            "uncovered: <reason>"}.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Iterable[nn.Parameter | str] | None = None,
+        *,
+        allow_uncovered: bool = False,
+        batch_dim: int = 0,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(batch_dim, int) or batch_dim < 0:
+            raise ValueError(f"batch_dim must be a non-negative int, got {batch_dim!r}")
+        self.model, self.batch_dim = model, batch_dim
+        self.per_layer: dict[str, torch.Tensor] = {}
+        self.coverage: dict[str, str] = {}
+        self._params, self._names = self._resolve(model, params)
+        self._owner: dict[int, str] = {}
+        self._handles: list[Any] = []
+        self._forwards: list[tuple[nn.Module, Any]] = []
+        self._swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+        self._batch: int | None = None
+        self._call: _Call | None = None
+        self._removed = False
+        self._all_trainable = params is None
+        try:
+            self._attach(allow_uncovered)
+        except BaseException:
+            self.remove()
+            raise
+        self._signature = self._current_signature()
+
+    @staticmethod
+    def _resolve(model: nn.Module, params: Iterable[nn.Parameter | str] | None) -> tuple[dict[int, nn.Parameter], dict[int, str]]:
+        named = dict(model.named_parameters())
+        by_id = {id(p): name for name, p in named.items()}
+        if params is None:
+            chosen = [p for p in named.values() if p.requires_grad]
+        else:
+            if isinstance(params, (str, torch.Tensor)):
+                raise TypeError("params must be an iterable of parameters or parameter names, not a single one")
+            chosen = []
+            for item in params:
+                if isinstance(item, str):
+                    if item not in named:
+                        raise ValueError(f"params: {item!r} is not a parameter of the model")
+                    item = named[item]
+                if not isinstance(item, torch.Tensor) or id(item) not in by_id:
+                    raise ValueError("params: every entry must be a parameter of the model (or its name)")
+                if not item.requires_grad:
+                    raise ValueError(f"params: {by_id[id(item)]!r} does not require grad")
+                chosen.append(item)
+        if not chosen:
+            raise ValueError("GradNormProbe: no parameter to probe (nothing requires grad, or params is empty)")
+        return {id(p): p for p in chosen}, {id(p): by_id[id(p)] for p in chosen}
+
+    def _attach(self, allow_uncovered: bool) -> None:
+        covered: dict[int, list[str]] = {}
+        reasons: dict[int, str] = {}
+        rule_modules: list[tuple[str, nn.Module, Any, dict[str, int]]] = []
+        for name, module in self.model.named_modules():
+            own = {local: id(p) for local, p in module.named_parameters(recurse=False) if id(p) in self._params}
+            if not own:
+                continue
+            entry = find_rule(module)
+            reason = None if entry is None else (entry.check(module) if entry.check else None)
+            if entry is None or reason is not None:
+                for key in own.values():
+                    reasons.setdefault(key, f"{type(module).__name__}: {reason or 'no rule registered (attent.register_layer)'}")
+                continue
+            mine = {local: key for local, key in own.items() if local in entry.params}
+            for local, key in own.items():
+                if local not in entry.params:
+                    reasons.setdefault(key, f"{type(module).__name__}.{local}: not covered by its rule")
+            for key in mine.values():
+                covered.setdefault(key, []).append(entry.name)
+                self._owner.setdefault(key, name)
+            if mine:
+                rule_modules.append((name, module, entry, mine))
+
+        loose: dict[nn.Module, dict[str, int]] = {}
+        for name, module in self.model.named_modules():
+            for local, p in module.named_parameters(recurse=False):
+                key = id(p)
+                if key in self._params and key not in covered and p.dim() > self.batch_dim and p.shape[self.batch_dim] == 1:
+                    loose.setdefault(module, {})[local] = key
+                    covered[key] = ["direct"]
+                    self._owner[key] = self._names[key]
+
+        uncovered = [key for key in self._params if key not in covered]
+        if uncovered and not allow_uncovered:
+            listed = "; ".join(f"{self._names[k]} ({reasons.get(k, 'not broadcast over the batch')})" for k in uncovered)
+            raise ValueError(f"GradNormProbe: no rule covers these trainable parameters: {listed}. Register a rule "
+                             f"with attent.register_layer, leave them out with params=, or pass allow_uncovered=True")
+        for key in self._params:
+            how = covered.get(key)
+            self.coverage[self._names[key]] = "+".join(how) if how else f"uncovered: {reasons.get(key, 'not broadcast over the batch')}"
+        for key in uncovered:
+            del self._params[key]
+
+        self._shared = {key for key, how in covered.items() if len(how) > 1 and key in self._params}
+        self._handles.append(self.model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
+        for name, module, entry, mine in rule_modules:
+            self._hook_layer(name, module, entry, mine)
+        for module, params in loose.items():
+            self._hook_loose(module, params)
+
+    def _on_model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = _first_tensor(args, kwargs)
+        if first is not None and first.dim() > self.batch_dim:
+            self._batch = first.shape[self.batch_dim]
+
+    def _recording(self, output: Any) -> bool:
+        return torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad
+
+    def _record(self, layer: str, params: dict[str, int], capture: Capture) -> None:
+        if self._removed or not self._recording(capture.tensor):
+            return
+        record = _Record(layer, params, capture, weakref.ref(self))
+        tensor = capture.tensor
+        tensor.register_hook(lambda grad: record.on_grad(grad))
+        tensor.grad_fn.metadata.setdefault(_MARK, []).append((weakref.ref(record), tensor.output_nr))
+
+    def _hook_layer(self, name: str, module: nn.Module, entry: Any, params: dict[str, int]) -> None:
+        if entry.forward is not None:
+            previous = module.__dict__.get("forward")
+            capture = lambda c: self._record(name, params, c)  # noqa: E731
+            module.forward = lambda *args, **kwargs: entry.forward(module, capture, *args, **kwargs)
+            self._forwards.append((module, previous))
+            return
+
+        def on_input(mod: nn.Module, args: tuple) -> tuple | None:
+            first = args[0] if args else None
+            batch = self._batch
+            if (isinstance(first, torch.Tensor) and not first.is_floating_point() and batch and batch > 1
+                    and first.dim() > self.batch_dim and first.shape[self.batch_dim] == 1):
+                # token ids shared by the batch (position ids): look them up per example
+                shape = list(first.shape)
+                shape[self.batch_dim] = batch
+                return (first.expand(shape), *args[1:])
+            return None
+
+        def on_output(mod: nn.Module, args: tuple, output: Any) -> None:
+            if self._removed or not self._recording(output):
+                return
+            captures = entry.rule(mod, args, output)
+            for capture in [captures] if isinstance(captures, Capture) else captures:
+                self._record(name, params, capture)
+
+        self._handles.append(module.register_forward_pre_hook(on_input))
+        self._handles.append(module.register_forward_hook(on_output))
+
+    def _hook_loose(self, module: nn.Module, params: dict[str, int]) -> None:
+        def expand(mod: nn.Module, args: tuple) -> None:
+            batch = self._batch
+            if self._removed or not torch.is_grad_enabled() or batch is None:
+                return
+            for local, key in params.items():
+                parameter = mod._parameters[local]
+                shape = list(parameter.shape)
+                shape[self.batch_dim] = batch
+                expanded = parameter.expand(shape)
+                self._swapped.append((mod, local, parameter))
+                mod._parameters[local] = expanded
+                self._record(self._names[key], {local: key}, Capture(expanded, lambda g, local=local: {local: Direct(g)}))
+
+        def restore(mod: nn.Module, args: tuple, output: Any) -> None:
+            self._restore_swapped(mod)
+
+        self._handles.append(module.register_forward_pre_hook(expand))
+        self._handles.append(module.register_forward_hook(restore, always_call=True))
+
+    def _restore_swapped(self, module: nn.Module | None = None) -> None:
+        keep = []
+        for mod, local, parameter in reversed(self._swapped):
+            if module is None or mod is module:
+                mod._parameters[local] = parameter
+            else:
+                keep.append((mod, local, parameter))
+        self._swapped = keep[::-1]
+
+    def _current_signature(self) -> tuple:
+        params = tuple(sorted((name, id(p), p.requires_grad) for name, p in self.model.named_parameters()
+                              if id(p) in self._params or (self._all_trainable and p.requires_grad)))
+        return params
+
+    def _check_usable(self, losses: Any) -> int:
+        if self._removed:
+            raise RuntimeError("GradNormProbe: the probe was removed; attach a new one")
+        if self._current_signature() != self._signature:
+            raise RuntimeError("GradNormProbe: the model's trainable parameters changed after the probe was attached "
+                               "(added, replaced, or requires_grad switched); attach a new probe")
+        if not isinstance(losses, torch.Tensor) or losses.dim() != 1 or losses.shape[0] == 0:
+            shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+            raise ValueError(f"losses must be a 1-D tensor of per-example losses (B,), got {shape}")
+        if not losses.is_floating_point():
+            raise ValueError(f"losses must be floating point, got {losses.dtype}")
+        if not losses.requires_grad or losses.grad_fn is None:
+            raise ValueError("losses does not require grad: run the forward pass with gradients enabled, with the model attached to this probe")
+        return losses.shape[0]
+
+    def _pending(self, losses: torch.Tensor) -> tuple[list[GradientEdge], list[_Record], bool]:
+        """Walk the graph below ``losses`` once (post-order): the records waiting for a gradient, and the
+        gradient edges ``score`` asks for, the hooked outputs with no other hooked output below them.
+        Also says whether records of this probe that were already consumed hang in the graph."""
+        waiting: dict[Any, list[tuple[_Record, int]]] = {}
+        below: dict[Any, bool] = {}  # node -> a waiting record at or below it
+        consumed = False
+        stack = [(losses.grad_fn, False)]
+        while stack:
+            node, children_done = stack.pop()
+            children = [child for child, _ in node.next_functions if child is not None]
+            if not children_done:
+                if node not in below:
+                    stack.append((node, True))
+                    stack.extend((child, False) for child in children if child not in below)
+                continue
+            if node in below:
+                continue
+            entries = []
+            for ref, nr in getattr(node, "metadata", {}).get(_MARK, ()):
+                record = ref()
+                if record is None or record.probe() is not self:
+                    continue
+                if record.capture is None:
+                    consumed = True
+                else:
+                    entries.append((record, nr))
+            if entries:
+                waiting[node] = entries
+            below[node] = bool(entries) or any(below[child] for child in children)
+        edges, records = [], []
+        for node, entries in waiting.items():
+            records.extend(record for record, _ in entries)
+            if not any(below[child] for child, _ in node.next_functions if child is not None):
+                edges.extend(GradientEdge(node, nr) for nr in sorted({nr for _, nr in entries}))
+        return edges, records, consumed
+
+    def _run(self, losses: torch.Tensor, batch: int, scale: float, pass_fn) -> torch.Tensor:
+        edges, records, consumed = self._pending(losses)
+        if not records and consumed:
+            raise RuntimeError("GradNormProbe: this graph was already scored (a forward pass can be scored or "
+                               "backpropagated once); run the forward pass again")
+        uses: dict[int, int] = {}
+        for record in records:
+            for key in record.params.values():
+                uses[key] = uses.get(key, 0) + 1
+        shared = self._shared | {key for key, n in uses.items() if n > 1}
+        self._call = _Call(self, batch, shared)
+        try:
+            pass_fn(edges, records)
+            call = self._call
+            if not call.single and not call.stashed:
+                raise RuntimeError("GradNormProbe: losses does not depend on any probed layer (was the forward run "
+                                   "through this probe's model, with gradients enabled?)")
+            call.finish()
+        finally:
+            self._call = None
+            self._restore_swapped()
+            for record in records:
+                record.capture = None
+        self.per_layer = {name: sq / scale**2 for name, sq in call.per_layer.items()}
+        return sum(self.per_layer.values())
+
+    def score(self, losses: torch.Tensor) -> torch.Tensor:
+        """(B,) float32 ||d losses[i] / d theta||^2 over the probed parameters.
+
+        Runs a backward pass of ``losses.sum()`` that computes activation gradients only, from the
+        loss down to the lowest probed layer: no weight-gradient matmul, ``.grad`` untouched. The
+        graph is consumed (a forward pass can be scored once).
+
+        Args:
+            losses: (B,) per-example losses of a forward pass run through the probed model.
+        """
+        batch = self._check_usable(losses)
+
+        def activation_backward(edges: list[GradientEdge], records: list[_Record]) -> None:
+            if not edges:
+                raise RuntimeError("GradNormProbe: losses does not depend on any probed layer recorded in the forward "
+                                   "pass (with reentrant checkpointing the forward records nothing: use "
+                                   "use_reentrant=False for score, or backward)")
+            try:
+                torch.autograd.grad(losses, edges, grad_outputs=torch.ones_like(losses), allow_unused=True)
+            except RuntimeError as error:
+                if "compatible with .grad()" in str(error):
+                    raise RuntimeError("GradNormProbe.score needs non-reentrant checkpointing (use_reentrant=False); "
+                                       "backward works with both") from error
+                raise
+
+        return self._run(losses, batch, 1.0, activation_backward)
+
+    def backward(self, losses: torch.Tensor, reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+        """The ordinary training backward of ``losses.mean()`` (or ``.sum()``): ``.grad`` of every
+        parameter accumulates exactly what ``reduced.backward()`` gives; returns (B,) float32
+        ||d losses[i] / d theta||^2 over the probed parameters (each example's own loss, whatever
+        the reduction).
+
+        Args:
+            losses: (B,) per-example losses of a forward pass run through the probed model.
+            reduction: "mean" or "sum".
+        """
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        batch = self._check_usable(losses)
+        scale = 1.0 / batch if reduction == "mean" else 1.0
+        reduced = losses.mean() if reduction == "mean" else losses.sum()
+        return self._run(losses, batch, scale, lambda edges, records: reduced.backward())
+
+    def remove(self) -> None:
+        """Detach every hook and restore the model; idempotent."""
+        self._removed = True
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for module, previous in self._forwards:
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous
+        self._forwards.clear()
+        self._restore_swapped()
+
+    def __enter__(self) -> "GradNormProbe":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_removed", True):
+            self.remove()
