@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench-kernels bench-e2e clean
+.PHONY: demo test bench-kernels bench-probe bench-e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,11 @@ test: $(STAMP)
 bench-kernels: $(STAMP)
 	$(VENV)/bin/attent bench kernels
 
+bench-probe: $(STAMP)
+	$(VENV)/bin/attent bench probe
+
 bench-e2e: $(STAMP)
-	$(VENV)/bin/attent bench e2e
+	$(VENV)/bin/attent bench e2e --task all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks

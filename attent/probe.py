@@ -46,6 +46,7 @@ from .layers import Capture, Direct, Factor, find_rule
 __all__ = ["GradNormProbe"]
 
 _MARK = "attent.probe"
+_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[GradNormProbe]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(eq=False)
@@ -161,6 +162,12 @@ class GradNormProbe:
         self._call: _Call | None = None
         self._removed = False
         self._all_trainable = params is None
+        taken = next((name for name, m in model.named_modules() if _ATTACHED.get(m, lambda: None)() is not None), None)
+        if taken is not None:
+            raise RuntimeError(f"GradNormProbe: a probe is already attached to {taken or 'the model'!r}; remove() it "
+                               f"first (two probes on one module would see each other's hooks)")
+        for module in model.modules():
+            _ATTACHED[module] = weakref.ref(self)
         try:
             self._attach(allow_uncovered)
         except BaseException:
@@ -294,7 +301,7 @@ class GradNormProbe:
             if self._removed or not torch.is_grad_enabled() or batch is None:
                 return
             for local, key in params.items():
-                parameter = mod._parameters[local]
+                parameter = self._params[key]
                 shape = list(parameter.shape)
                 shape[self.batch_dim] = batch
                 expanded = parameter.expand(shape)
@@ -309,13 +316,14 @@ class GradNormProbe:
         self._handles.append(module.register_forward_hook(restore, always_call=True))
 
     def _restore_swapped(self, module: nn.Module | None = None) -> None:
+        """Put the loose parameters expanded for a forward pass back (those of ``module``, or all)."""
         keep = []
-        for mod, local, parameter in reversed(self._swapped):
+        for mod, local, parameter in self._swapped:
             if module is None or mod is module:
                 mod._parameters[local] = parameter
             else:
                 keep.append((mod, local, parameter))
-        self._swapped = keep[::-1]
+        self._swapped = keep
 
     def _current_signature(self) -> tuple:
         params = tuple(sorted((name, id(p), p.requires_grad) for name, p in self.model.named_parameters()
@@ -457,6 +465,9 @@ class GradNormProbe:
                 module.forward = previous
         self._forwards.clear()
         self._restore_swapped()
+        for module in self.model.modules():
+            if _ATTACHED.get(module, lambda: None)() is self:
+                del _ATTACHED[module]
 
     def __enter__(self) -> "GradNormProbe":
         return self

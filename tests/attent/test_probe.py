@@ -365,6 +365,8 @@ def test_bad_input_gives_clear_errors_and_hooks_are_removed():
     model = Mixed()
     ids, y = torch.randint(1, 23, (3, 4)), torch.randint(0, 4, (3,))
     probe = GradNormProbe(model)
+    with pytest.raises(RuntimeError, match="already attached"):
+        GradNormProbe(model.head)
     losses = F.cross_entropy(model(ids), y, reduction="none")
     with pytest.raises(ValueError, match=r"1-D tensor.*\(3, 1\)"):
         probe.score(losses[:, None])
@@ -390,6 +392,9 @@ def test_bad_input_gives_clear_errors_and_hooks_are_removed():
     assert not any(hooks)
     with pytest.raises(RuntimeError, match="removed"):
         probe.score(F.cross_entropy(model(ids), y, reduction="none"))
+    with GradNormProbe(model) as again:  # a removed probe frees the model for the next one
+        assert again.score(F.cross_entropy(model(ids), y, reduction="none")).shape == (3,)
+    assert isinstance(model._parameters["start"], nn.Parameter)
 
 
 def test_failing_forward_restores_loose_parameters():
