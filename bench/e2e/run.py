@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import statistics
 import sys
@@ -58,7 +57,7 @@ from torch.utils.data import Subset  # noqa: E402
 from attent.plots import plot_curves  # noqa: E402
 from attent.tasks import TASKS, Task, make_task  # noqa: E402
 from attent.tasks.compare import FULL_DATA, Method, RunSummary, format_table, run_method, summarize  # noqa: E402
-from bench.kernels.run import _device, _machine, _versions  # noqa: E402
+from bench import record_info  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 BASELINE = "full"
@@ -232,16 +231,6 @@ def run_task(name: str, method_ids: Sequence[str], *, seeds: int, epochs: int | 
     }
 
 
-def _versions_with_models() -> dict[str, str | None]:
-    versions = _versions()
-    for package in EXTRA_VERSIONS:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
 def _output_path(template: Path | None, task: str, many: bool) -> Path:
     if template is None:
         return RESULTS_DIR / f"e2e_{task}.json"
@@ -292,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs = {task: _output_path(args.json, task, len(tasks) > 1) for task in tasks}
     except ValueError as error:
         parser.error(str(error))
-    device = _device()
-    machine, versions = _machine(device), _versions_with_models()
+    device = record_info.device()
+    machine, versions = record_info.machine(device), record_info.versions(*EXTRA_VERSIONS)
     any_failed = False
     for task in tasks:
         part = run_task(task, method_ids, seeds=args.seeds, epochs=args.epochs, quick=args.quick)

@@ -12,11 +12,7 @@ import argparse
 import contextlib
 import datetime
 import io
-import importlib.metadata
 import json
-import os
-import platform
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +26,7 @@ if str(REPO) not in sys.path:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from bench import record_info  # noqa: E402
 from bench.kernels import _memory, _roofline  # noqa: E402
 from bench.kernels._cases import METHODS, OPS, WORK, Case, cases, work  # noqa: E402
 
@@ -64,57 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON record")
     parser.add_argument("--ops", default="", help=f"comma-separated ops (default: all of {', '.join(OPS)})")
     return parser
-
-
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read(), re.MULTILINE)
-        if found:
-            return found.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _machine(device: torch.device) -> dict:
-    machine = {
-        "cpu_model": _cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "gpu": None,
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        machine["gpu"] = {
-            "name": props.name,
-            "memory_GiB": round(props.total_memory / 2**30, 1),
-            "capability": f"{props.major}.{props.minor}",
-            "cuda": torch.version.cuda,
-        }
-    return machine
-
-
-def _versions() -> dict:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("triton", "opacus", "pytest-benchmark", "attent"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
-def _device_label(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
 def _shapes(selected: list[Case]) -> dict[str, list[dict]]:
@@ -206,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     case_set = "quick" if args.quick else "full"
     ops = [op for op in args.ops.split(",") if op]
-    device = _device()
+    device = record_info.device()
     try:
         selected = cases(case_set, device.type, ops or None)
     except ValueError as error:
@@ -253,8 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "timestamp": now.isoformat(timespec="seconds"),
         "case_set": case_set,
         "device": device.type,
-        "machine": _machine(device),
-        "versions": _versions(),
+        "machine": record_info.machine(device),
+        "versions": record_info.versions(),
         "roofline": roofline,
         "methods": METHODS,
         "work_formulas": {op: WORK[op].formula for op in OPS},
@@ -267,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shapes": _shapes(selected),
         "results": rows,
     }
-    out = args.json or RESULTS_DIR / f"kernels-{_device_label(device)}-{record['date']}.json"
+    out = args.json or RESULTS_DIR / f"kernels-{record_info.device_label(device)}-{record['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")

@@ -45,7 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.kernels._memory import _reset_peak, _return_freed_heap, _status_kib  # noqa: E402
-from bench.kernels.run import _device, _machine, _versions  # noqa: E402
+from bench import record_info  # noqa: E402
 
 METHODS = ("plain step", "probe.score", "probe.backward", "probe.score (last block)", "torch.func", "opacus")
 MODELS = ("vit", "gpt2")
@@ -143,7 +143,7 @@ def _method(name: str, net: nn.Module, inputs: tuple[torch.Tensor, ...], loss: L
 
 def _measure(model: str, method: str, quick: bool, repeats: int) -> dict:
     """Time, peak extra memory and squared norms of one method on one model (run in a fresh process on CPU)."""
-    device = _device()
+    device = record_info.device()
     net, inputs, loss, info, last = _build(model, quick, device)
     call = _method(method, net, inputs, loss, last)
     call()  # warm-up: lazy state, autotuning, allocator
@@ -180,7 +180,7 @@ def _child(queue: Any, model: str, method: str, quick: bool, repeats: int) -> No
 
 
 def _run_isolated(model: str, method: str, quick: bool, repeats: int) -> dict:
-    if _device().type == "cuda":
+    if record_info.device().type == "cuda":
         try:
             return _measure(model, method, quick, repeats)
         except Exception as error:
@@ -235,10 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     repeats = 1 if args.quick else args.repeats
-    device = _device()
+    device = record_info.device()
     record: dict[str, Any] = {
         "benchmark": "probe", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": list(argv or []), "device": device.type, "machine": _machine(device), "versions": _versions(),
+        "argv": list(argv or []), "device": device.type, "machine": record_info.machine(device), "versions": record_info.versions(),
         "memory_method": __doc__.split("Memory: ", 1)[1].split("\n\n", 1)[0].replace("\n", " "), "models": {},
     }
     for model in models:

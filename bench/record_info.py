@@ -1,0 +1,66 @@
+"""What every benchmark record says about where it ran: the device, the machine and the versions."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+
+import torch
+
+__all__ = ["device", "machine", "versions", "device_label"]
+
+
+def device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read(), re.MULTILINE)
+        if found:
+            return found.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    """CPU model and cores, torch threads, platform, and the GPU when ``device`` is CUDA."""
+    machine = {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "gpu": None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        machine["gpu"] = {
+            "name": props.name,
+            "memory_GiB": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+        }
+    return machine
+
+
+def versions(*extra: str) -> dict:
+    """Python, torch, and the installed versions of triton, opacus, pytest-benchmark, attent and ``extra`` packages."""
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("triton", "opacus", "pytest-benchmark", "attent", *extra):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def device_label(device: torch.device) -> str:
+    """"cpu", or the GPU's name as a file-name-safe label."""
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
