@@ -21,9 +21,16 @@ def _run_bench(name: str, argv: list[str]) -> int:
         sys.path.insert(0, str(BENCH_DIR.parent))
     spec = importlib.util.spec_from_file_location(f"bench.{name}.run", script)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
-    spec.loader.exec_module(module)
-    return int(module.main(argv) or 0)
+    previous = sys.modules.get(spec.name)
+    sys.modules[spec.name] = module  # while it runs: dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+        return int(module.main(argv) or 0)
+    finally:
+        if previous is None:
+            sys.modules.pop(spec.name, None)
+        else:
+            sys.modules[spec.name] = previous
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -82,7 +82,7 @@ def _build(model: str, quick: bool, device: torch.device) -> tuple[nn.Module, tu
             dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024) if gpu else
             dict(n_embd=256, n_layer=4, n_head=4, vocab_size=4096, n_positions=128))
         batch = 2 if quick else 8
-        net = transformers.GPT2LMHeadModel(transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **size))
+        net = transformers.GPT2LMHeadModel(transformers.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, **size))
         inputs = (torch.randint(0, size["vocab_size"], (batch, size["n_positions"])),)
 
         def loss(model_fn: Callable, ids: torch.Tensor) -> torch.Tensor:
