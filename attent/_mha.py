@@ -33,7 +33,6 @@ def multi_head_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    *,
     key_padding_mask: torch.Tensor | None = None,
     need_weights: bool = True,
     attn_mask: torch.Tensor | None = None,

@@ -261,14 +261,11 @@ def _mha_reason(module: nn.MultiheadAttention) -> str | None:
     return None
 
 
-def _mha_forward(module: nn.MultiheadAttention, capture: Callable[[Capture], None], query, key, value,
-                 key_padding_mask=None, need_weights=True, attn_mask=None, average_attn_weights=True, is_causal=False):
+def _mha_forward(module: nn.MultiheadAttention, capture: Callable[[Capture], None], *args: Any, **kwargs: Any):
     """nn.MultiheadAttention's forward with its input projection as explicit linear maps."""
-    from ._mha import multi_head_attention
+    from ._mha import multi_head_attention  # imported here: _mha builds on this module's factors
 
-    return multi_head_attention(module, capture, query, key, value, key_padding_mask=key_padding_mask,
-                                need_weights=need_weights, attn_mask=attn_mask,
-                                average_attn_weights=average_attn_weights, is_causal=is_causal)
+    return multi_head_attention(module, capture, *args, **kwargs)
 
 
 register_layer(nn.MultiheadAttention, params=("in_proj_weight", "in_proj_bias"), name="mha-in-proj",

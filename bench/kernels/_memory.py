@@ -28,6 +28,8 @@ import re
 import resource
 from multiprocessing.connection import Connection
 
+from typing import Any, Callable
+
 import torch
 
 from bench.kernels._cases import Case, Run, build, warmup_case
@@ -69,17 +71,31 @@ def _reset_peak() -> bool:
         return False
 
 
-def _measure_in_this_process(case: Case) -> int:
-    """Bytes of peak resident-set growth during one call of ``case`` (run in a fresh process)."""
-    build(warmup_case(case)).call()
-    run = build(case)
+def rss_growth(call: Callable[[], Any]) -> tuple[Any, int]:
+    """``call()``'s result and the bytes of peak resident-set growth during it (the process's freed
+    heap returned first; meaningful in a process that has run nothing else of size)."""
     _return_freed_heap()
     was_reset = _reset_peak()
     before = _status_kib("VmRSS")
-    result = run.call()
+    result = call()
     peak = _status_kib("VmHWM") if was_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    del result
-    return max(0, peak - before) * 1024
+    return result, max(0, peak - before) * 1024
+
+
+def cuda_growth(call: Callable[[], Any]) -> tuple[Any, int]:
+    """``call()``'s result and the bytes of CUDA memory allocated at its peak beyond what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    result = call()
+    torch.cuda.synchronize()
+    return result, torch.cuda.max_memory_allocated() - before
+
+
+def _measure_in_this_process(case: Case) -> int:
+    """Bytes of peak resident-set growth during one call of ``case`` (run in a fresh process)."""
+    build(warmup_case(case)).call()
+    return rss_growth(build(case).call)[1]
 
 
 def _measure_in_a_fork(case: Case) -> int | BaseException:
@@ -143,14 +159,7 @@ _helper: _Helper | None = None
 
 def _cuda_peak(run: Run) -> int:
     run.call()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    result = run.call()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
-    del result
-    return peak - before
+    return cuda_growth(run.call)[1]
 
 
 def peak_extra_bytes(case: Case, run: Run) -> int:

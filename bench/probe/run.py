@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import multiprocessing
-import resource
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.kernels._memory import _reset_peak, _return_freed_heap, _status_kib  # noqa: E402
+from bench.kernels._memory import cuda_growth, rss_growth  # noqa: E402
 from bench import record_info  # noqa: E402
 
 METHODS = ("plain step", "probe.score", "probe.backward", "probe.score (last block)", "torch.func", "opacus")
@@ -148,20 +147,7 @@ def _measure(model: str, method: str, quick: bool, repeats: int) -> dict:
     call = _method(method, net, inputs, loss, last)
     call()  # warm-up: lazy state, autotuning, allocator
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        norms = call()
-        sync()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        _return_freed_heap()
-        was_reset = _reset_peak()
-        before = _status_kib("VmRSS")
-        norms = call()
-        high = _status_kib("VmHWM") if was_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = max(0, high - before) * 1024
+    norms, peak = (cuda_growth if device.type == "cuda" else rss_growth)(call)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -172,19 +158,20 @@ def _measure(model: str, method: str, quick: bool, repeats: int) -> dict:
             "norms": None if norms is None else norms.detach().double().cpu().tolist()}
 
 
-def _child(queue: Any, model: str, method: str, quick: bool, repeats: int) -> None:
+def _measure_or_failure(model: str, method: str, quick: bool, repeats: int) -> dict:
     try:
-        queue.put(_measure(model, method, quick, repeats))
+        return _measure(model, method, quick, repeats)
     except Exception as error:  # reported in the table; the other methods still run
-        queue.put({"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"})
+        return {"error": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"}
+
+
+def _child(queue: Any, model: str, method: str, quick: bool, repeats: int) -> None:
+    queue.put(_measure_or_failure(model, method, quick, repeats))
 
 
 def _run_isolated(model: str, method: str, quick: bool, repeats: int) -> dict:
     if record_info.device().type == "cuda":
-        try:
-            return _measure(model, method, quick, repeats)
-        except Exception as error:
-            return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+        return _measure_or_failure(model, method, quick, repeats)
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_child, args=(queue, model, method, quick, repeats))
