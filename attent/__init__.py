@@ -6,7 +6,8 @@
 
 The scoring ops themselves (one per layer family, Triton on GPU) live in ``attent_kernels``.
 """
-from .layers import Capture, Diag, Direct, Ids, Outer, register_layer
+from .factors import Capture, Diag, Direct, Ids, Outer
+from .layers import register_layer
 from .probe import GradNormProbe
 from .schedules import EpochPlan, IntervalSchedule, RatioSchedule, TeachingPlan
 from .scores import IndexedDataset, Objective, score_batch, score_pass

@@ -40,8 +40,9 @@ import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge
 
-from . import _factors
-from .layers import Capture, Direct, Factor, find_rule
+from . import _factor_norms
+from .factors import Capture, Direct, Factor
+from .layers import find_rule, register_loaded_integrations
 
 __all__ = ["GradNormProbe"]
 
@@ -87,7 +88,7 @@ class _Call:
             if local not in factors:
                 continue
             try:
-                factor = _factors.canonical(factors[local], probe.batch_dim, probe._params[key].numel(), self.batch)
+                factor = _factor_norms.canonical(factors[local], probe.batch_dim, probe._params[key].numel(), self.batch)
             except ValueError as error:
                 raise ValueError(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}") from None
             if key in self.shared:
@@ -98,16 +99,16 @@ class _Call:
                     f"GradNormProbe: parameter {probe._names[key]!r} was used twice in one backward pass by "
                     f"layers recorded during that pass (reentrant checkpointing); use use_reentrant=False")
             self.single.add(key)
-            self.add(record.layer, _factors.norm_sq(factor))
+            self.add(record.layer, _factor_norms.norm_sq(factor))
 
     def finish(self) -> None:
         probe = self.probe
         for key, factors in self.stashed.items():
             shape = probe._params[key].shape
-            total = sum(_factors.norm_sq(f) for f in factors)
+            total = sum(_factor_norms.norm_sq(f) for f in factors)
             for i in range(len(factors)):
                 for j in range(i + 1, len(factors)):
-                    total = total + 2 * _factors.inner(factors[i], factors[j], shape)
+                    total = total + 2 * _factor_norms.inner(factors[i], factors[j], shape)
             self.add(probe._owner[key], total)
 
 
@@ -162,6 +163,7 @@ class GradNormProbe:
         self._call: _Call | None = None
         self._removed = False
         self._all_trainable = params is None
+        register_loaded_integrations()
         taken = next((name for name, m in model.named_modules() if _ATTACHED.get(m, lambda: None)() is not None), None)
         if taken is not None:
             raise RuntimeError(f"GradNormProbe: a probe is already attached to {taken or 'the model'!r}; remove() it "

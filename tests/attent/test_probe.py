@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from attent import layers
+from attent import factors, layers
 from attent.probe import GradNormProbe
 
 
@@ -341,7 +341,7 @@ def test_register_layer_for_a_custom_module():
     @layers.register_layer(Scale, params=("gamma",), name="scale")
     def _scale(module, args, output):
         x = args[0]
-        return layers.Capture(output, lambda g: {"gamma": layers.Diag(x, g)})
+        return factors.Capture(output, lambda g: {"gamma": factors.Diag(x, g)})
 
     torch.manual_seed(14)
     model = nn.Sequential(nn.Linear(5, 7), Scale(7), nn.Linear(7, 2))

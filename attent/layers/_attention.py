@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Capture, Direct, Outer
+from ..factors import Capture, Direct, Outer
+from ._registry import register_layer
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -86,3 +87,15 @@ def multi_head_attention(
     if not module.batch_first:
         out = out.transpose(0, 1)
     return out, weights
+
+
+def _mha_reason(module: nn.MultiheadAttention) -> str | None:
+    if not module._qkv_same_embed_dim:
+        return "separate q/k/v projection weights (kdim/vdim differ from embed_dim)"
+    if module.bias_k is not None or module.add_zero_attn:
+        return "bias_k/bias_v or add_zero_attn"
+    return None
+
+
+register_layer(nn.MultiheadAttention, params=("in_proj_weight", "in_proj_bias"), name="mha-in-proj",
+               forward=multi_head_attention, check=_mha_reason)(lambda module, args, output: [])

@@ -1,4 +1,4 @@
-"""Squared norms and inner products of factored per-example gradients (see ``attent.layers``).
+"""Squared norms and inner products of factored per-example gradients (see ``attent.factors``).
 
 Every function takes factors in canonical form (:func:`canonical`): batch first, positions
 flattened to one dimension T: Outer a (B, T, rows) or Ids (B, T), b (B, T, cols); Diag x, g
@@ -12,7 +12,7 @@ import torch
 
 from attent_kernels import embedding_grad_norm_sq, linear_grad_norm_sq, norm_grad_norm_sq
 
-from .layers import Diag, Direct, Factor, Ids, Outer
+from .factors import Diag, Direct, Factor, Ids, Outer
 
 
 def _to_batch_first(t: torch.Tensor, batch_dim: int, keep_last: int) -> torch.Tensor:
