@@ -1,6 +1,9 @@
-"""torch.distributed helpers for the teacher: this process's rank, and gathering variable-length
-(index, score) batches from every rank so that every rank holds the same scores."""
+"""torch.distributed helpers for the teacher and the trainers: this process's rank, its shard of an
+epoch order, and gathering variable-length (index, score) batches from every rank so that every
+rank holds the same scores."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -18,6 +21,17 @@ def rank_and_world_size() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def shard(order: torch.Tensor) -> torch.Tensor:
+    """This rank's part of an epoch order (k,): under torch.distributed, the order padded by
+    repeating from its start to a multiple of the world size, then every world-size-th entry from
+    the rank's own (as ``DistributedSampler`` does); the order itself otherwise."""
+    rank, world = rank_and_world_size()
+    if world == 1 or order.numel() == 0:
+        return order
+    total = math.ceil(order.numel() / world) * world
+    return order.repeat(math.ceil(total / order.numel()))[:total][rank::world]
+
+
 def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -27,9 +41,9 @@ def _collective_device() -> torch.device:
 def all_gather_scores(indices: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's (indices, scores), concatenated in rank order, on the CPU.
 
-    indices: (b,) int64 and scores: (b,) float32 on the CPU, where b may differ between ranks (0
+    indices: (b,) int64 and scores: (b,) float64 on the CPU, where b may differ between ranks (0
     included). Each rank's batch is padded to the largest b for the all_gather and trimmed after;
-    indices travel as float64, exact below 2**53. Returns (n,) int64 and (n,) float32, n the sum of
+    indices travel as float64, exact below 2**53. Returns (n,) int64 and (n,) float64, n the sum of
     the ranks' b. Every rank must call it (it is a collective).
     """
     world = dist.get_world_size()
@@ -45,4 +59,4 @@ def all_gather_scores(indices: torch.Tensor, scores: torch.Tensor) -> tuple[torc
     gathered = [torch.empty_like(packed) for _ in range(world)]
     dist.all_gather(gathered, packed)
     joined = torch.cat([g[:, :count] for g, count in zip(gathered, counts)], dim=1).cpu()
-    return joined[0].to(torch.int64), joined[1].to(torch.float32)
+    return joined[0].to(torch.int64), joined[1]

@@ -208,8 +208,8 @@ class TeachingPlan:
 
     epochs: the run's length, or None for an open-ended plan (constant ratio, fixed interval, no
     cycles, no annealing). cycles: the number of cycles (None: ``PUBLISHED_CYCLES`` when ``epochs``
-    is known; None in an open-ended plan); at most one per teaching epoch, so a short run gets
-    fewer. ratio: None when the
+    is known, capped at one per teaching epoch; None in an open-ended plan); an explicit count
+    larger than the teaching span is an error. ratio: None when the
     strategy sizes its own subsets (every subset epoch then has ``ratio`` None).
     """
 
@@ -241,8 +241,16 @@ class TeachingPlan:
                     f"anneal_epochs={anneal_epochs}, epochs={epochs}"
                 )
             span = epochs - warmup_epochs - anneal_epochs
-            requested = PUBLISHED_CYCLES if cycles is None else check_count("cycles", cycles, 1)
-            self.cycles = min(requested, span)
+            if cycles is None:
+                self.cycles = min(PUBLISHED_CYCLES, span)
+            else:
+                self.cycles = check_count("cycles", cycles, 1)
+                if self.cycles > span:
+                    raise ValueError(
+                        f"cycles={cycles} does not fit the teaching span of {span} epochs (epochs={epochs} minus "
+                        f"warmup_epochs={warmup_epochs} and anneal_epochs={anneal_epochs}): each cycle needs an "
+                        f"epoch; pass cycles <= {span} or cycles=None"
+                    )
             self._epochs = self._lay_out(span)
 
     def _check_open_ended(self, cycles: int | None) -> None:

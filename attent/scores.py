@@ -12,7 +12,10 @@ over its valid positions, whatever reduction training applies to the batch:
   probe covers (the square root of the probe's g_i^T K_theta g_i); a by-product of the training
   backward, or a backward w.r.t. activations only in scoring passes.
 
-This module also holds the batch conventions the trainer shares: a batch is an ``(input, target)``
+A :class:`Scorer` owns the score kind, the objective and (for ``"gradnorm"``) the probe: every
+trainer asks it for a training step's scores and for the scores of a refresh pass.
+
+This module also holds the batch conventions the trainers share: a batch is an ``(input, target)``
 pair, or a mapping whose ``label_key`` entry is the target and whose other entries are the model's
 keyword arguments; a model's prediction is its output tensor, the ``logits`` of a Hugging Face
 ``ModelOutput`` or mapping, or the first element of a tuple.
@@ -31,9 +34,8 @@ from torch.utils.data._utils.collate import default_collate
 
 from attent_kernels import cross_entropy_scores, mse_scores
 
-from .teacher import SCORE_KINDS
-
 __all__ = [
+    "SCORE_KINDS",
     "LOSS_NAMES",
     "AMP_MODES",
     "ScoreKind",
@@ -47,13 +49,14 @@ __all__ = [
     "split_batch",
     "forward_batch",
     "gradnorm_scores",
-    "distinct",
     "eval_mode",
+    "Scorer",
     "score_batch",
     "score_pass",
 ]
 
 ScoreKind = Literal["loss", "fgrad", "gradnorm"]
+SCORE_KINDS: tuple[str, ...] = ("loss", "fgrad", "gradnorm")
 LOSS_NAMES: tuple[str, ...] = ("cross_entropy", "lm", "mse")
 AMP_MODES: tuple[str, ...] = ("bf16", "fp16")
 PerExampleLoss = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -210,25 +213,6 @@ def gradnorm_scores(norms_sq: torch.Tensor, coefficients: torch.Tensor) -> torch
     return norms_sq.float().clamp(min=0).sqrt() / coefficients.float().abs()
 
 
-def distinct(indices: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each example of a batch once, with its first score: a batch drawn with replacement (the
-    importance strategy) may hold an example twice, and ``Teacher.observe`` takes distinct indices.
-
-    Args:
-        indices: (b,) int64 example indices. scores: (b,) their scores.
-
-    Returns:
-        (indices (u,), scores (u,)); the inputs themselves when the indices are already distinct.
-    """
-    unique, inverse = torch.unique(indices, return_inverse=True)
-    if unique.numel() == indices.numel():
-        return indices, scores
-    positions = torch.arange(indices.numel(), device=inverse.device)
-    first = torch.full((unique.numel(),), indices.numel(), dtype=torch.long, device=inverse.device)
-    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
-    return unique, scores[first.to(scores.device)]
-
-
 # ---------------------------------------------------------------- batch conventions
 
 
@@ -346,33 +330,145 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
+Batches = Iterable[tuple[torch.Tensor, Any, Any]]
+"""(example indices (b,) int64, model inputs, targets) per batch, already on the model's device."""
+
+
+class Scorer:
+    """Turns a model's outputs into per-example scores of one kind (see the module docstring).
+
+    Args:
+        kind: ``"loss"``, ``"fgrad"`` or ``"gradnorm"``.
+        loss: the training loss: a name, a callable ``(prediction, targets) -> Tensor[B]`` or an
+            :class:`Objective`.
+        probe_params: for ``"gradnorm"``: the parameters (or names) the probe covers (default:
+            every trainable parameter).
+        ignore_index: target value the cross-entropy losses skip.
+
+    ``attach(model)`` attaches the gradient-norm probe (``"gradnorm"`` only) and ``detach()``
+    removes it; ``with scorer.attached(model):`` does both.
+    """
+
+    def __init__(self, kind: ScoreKind = "fgrad", loss: "LossSpec | Objective" = "cross_entropy", *,
+                 probe_params: Any = None, ignore_index: int = -100):
+        _check_score_kind(kind)
+        self.kind = kind
+        self.objective = Objective.resolve(loss, ignore_index=ignore_index)
+        self.probe_params = probe_params
+        self.probe: Any = None
+
+    @property
+    def needs_probe(self) -> bool:
+        """True for ``"gradnorm"``: training steps must run their backward through the probe."""
+        return self.kind == "gradnorm"
+
+    def attach(self, model: nn.Module) -> None:
+        """Attach the probe to ``model`` (``"gradnorm"``; nothing for the other kinds)."""
+        if self.needs_probe and self.probe is None:
+            from .probe import GradNormProbe
+
+            self.probe = GradNormProbe(model, self.probe_params)
+
+    def detach(self) -> None:
+        """Remove the probe, if one is attached."""
+        if self.probe is not None:
+            self.probe.remove()
+            self.probe = None
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module):
+        """The block runs with the probe attached to ``model`` (``"gradnorm"``), removed after."""
+        owned = self.probe is None
+        self.attach(model)
+        try:
+            yield self
+        finally:
+            if owned:
+                self.detach()
+
+    def backward(self, weighted: torch.Tensor) -> torch.Tensor | None:
+        """The training backward of ``weighted.sum()`` ((B,) losses times their coefficients):
+        through the attached probe (``"gradnorm"``; returns the (B,) squared norms of the weighted
+        losses), a plain ``backward()`` otherwise (returns None)."""
+        if self.probe is not None:
+            return self.probe.backward(weighted, reduction="sum")
+        weighted.sum().backward()
+        return None
+
+    def step_scores(self, pred: torch.Tensor, targets: Any, losses: torch.Tensor, *,
+                    norms_sq: torch.Tensor | None = None, coefficients: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) detached scores of a training step: the losses, fgrad from the prediction, or
+        gradnorm from the probe's squared norms ``norms_sq`` of the losses scaled by ``coefficients``
+        (see :func:`gradnorm_scores`)."""
+        if self.kind == "loss":
+            return losses.detach()
+        if self.kind == "fgrad":
+            return self.objective.output_scores(pred, targets, "fgrad")
+        if norms_sq is None or coefficients is None:
+            raise ValueError("gradnorm step scores need norms_sq (from Scorer.backward) and the losses' coefficients")
+        return gradnorm_scores(norms_sq, coefficients)
+
+    def score_batch(self, model: nn.Module, inputs: Any, targets: Any, *,
+                    autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
+        """Scores of one batch with the model in its current mode, no parameter gradient touched.
+
+        ``"loss"`` and ``"fgrad"``: a forward under ``torch.no_grad``; ``"gradnorm"``: a forward and
+        ``probe.score`` (the probe must be attached).
+
+        Returns:
+            (B,) float32 scores, detached, on the model's device.
+        """
+        if self.needs_probe:
+            if self.probe is None:
+                raise ValueError("score kind 'gradnorm' needs the probe: attach it with Scorer.attach(model)")
+            with autocast_context():
+                pred = forward_batch(model, inputs)
+            return self.probe.score(self.objective.losses(pred, targets)).detach().float().clamp(min=0).sqrt()
+        with torch.no_grad(), autocast_context():
+            pred = forward_batch(model, inputs)
+        return self.objective.output_scores(pred, targets, self.kind).float()
+
+    def score_batches(self, model: nn.Module, batches: Batches, *,
+                      autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A scoring pass: every batch scored with the model in eval mode (restored after).
+
+        Returns:
+            (indices (n,) int64, scores (n,) float32), both on the CPU, in the batches' order.
+        """
+        indices, scores = [], []
+        with self.attached(model), eval_mode(model):
+            for batch_indices, inputs, targets in batches:
+                scores.append(self.score_batch(model, inputs, targets, autocast_context=autocast_context).cpu())
+                indices.append(torch.as_tensor(batch_indices, dtype=torch.long).cpu())
+        if not indices:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float32)
+        return torch.cat(indices), torch.cat(scores)
+
+
+def loader_batches(loader: Iterable[tuple[torch.Tensor, Any]], device: torch.device, label_key: str = "labels") -> Batches:
+    """:data:`Batches` from an :func:`indexed_loader`: each batch moved to ``device`` and split
+    into inputs and targets."""
+    for indices, batch in loader:
+        inputs, targets = split_batch(move_to(batch, device), label_key)
+        yield indices, inputs, targets
+
+
 def score_batch(
     model: nn.Module,
     inputs: Any,
     targets: Any,
     kind: ScoreKind,
-    objective: Objective,
+    objective: "LossSpec | Objective",
     *,
     probe: Any = None,
     autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
-    """Scores of one batch with the model in its current mode, no parameter gradient touched.
-
-    ``"loss"`` and ``"fgrad"``: a forward under ``torch.no_grad``; ``"gradnorm"``: a forward and
-    ``probe.score`` (``probe`` is a ``GradNormProbe`` attached to ``model``).
-
-    Returns:
-        (B,) float32 scores, detached, on the model's device.
-    """
-    if kind == "gradnorm":
-        if probe is None:
-            raise ValueError("score kind 'gradnorm' needs probe=GradNormProbe(model)")
-        with autocast_context():
-            pred = forward_batch(model, inputs)
-        return probe.score(objective.losses(pred, targets)).float().clamp(min=0).sqrt()
-    with torch.no_grad(), autocast_context():
-        pred = forward_batch(model, inputs)
-    return objective.output_scores(pred, targets, kind).float()
+    """Scores of one batch (see :meth:`Scorer.score_batch`); ``probe``: a ``GradNormProbe``
+    attached to ``model``, needed for ``"gradnorm"``."""
+    scorer = Scorer(kind, objective)
+    scorer.probe = probe
+    return scorer.score_batch(model, inputs, targets, autocast_context=autocast_context)
 
 
 def score_pass(
@@ -401,7 +497,8 @@ def score_pass(
         dataset: map-style dataset of ``(input, target)`` pairs or mappings (see the module docstring).
         kind: ``"loss"``, ``"fgrad"`` or ``"gradnorm"``.
         loss: the training loss (name, callable or Objective).
-        indices: (n,) example indices to score; all of ``dataset`` when None.
+        indices: (n,) example indices to score (e.g. ``teacher.refresh_indices(epoch)``); all of
+            ``dataset`` when None.
         batch_size, collate_fn: how the examples are batched.
         device: where the model runs (default: the device of its first parameter).
         amp: None, ``"bf16"`` or ``"fp16"`` autocast.
@@ -410,32 +507,14 @@ def score_pass(
     Returns:
         (n,) float32 scores on the CPU, in the order of ``indices``.
     """
-    _check_score_kind(kind)
-    objective = Objective.resolve(loss)
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
+    scorer = Scorer(kind, loss)
+    scorer.probe = probe
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     order = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices, dtype=torch.long).reshape(-1)
     if order.numel() and (int(order.min()) < 0 or int(order.max()) >= len(dataset)):
         raise ValueError(f"indices must lie in [0, {len(dataset)}) for a dataset of {len(dataset)} examples, "
                          f"got values in [{int(order.min())}, {int(order.max())}]")
-    scores = torch.empty(order.numel(), dtype=torch.float32)
     loader = indexed_loader(dataset, batch_size=batch_size, sampler=order.tolist(), collate_fn=collate_fn)
-    owned_probe = None
-    if kind == "gradnorm" and probe is None:
-        from .probe import GradNormProbe
-
-        probe = owned_probe = GradNormProbe(model)
-    done = 0
-    try:
-        with eval_mode(model):
-            for _, batch in loader:
-                inputs, targets = split_batch(move_to(batch, device), label_key)
-                batch_scores = score_batch(model, inputs, targets, kind, objective, probe=probe,
-                                           autocast_context=lambda: autocast(device, amp))
-                scores[done : done + batch_scores.numel()] = batch_scores.cpu()
-                done += batch_scores.numel()
-    finally:
-        if owned_probe is not None:
-            owned_probe.remove()
+    _, scores = scorer.score_batches(model, loader_batches(loader, device, label_key),
+                                     autocast_context=lambda: autocast(device, amp))
     return scores

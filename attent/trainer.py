@@ -1,12 +1,14 @@
 """The thin trainer (layer 5): a plain PyTorch loop that composes a model, a teacher and the scores.
 
     result = attent.fit(model, train_data, loss="cross_entropy", optimizer=opt, epochs=10,
-                        teacher=attent.Teacher(len(train_data), score="fgrad"), eval_data=val_data)
+                        teacher=attent.Teacher(len(train_data), epochs=10), score="fgrad", eval_data=val_data)
 
-Each epoch the teacher (when given) re-scores the examples it asks for (a forward-only refresh
-pass), selects the epoch's subset, and the loop trains on that subset only: every example's loss
-is multiplied by the teacher's weight for it, and the training step's per-example scores (loss,
-fgrad from the logits, or gradnorm from the probe's by-product) are fed back with ``observe``.
+``fit`` is a thin adapter over :class:`attent.Teaching`, the protocol every trainer drives: each
+epoch the teacher (when given) re-scores the examples it asks for (a scoring pass), selects the
+epoch's subset, and the loop trains on that subset only: every example's loss is multiplied by the
+teacher's weight for it, and the training step's per-example scores (loss, fgrad from the logits,
+or gradnorm from the probe's by-product) are fed back with ``observe``. The scalar options are one
+typed :class:`FitOptions` (``attent train --config`` reads the same fields).
 Time spent selecting (refresh passes, ``select``, scoring work inside the steps, ``observe``) is
 measured apart from training time; evaluation and checkpoint writing are excluded from both and
 from ``wall_time``.
@@ -22,9 +24,11 @@ checkpoints (holding every rank's RNG state) and plots.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
+import numbers
 import os
 import random
 import time
@@ -42,24 +46,25 @@ from tqdm.auto import tqdm
 from ._distributed import rank_and_world_size
 from .scores import (
     AMP_MODES,
+    SCORE_KINDS,
     LossSpec,
     Objective,
+    Scorer,
     autocast,
-    distinct,
     eval_mode,
     forward_batch,
-    gradnorm_scores,
     indexed_loader,
+    loader_batches,
     move_to,
-    score_pass,
     split_batch,
 )
+from .teacher import Teacher
+from .teaching import Teaching
 
-__all__ = ["FitResult", "fit", "evaluate", "CHECKPOINT_NAME", "METRICS_NAME"]
+__all__ = ["FitOptions", "FitResult", "fit", "evaluate", "CHECKPOINT_NAME", "METRICS_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
-HISTOGRAM_BINS = 40
 Metric = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
@@ -104,6 +109,107 @@ class FitResult:
         return self.selection_time / self.wall_time if self.wall_time > 0 else 0.0
 
 
+def _expect(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclass
+class FitOptions:
+    """The scalar options of :func:`fit` (and of ``attent train --config``), checked on creation.
+
+    epochs: number of epochs (a teacher's epoch trains on its selected subset only).
+    score: what training steps feed the teacher: ``"loss"``, ``"fgrad"`` (||dl/dlogits||, the
+        paper's rule) or ``"gradnorm"`` (||dl/dtheta||: the probe runs the training backward).
+    batch_size: examples per micro-batch; ``grad_accum`` micro-batches make an optimizer step.
+    device: where to train (default: CUDA when available, else CPU).
+    amp: None, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + GradScaler).
+    lr_scheduler_interval: ``"step"`` (the scheduler steps after every optimizer step) or
+        ``"epoch"`` (at every epoch end: a schedule in epochs).
+    out_dir: when given: ``metrics.jsonl`` (one line per evaluation and per selection),
+        ``checkpoint.pt`` (every epoch end, every ``checkpoint_every`` steps and when a budget stops
+        training) and the plots of :func:`attent.plots.plot_run`.
+    progress: show a tqdm bar with the loss, the selected ratio and the selection overhead.
+    checkpoint_every: also write a checkpoint every this many optimizer steps.
+    resume_from: a checkpoint file or a folder holding ``checkpoint.pt``: model, optimizer,
+        scheduler, scaler, teacher, position in the epoch and RNG states are restored, so the
+        resumed run reproduces the uninterrupted one (with ``num_workers=0``).
+    seed: seeds torch, numpy and random at the start (not on resume). Without a teacher, epoch e
+        visits the examples in the order
+        ``torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed + e))``.
+    max_time: stop once the training wall time passes this many seconds.
+    max_steps: stop after this many optimizer steps.
+    eval_every: also evaluate whenever the run's optimizer step count is a multiple of this (an
+        epoch's last step gets its epoch-end record only).
+    eval_batch_size: batch size of evaluation and refresh passes (default: batch_size).
+    max_grad_norm: clip the gradient norm before each step.
+    label_key: the targets' key in mapping items.
+    ignore_index: target value the cross-entropy losses skip.
+    gradnorm_params: parameters (or names) the ``"gradnorm"`` score covers (default: all trainable).
+    num_workers: DataLoader worker processes.
+    """
+
+    epochs: int
+    score: str = "fgrad"
+    batch_size: int = 64
+    device: Any = None
+    amp: str | None = None
+    grad_accum: int = 1
+    lr_scheduler_interval: str = "step"
+    out_dir: Any = None
+    progress: bool = True
+    checkpoint_every: int | None = None
+    resume_from: Any = None
+    seed: int = 0
+    max_time: float | None = None
+    max_steps: int | None = None
+    eval_every: int | None = None
+    eval_batch_size: int | None = None
+    max_grad_norm: float | None = None
+    label_key: str = "labels"
+    ignore_index: int = -100
+    gradnorm_params: Any = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        positive = "a positive integer"
+        _expect("epochs", self.epochs, _is_int(self.epochs) and self.epochs >= 1, positive)
+        _expect("batch_size", self.batch_size, _is_int(self.batch_size) and self.batch_size >= 1, positive)
+        _expect("grad_accum", self.grad_accum, _is_int(self.grad_accum) and self.grad_accum >= 1, positive)
+        for name in ("checkpoint_every", "eval_every", "max_steps", "eval_batch_size"):
+            value = getattr(self, name)
+            _expect(name, value, value is None or (_is_int(value) and value >= 1), f"{positive} or None")
+        _expect("num_workers", self.num_workers, _is_int(self.num_workers) and self.num_workers >= 0,
+                "a non-negative integer")
+        _expect("seed", self.seed, _is_int(self.seed) and self.seed >= 0, "a non-negative integer")
+        _expect("ignore_index", self.ignore_index, _is_int(self.ignore_index), "an integer")
+        _expect("score", self.score, self.score in SCORE_KINDS, f"one of {SCORE_KINDS}")
+        _expect("amp", self.amp, self.amp is None or self.amp in AMP_MODES, f"None or one of {AMP_MODES}")
+        _expect("lr_scheduler_interval", self.lr_scheduler_interval, self.lr_scheduler_interval in ("step", "epoch"),
+                "'step' or 'epoch'")
+        _expect("progress", self.progress, isinstance(self.progress, bool), "true or false")
+        _expect("label_key", self.label_key, isinstance(self.label_key, str), "a string")
+        for name in ("max_time", "max_grad_norm"):
+            value = getattr(self, name)
+            _expect(name, value, value is None or (_is_real(value) and 0 < value < math.inf),
+                    "a positive number or None")
+        if self.checkpoint_every is not None and self.out_dir is None:
+            raise ValueError("checkpoint_every needs out_dir: checkpoints are written to out_dir/" + CHECKPOINT_NAME)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        """The option names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
 @dataclass
 class _State:
     """Everything a checkpoint needs besides the model, optimizer, scheduler, scaler and teacher."""
@@ -146,13 +252,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
 
 
 def evaluate(
@@ -224,47 +323,36 @@ class _Clock:
 class _Run:
     """One ``fit`` call: the options, the live objects and the resumable state."""
 
-    def __init__(self, model, train_data, *, loss, optimizer, teacher, epochs, batch_size, eval_data, metrics,
-                 device, amp, grad_accum, lr_scheduler, lr_scheduler_interval, collate_fn, out_dir, progress, checkpoint_every,
-                 seed, max_time, max_steps, eval_every, eval_batch_size, max_grad_norm, label_key, ignore_index,
-                 gradnorm_params, num_workers):
-        _positive_int("epochs", epochs)
-        _positive_int("batch_size", batch_size)
-        _positive_int("grad_accum", grad_accum)
-        _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
-        _positive_int("eval_every", eval_every, allow_none=True)
-        _positive_int("max_steps", max_steps, allow_none=True)
-        if amp is not None and amp not in AMP_MODES:
-            raise ValueError(f"amp must be None or one of {AMP_MODES}, got {amp!r}")
-        if lr_scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"lr_scheduler_interval must be 'step' or 'epoch', got {lr_scheduler_interval!r}")
-        if max_time is not None and not max_time > 0:
-            raise ValueError(f"max_time must be a positive number of seconds or None, got {max_time!r}")
-        if checkpoint_every is not None and out_dir is None:
-            raise ValueError("checkpoint_every needs out_dir: checkpoints are written to out_dir/" + CHECKPOINT_NAME)
+    def __init__(self, model: nn.Module, train_data: Dataset, *, loss: Any, optimizer: torch.optim.Optimizer,
+                 teacher: Teacher | None, eval_data: Dataset | None, metrics: Mapping[str, Metric] | None,
+                 lr_scheduler: Any, collate_fn: Callable[[list], Any] | None, options: FitOptions):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not hasattr(train_data, "__len__") or not hasattr(train_data, "__getitem__"):
+            raise ValueError(f"train_data must be a map-style dataset (with __len__ and __getitem__), got {type(train_data).__name__}")
         if len(train_data) == 0:
             raise ValueError("train_data is empty")
-        if teacher is not None and teacher.num_examples != len(train_data):
-            raise ValueError(f"teacher was built for {teacher.num_examples} examples but train_data has {len(train_data)}")
-        if teacher is not None and teacher.plan.epochs not in (None, epochs):
-            raise ValueError(f"teacher plans {teacher.plan.epochs} epochs but fit was asked for epochs={epochs}; build the teacher with epochs={epochs}")
+        self.options = o = options
         self.model, self.train_data, self.eval_data = model, train_data, eval_data
-        self.objective = Objective.resolve(loss, ignore_index=ignore_index)
-        self.optimizer, self.teacher, self.lr_scheduler = optimizer, teacher, lr_scheduler
-        self.step_scheduler_per_epoch = lr_scheduler_interval == "epoch"
-        self.epochs, self.batch_size, self.grad_accum = epochs, batch_size, grad_accum
-        self.metrics, self.amp, self.collate_fn, self.label_key = metrics, amp, collate_fn, label_key
-        self.progress, self.checkpoint_every, self.seed = progress, checkpoint_every, seed
-        self.max_time, self.max_steps, self.eval_every = max_time, max_steps, eval_every
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.max_grad_norm, self.num_workers = max_grad_norm, num_workers
-        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.optimizer, self.metrics, self.collate_fn = optimizer, metrics, collate_fn
+        self.objective = Objective.resolve(loss, ignore_index=o.ignore_index)
+        self.scorer = Scorer(o.score, self.objective, probe_params=o.gradnorm_params)
+        self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed)
+        self.teaching.check_epochs(o.epochs)
+        self.teacher = teacher
+        self.epochs, self.batch_size, self.grad_accum = o.epochs, o.batch_size, o.grad_accum
+        self.eval_batch_size = o.eval_batch_size or o.batch_size
+        self.device = torch.device(o.device) if o.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.out_dir = Path(o.out_dir) if o.out_dir is not None else None
+        self.step_scheduler_per_epoch = o.lr_scheduler_interval == "epoch"
+        self.planned_steps = self.teaching.planned_steps(o.epochs, batch_size=o.batch_size, grad_accum=o.grad_accum)
+        if callable(lr_scheduler) and not hasattr(lr_scheduler, "step"):
+            lr_scheduler = lr_scheduler(optimizer, self.planned_steps)
+        self.lr_scheduler = lr_scheduler
         self.clock = _Clock(self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
-        self.kind = teacher.score if teacher is not None else None
-        self.gradnorm_params = gradnorm_params
-        self.probe = None
+        self.scaler = torch.amp.GradScaler(self.device.type) if o.amp == "fp16" else None
         self.rank, self.world = rank_and_world_size()
         self.state = _State()
         self.session_start = 0.0
@@ -280,7 +368,7 @@ class _Run:
         start = self.clock.now()
         values = {} if self.eval_data is None else evaluate(
             self.model, self.eval_data, loss=self.objective, batch_size=self.eval_batch_size, collate_fn=self.collate_fn,
-            device=self.device, amp=self.amp, label_key=self.label_key, metrics=self.metrics,
+            device=self.device, amp=self.options.amp, label_key=self.options.label_key, metrics=self.metrics,
         )
         spent = self.clock.now() - start
         self.excluded += spent
@@ -369,93 +457,64 @@ class _Run:
 
     # ------------------------------------------------------------ selection
 
+    def refresh_batches(self, indices: torch.Tensor):
+        """Batches of a scoring pass over ``indices`` (the trainer's collation and device)."""
+        loader = indexed_loader(self.train_data, batch_size=self.eval_batch_size, sampler=indices.tolist(),
+                                collate_fn=self.collate_fn)
+        return loader_batches(loader, self.device, self.options.label_key)
+
     def begin_epoch(self, epoch: int) -> torch.Tensor:
-        """The epoch's example order; with a teacher: refresh pass, selection, record."""
+        """The epoch's example order (this rank's), from the teaching protocol; records the selection."""
         state = self.state
         start = self.clock.now()
-        if self.teacher is None:
-            order = torch.randperm(len(self.train_data), generator=torch.Generator().manual_seed(self.seed + epoch))
-            record = {"epoch": epoch, "step": state.step, "ratio": 1.0, "selected": len(order), "is_full": True, "refreshed": 0}
-            order = self.rank_shard(order)
-        else:
-            refresh = self.teacher.refresh_indices(epoch)
-            refreshed = 0 if refresh is None else int(refresh.numel())
-            if refreshed:
-                scores = score_pass(
-                    self.model, self.train_data, self.kind, loss=self.objective, indices=refresh,
-                    batch_size=self.eval_batch_size, collate_fn=self.collate_fn, device=self.device, amp=self.amp,
-                    label_key=self.label_key, probe=self.probe,
-                )
-                self.teacher.observe(refresh, scores, step=state.step)
-                state.examples_scored += refreshed
-            selection = self.teacher.select(epoch)
-            sampler = self.teacher.sampler(shuffle=True)
-            sampler.set_epoch(epoch)
-            order = torch.as_tensor(list(sampler), dtype=torch.long)
-            record = {
-                "epoch": epoch, "step": state.step, "ratio": float(selection.ratio), "selected": int(selection.indices.numel()),
-                "is_full": bool(selection.is_full), "refreshed": refreshed,
-            }
-            if self.teacher.plan.at(epoch).is_selection_point:
-                record["histogram"] = self.score_histogram()
+        begun = self.teaching.begin_epoch(epoch, step=state.step, model=self.model, batches=self.refresh_batches,
+                                          autocast_context=lambda: autocast(self.device, self.options.amp))
+        state.examples_scored += begun.refreshed
         spent = self.clock.now() - start
         state.selection_time += spent
-        state.ratio = record["ratio"]
-        record["time"] = spent
+        state.ratio = begun.record["ratio"]
+        record = {**begun.record, "time": spent}
         state.selections.append(record)
         self.log({"event": "selection", **record})
-        return order
-
-    def score_histogram(self) -> dict[str, list[float]]:
-        held = self.teacher.state_dict()
-        scores = held["scores"][held["score_steps"] >= 0]
-        finite = scores[torch.isfinite(scores)].double().numpy()
-        counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS) if finite.size else (np.zeros(0), np.zeros(0))
-        return {"counts": counts.tolist(), "edges": edges.tolist()}
+        return begun.order
 
     # ------------------------------------------------------------ training
 
     def train_group(self, group: list[tuple[torch.Tensor, Any]]) -> float:
         """One optimizer step over ``group`` (up to grad_accum micro-batches); returns the scoring
         seconds spent inside it."""
-        model, objective, scaler = self.model, self.objective, self.scaler
+        model, objective, scaler, teaching = self.model, self.objective, self.scaler, self.teaching
         total = sum(int(indices.numel()) for indices, _ in group)
-        scoring, gradnorm_scale = 0.0, 1.0
+        scoring, loss_scale = 0.0, 1.0
         pending = []
         for position, (indices, batch) in enumerate(group):
-            inputs, targets = split_batch(move_to(batch, self.device), self.label_key)
+            inputs, targets = split_batch(move_to(batch, self.device), self.options.label_key)
             # DDP: reduce the gradients once, after the group's last micro-batch.
             accumulating = position < len(group) - 1 and hasattr(model, "no_sync")
             with model.no_sync() if accumulating else contextlib.nullcontext():
-                with autocast(self.device, self.amp):
+                with autocast(self.device, self.options.amp):
                     pred = forward_batch(model, inputs)
                     losses = objective.losses(pred, targets)
-                coefficients = torch.full_like(losses, 1.0 / total)
-                if self.teacher is not None:
-                    coefficients = coefficients * self.teacher.loss_weights(indices).to(coefficients)
+                if not losses.requires_grad:
+                    raise ValueError("the loss does not depend on the model's trainable parameters (a loss callable "
+                                     "that returns detached values, or a model without trainable parameters?)")
+                coefficients = torch.full_like(losses, 1.0 / total) * teaching.loss_weights(indices).to(losses)
+                loss_scale = scaler.get_scale() if scaler is not None else 1.0
                 weighted = losses * coefficients if scaler is None else scaler.scale(losses * coefficients)
-                if self.probe is not None:
-                    norms_sq = self.probe.backward(weighted, reduction="sum")
-                else:
-                    weighted.sum().backward()
+                norms_sq = self.scorer.backward(weighted)
             self.state.loss_sum += float(losses.detach().double().sum())
             self.state.loss_count += int(indices.numel())
-            if self.teacher is None:
+            if not teaching.observes:
                 continue
             start = self.clock.now()
-            if self.kind == "loss":
-                scores = losses.detach()
-            elif self.kind == "fgrad":
-                scores = objective.output_scores(pred, targets, "fgrad")
-            else:
-                gradnorm_scale = scaler.get_scale() if scaler is not None else 1.0
-                scores = gradnorm_scores(norms_sq, coefficients * gradnorm_scale)
+            scores = self.scorer.step_scores(pred, targets, losses, norms_sq=norms_sq,
+                                             coefficients=None if norms_sq is None else coefficients * loss_scale)
             pending.append((indices, scores))
             scoring += self.clock.now() - start
         if scaler is not None:
             scaler.unscale_(self.optimizer)
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+        if self.options.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.options.max_grad_norm)
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()
@@ -466,46 +525,35 @@ class _Run:
             self.lr_scheduler.step()
         self.state.step += 1
         self.state.examples_seen += total * self.world
-        overflowed = scaler is not None and self.kind == "gradnorm" and scaler.get_scale() < gradnorm_scale
+        # fp16: gradnorm scores of a step whose scaled gradients overflowed are not finite; skip them
+        overflowed = scaler is not None and self.scorer.needs_probe and scaler.get_scale() < loss_scale
         start = self.clock.now()
         for indices, scores in ([] if overflowed else pending):
-            self.teacher.observe(*distinct(indices, scores), step=self.state.step - 1)
+            teaching.observe(indices, scores, step=self.state.step - 1)
         return scoring + self.clock.now() - start
 
     def out_of_budget(self) -> bool:
         """True once max_steps or max_time is spent (under torch.distributed: on any rank, so that
         every rank stops at the same step)."""
-        spent = (self.max_steps is not None and self.state.step >= self.max_steps) or (
-            self.max_time is not None and self.wall() >= self.max_time
-        )
-        if self.world > 1 and self.max_time is not None:
+        max_steps, max_time = self.options.max_steps, self.options.max_time
+        spent = (max_steps is not None and self.state.step >= max_steps) or (max_time is not None and self.wall() >= max_time)
+        if self.world > 1 and max_time is not None:
             flag = torch.tensor([float(spent)])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             spent = bool(flag.item())
         return spent
 
-    def rank_shard(self, order: torch.Tensor) -> torch.Tensor:
-        """This rank's part of an epoch order: under torch.distributed, the order padded by
-        repeating from its start to a multiple of the world size, every world-size-th entry from
-        the rank's own (as DistributedSampler does); the order itself otherwise."""
-        if self.world == 1:
-            return order
-        total = math.ceil(len(order) / self.world) * self.world
-        return order.repeat(math.ceil(total / len(order)))[:total][self.rank :: self.world]
-
     def run(self, resume_from: str | os.PathLike | None) -> FitResult:
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         else:
-            _seed_everything(self.seed)
+            _seed_everything(self.options.seed)
         state = self.state
         self.model.to(self.device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.kind == "gradnorm":
-            from .probe import GradNormProbe
-
-            self.probe = GradNormProbe(self.model, self.gradnorm_params)
+        if self.teaching.observes:
+            self.scorer.attach(self.model)
         self.session_start, self.excluded = self.clock.now(), 0.0
         stopped = False
         try:
@@ -516,7 +564,7 @@ class _Run:
                 n_batches = math.ceil(len(state.epoch_order) / self.batch_size)
                 rest = state.epoch_order[state.batches_done * self.batch_size:].tolist()
                 loader = indexed_loader(self.train_data, batch_size=self.batch_size, sampler=rest, collate_fn=self.collate_fn,
-                                        seed=self.seed + epoch, num_workers=self.num_workers)
+                                        seed=self.options.seed + epoch, num_workers=self.options.num_workers)
                 self.run_epoch(epoch, iter(loader), n_batches)
                 if state.batches_done >= n_batches:
                     state.epoch, state.epoch_order, state.batches_done = epoch + 1, None, 0
@@ -531,8 +579,7 @@ class _Run:
                         self.save_checkpoint()
                     break
         finally:
-            if self.probe is not None:
-                self.probe.remove()
+            self.scorer.detach()
         return self.result(stopped)
 
     def run_epoch(self, epoch: int, batches: Iterator, n_batches: int) -> None:
@@ -540,7 +587,7 @@ class _Run:
         max_time) is spent."""
         state = self.state
         bar = tqdm(total=n_batches, initial=state.batches_done, desc=f"epoch {epoch + 1}/{self.epochs}",
-                   disable=not self.progress or self.rank != 0, leave=False, dynamic_ncols=True)
+                   disable=not self.options.progress or self.rank != 0, leave=False, dynamic_ncols=True)
         try:
             while True:
                 start = self.clock.now()
@@ -559,11 +606,13 @@ class _Run:
                     loss=f"{(state.loss_sum - loss_before) / max(1, state.loss_count - count_before):.4f}",
                     ratio=f"{state.ratio:.2f}", sel=f"{100 * state.selection_time / max(wall, 1e-9):.1f}%",
                 )
-                if self.checkpoint_every is not None and state.step % self.checkpoint_every == 0:
+                every = self.options.checkpoint_every
+                if every is not None and state.step % every == 0:
                     self.save_checkpoint()
                 if self.out_of_budget():
                     return
-                if self.eval_every is not None and state.step % self.eval_every == 0 and state.batches_done < n_batches:
+                every = self.options.eval_every
+                if every is not None and state.step % every == 0 and state.batches_done < n_batches:
                     self.record(epoch + state.batches_done / n_batches)
         finally:
             bar.close()
@@ -588,36 +637,18 @@ def fit(
     *,
     loss: LossSpec,
     optimizer: torch.optim.Optimizer,
-    epochs: int,
-    teacher: Any = None,
-    batch_size: int = 64,
+    teacher: Teacher | None = None,
     eval_data: Dataset | None = None,
     metrics: Mapping[str, Metric] | None = None,
-    device: torch.device | str | None = None,
-    amp: str | None = None,
-    grad_accum: int = 1,
     lr_scheduler: Any = None,
-    lr_scheduler_interval: str = "step",
     collate_fn: Callable[[list], Any] | None = None,
-    out_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    checkpoint_every: int | None = None,
-    resume_from: str | os.PathLike | None = None,
-    seed: int = 0,
-    max_time: float | None = None,
-    max_steps: int | None = None,
-    eval_every: int | None = None,
-    eval_batch_size: int | None = None,
-    max_grad_norm: float | None = None,
-    label_key: str = "labels",
-    ignore_index: int = -100,
-    gradnorm_params: Any = None,
-    num_workers: int = 0,
+    options: FitOptions | None = None,
+    **option_values: Any,
 ) -> FitResult:
     """Train ``model`` on ``train_data``, with a teacher selecting what each epoch trains on.
 
     Args:
-        model: any ``nn.Module``; moved to ``device`` and trained in place.
+        model: any ``nn.Module``; moved to the device and trained in place.
         train_data: map-style dataset of ``(input, target)`` pairs or of mappings (the target under
             ``label_key``, the other entries the model's keyword arguments); batches are built by
             ``collate_fn`` (default: torch's default collate).
@@ -628,46 +659,29 @@ def fit(
             sum_i w_i l_i / (examples in the optimizer step), with w_i the teacher's
             ``loss_weights`` (1 without a teacher): the mean of per-example losses.
         optimizer: a torch optimizer over the model's parameters.
-        epochs: number of epochs (a teacher's epoch trains on its selected subset only).
-        teacher: an ``attent.Teacher`` built for ``len(train_data)`` examples, or None (plain training).
-        batch_size: examples per micro-batch; ``grad_accum`` micro-batches make an optimizer step.
+        teacher: an ``attent.Teacher`` built for ``len(train_data)`` examples and the run's
+            ``epochs`` (or open-ended), or None (plain training).
         eval_data, metrics: evaluation set and extra per-example metrics (see :func:`evaluate`).
-        device: where to train (default: CUDA when available, else CPU).
-        amp: None, ``"bf16"`` (autocast) or ``"fp16"`` (autocast + GradScaler).
-        lr_scheduler: stepped after every optimizer step (``lr_scheduler_interval="step"``) or at
-            every epoch end (``"epoch"``: a schedule in epochs, which a teacher's shorter subset
-            epochs do not stretch).
-        out_dir: when given: ``metrics.jsonl`` (one line per evaluation and per selection),
-            ``checkpoint.pt`` (every epoch end, every ``checkpoint_every`` steps and when a budget
-            stops training) and the plots of :func:`attent.plots.plot_run`.
-        progress: show a tqdm bar with the loss, the selected ratio and the selection overhead.
-        resume_from: a checkpoint file or a folder holding ``checkpoint.pt``: model, optimizer,
-            scheduler, scaler, teacher, position in the epoch and RNG states are restored, so the
-            resumed run reproduces the uninterrupted one (with ``num_workers=0``).
-        seed: seeds torch, numpy and random at the start (not on resume). Without a teacher,
-            epoch e visits the examples in the order
-            ``torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed + e))``.
-        max_time: stop once the training wall time passes this many seconds.
-        max_steps: stop after this many optimizer steps.
-        eval_every: also evaluate whenever the run's optimizer step count is a multiple of this
-            (an epoch's last step gets its epoch-end record only).
-        eval_batch_size: batch size of evaluation and refresh passes (default: batch_size).
-        max_grad_norm: clip the gradient norm before each step.
-        label_key: the targets' key in mapping items.
-        ignore_index: target value the cross-entropy losses skip.
-        gradnorm_params: parameters (or names) the ``"gradnorm"`` score covers (default: all trainable).
-        num_workers: DataLoader worker processes.
+        lr_scheduler: a scheduler, stepped after every optimizer step
+            (``lr_scheduler_interval="step"``) or at every epoch end (``"epoch"``); or a callable
+            ``(optimizer, planned_steps) -> scheduler``, called once the run's optimizer steps are
+            known from the teacher's plan (so a decay ends exactly at the run's last step).
+        collate_fn: how items are batched.
+        options: a :class:`FitOptions`; or give its fields as keyword arguments (``epochs=``,
+            ``score=``, ``batch_size=``, ...), not both.
 
     Returns:
         FitResult (see its docstring); ``history[-1]`` holds the final evaluation.
     """
-    run = _Run(
-        model, train_data, loss=loss, optimizer=optimizer, teacher=teacher, epochs=epochs, batch_size=batch_size,
-        eval_data=eval_data, metrics=metrics, device=device, amp=amp, grad_accum=grad_accum, lr_scheduler=lr_scheduler,
-        lr_scheduler_interval=lr_scheduler_interval,
-        collate_fn=collate_fn, out_dir=out_dir, progress=progress, checkpoint_every=checkpoint_every, seed=seed,
-        max_time=max_time, max_steps=max_steps, eval_every=eval_every, eval_batch_size=eval_batch_size,
-        max_grad_norm=max_grad_norm, label_key=label_key, ignore_index=ignore_index, gradnorm_params=gradnorm_params,
-        num_workers=num_workers,
-    )
-    return run.run(resume_from)
+    if options is not None and option_values:
+        raise ValueError(f"pass either options= or option keywords, not both (got also {sorted(option_values)})")
+    if options is None:
+        unknown = sorted(set(option_values) - set(FitOptions.keys()))
+        if unknown:
+            raise TypeError(f"fit() got unknown options {unknown}; the options are {list(FitOptions.keys())}")
+        if "epochs" not in option_values:
+            raise TypeError("fit() needs epochs=")
+        options = FitOptions(**option_values)
+    run = _Run(model, train_data, loss=loss, optimizer=optimizer, teacher=teacher, eval_data=eval_data, metrics=metrics,
+               lr_scheduler=lr_scheduler, collate_fn=collate_fn, options=options)
+    return run.run(options.resume_from)

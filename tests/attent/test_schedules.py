@@ -119,10 +119,16 @@ def test_reselect_each_epoch_makes_every_subset_epoch_a_selection_point():
     ]
 
 
-def test_more_cycles_than_teaching_epochs_gives_one_cycle_per_epoch():
-    plan = TeachingPlan(epochs=5, cycles=10)
+def test_default_cycles_are_capped_at_one_per_teaching_epoch():
+    plan = TeachingPlan(epochs=5)
     assert plan.cycles == 4
     assert [plan.at(e).selection_epoch for e in range(5)] == [None, 1, 2, 3, 4]
+
+
+def test_more_cycles_than_teaching_epochs_is_an_error_not_a_silent_cut():
+    with pytest.raises(ValueError, match=r"cycles=10 does not fit the teaching span of 3 epochs"):
+        TeachingPlan(epochs=4, cycles=10)
+    assert TeachingPlan(epochs=4, cycles=3).cycles == 3
 
 
 def test_no_teaching_span_means_every_epoch_is_full():

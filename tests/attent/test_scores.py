@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from attent.scores import Objective, distinct, forward_batch, gradnorm_scores, prediction_of, score_pass, split_batch
+from attent.scores import Objective, Scorer, forward_batch, gradnorm_scores, prediction_of, score_pass, split_batch
 
 
 def _gen(seed=0):
@@ -193,13 +193,15 @@ def test_forward_batch_passes_mappings_as_keywords():
     torch.testing.assert_close(forward_batch(Keyword(), {"input_ids": x, "scale": 2.0}), 2 * x)
 
 
-def test_distinct_keeps_each_example_once_with_its_first_score():
-    indices = torch.tensor([5, 2, 5, 9, 2, 5])
-    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    unique, kept = distinct(indices, scores)
-    assert unique.tolist() == [2, 5, 9] and kept.tolist() == [2.0, 1.0, 4.0]
-    same = torch.tensor([3, 1, 2])
-    assert distinct(same, scores[:3])[0] is same
+def test_scorer_refuses_gradnorm_without_its_probe_and_bad_kinds():
+    with pytest.raises(ValueError, match="score kind must be one of"):
+        Scorer("margin")
+    scorer = Scorer("gradnorm", "cross_entropy")
+    logits = torch.randn(3, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="gradnorm step scores need norms_sq"):
+        scorer.step_scores(logits, torch.zeros(3, dtype=torch.long), logits.sum(1))
+    with pytest.raises(ValueError, match="needs the probe"):
+        scorer.score_batch(torch.nn.Linear(4, 4), torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
 
 
 def test_gradnorm_scores_undo_the_loss_coefficients():

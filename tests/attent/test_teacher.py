@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from attent.schedules import IntervalSchedule, RatioSchedule
+from attent.strategies import Hard, Importance, InfoBatch, Soft
 from attent.teacher import Selection, Teacher
 
 
@@ -42,7 +43,7 @@ def test_hard_picks_exactly_the_top_m_scores(strategy):
     scores = torch.randperm(40, generator=torch.Generator().manual_seed(3)).float()
     teacher = observed(open_ended(40, ratio=0.25, strategy=strategy), scores)
     selection = teacher.select(0)
-    assert teacher.strategy == "hard"
+    assert isinstance(teacher.strategy, Hard) and teacher.strategy.name == "hard"
     assert selection.indices.tolist() == sorted(torch.topk(scores, 10).indices.tolist())
     assert selection.weights is None and selection.ratio == 0.25 and not selection.is_full
     assert selection.indices.dtype == torch.int64
@@ -51,6 +52,8 @@ def test_hard_picks_exactly_the_top_m_scores(strategy):
 def test_selection_size_is_floor_of_ratio_times_n_and_at_least_one():
     assert len(observed(open_ended(100, ratio=0.29), torch.rand(100)).select(0)) == 29
     assert len(observed(open_ended(7, ratio=0.1), torch.rand(7)).select(0)) == 1
+    assert len(observed(open_ended(10, ratio=0.25), torch.rand(10)).select(0)) == 2  # floor 2.5, not ceil 3
+    assert open_ended(10, ratio=0.25).planned_size(0) == 2
 
 
 def test_hard_breaks_ties_by_the_seed_and_deterministically():
@@ -107,7 +110,7 @@ def test_nan_and_inf_scores_stay_in_play_are_selected_first_counted_and_warned_o
 @pytest.mark.parametrize("normalize", ["softmax", "sigmoid"])
 def test_soft_at_vanishing_temperature_is_hard(normalize):
     scores = (torch.randperm(30, generator=torch.Generator().manual_seed(1)).float() - 15) * 0.1
-    soft = observed(open_ended(30, strategy="soft", temperature=1e-4, normalize=normalize), scores)
+    soft = observed(open_ended(30, strategy=Soft(temperature=1e-4, normalize=normalize)), scores)
     hard = observed(open_ended(30, strategy="hard"), scores)
     for epoch in range(5):
         assert soft.select(epoch).indices.tolist() == hard.select(epoch).indices.tolist()
@@ -115,16 +118,16 @@ def test_soft_at_vanishing_temperature_is_hard(normalize):
 
 def test_soft_at_large_temperature_is_uniform():
     scores = torch.linspace(0, 10, 20)
-    frequency = inclusion_frequency(observed(open_ended(20, ratio=0.25, strategy="soft", temperature=1e6), scores), 1500)
+    frequency = inclusion_frequency(observed(open_ended(20, ratio=0.25, strategy=Soft(temperature=1e6)), scores), 1500)
     assert (frequency - 0.25).abs().max() < 0.06
-    peaked = inclusion_frequency(observed(open_ended(20, ratio=0.25, strategy="soft", temperature=1.0), scores), 200)
+    peaked = inclusion_frequency(observed(open_ended(20, ratio=0.25, strategy=Soft(temperature=1.0)), scores), 200)
     assert peaked[-3:].mean() > 0.9 and peaked[:8].max() < 0.03
 
 
 def test_soft_normalization_sigmoid_flattens_large_scores_softmax_does_not():
     scores = torch.tensor([100.0, 101.0])
     softmax = inclusion_frequency(observed(open_ended(2, ratio=0.5, strategy="soft"), scores), 1500)
-    sigmoid = inclusion_frequency(observed(open_ended(2, ratio=0.5, strategy="soft", normalize="sigmoid"), scores), 1500)
+    sigmoid = inclusion_frequency(observed(open_ended(2, ratio=0.5, strategy=Soft(normalize="sigmoid")), scores), 1500)
     assert softmax[1].item() == pytest.approx(math.e / (1 + math.e), abs=0.04)
     assert sigmoid[1].item() == pytest.approx(0.5, abs=0.04)
 
@@ -162,7 +165,7 @@ def test_infobatch_prunes_below_mean_examples_and_rescales_the_kept_ones():
 
 
 def test_infobatch_pruning_rate_over_epochs_and_custom_prune_ratio():
-    teacher = observed(Teacher(10, strategy="infobatch", prune_ratio=0.3, warmup_epochs=0), torch.arange(10.0))
+    teacher = observed(Teacher(10, strategy=InfoBatch(prune_ratio=0.3), warmup_epochs=0), torch.arange(10.0))
     frequency = inclusion_frequency(teacher, 1000)
     assert (frequency[:5] - 0.6).abs().max() < 0.07  # floor(0.7 * 5) = 3 of 5 kept each epoch
     assert torch.all(frequency[5:] == 1.0)
@@ -170,7 +173,7 @@ def test_infobatch_pruning_rate_over_epochs_and_custom_prune_ratio():
 
 
 def test_infobatch_stops_pruning_after_delta_of_training_and_keeps_unscored_examples():
-    teacher = Teacher(12, strategy="infobatch", epochs=16, delta=0.875)
+    teacher = Teacher(12, strategy=InfoBatch(delta=0.875), epochs=16)
     teacher.observe(torch.arange(10), torch.arange(10.0))
     assert [teacher.plan.at(e).phase for e in range(16)] == ["warmup"] + ["subset"] * 13 + ["anneal"] * 2
     selection = teacher.select(5)
@@ -186,7 +189,7 @@ def test_infobatch_stops_pruning_after_delta_of_training_and_keeps_unscored_exam
 
 def test_importance_weights_are_one_over_n_q():
     scores = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    teacher = observed(open_ended(4, ratio=1.0, strategy="importance", uniform_mix=0.2), scores)
+    teacher = observed(open_ended(4, ratio=1.0, strategy=Importance(uniform_mix=0.2)), scores)
     selection = teacher.select(0)
     q = 0.8 * scores / scores.sum() + 0.2 / 4
     assert torch.allclose(selection.weights, 1 / (4 * q[selection.indices]))
@@ -209,14 +212,14 @@ def test_importance_weighted_mean_is_an_unbiased_estimate_of_the_full_mean():
 
 def test_importance_samples_proportionally_to_score():
     scores = torch.tensor([1.0, 1.0, 1.0, 7.0])
-    teacher = observed(open_ended(4, ratio=1.0, strategy="importance", uniform_mix=0.2), scores)
+    teacher = observed(open_ended(4, ratio=1.0, strategy=Importance(uniform_mix=0.2)), scores)
     draws = torch.cat([teacher.select(e).indices for e in range(1000)])
     share = (draws == 3).float().mean().item()
     assert share == pytest.approx(0.8 * 0.7 + 0.05, abs=0.03)
 
 
 def test_importance_gives_unscored_examples_the_largest_finite_score():
-    teacher = open_ended(4, ratio=1.0, strategy="importance", uniform_mix=0.2)
+    teacher = open_ended(4, ratio=1.0, strategy=Importance(uniform_mix=0.2))
     teacher.observe(torch.arange(3), torch.tensor([1.0, 2.0, 3.0]))
     selection = teacher.select(0)
     q_unscored = 0.8 * 3.0 / 9.0 + 0.2 / 4
@@ -230,7 +233,7 @@ def test_importance_gives_unscored_examples_the_largest_finite_score():
 
 
 def test_between_selection_points_the_subset_stays_and_full_epochs_return_everything():
-    teacher = Teacher(20, epochs=12, cycles=3, interval=2, score="loss")
+    teacher = Teacher(20, epochs=12, cycles=3, interval=2)
     seen = []
     for epoch in range(12):
         selection = teacher.select(epoch)
@@ -264,7 +267,7 @@ def test_published_default_schedule_is_cosine_from_0_2_to_0_8_over_ten_cycles():
 
 def test_published_recipes():
     complex_ = Teacher.published(100, epochs=51)
-    assert (complex_.score, complex_.strategy, complex_.refresh) == ("loss", "hard", "cycle")
+    assert (complex_.strategy.name, complex_.refresh) == ("hard", "cycle")
     assert complex_.plan.cycles == 10 and not complex_.plan.reselect_each_epoch
     assert Teacher.published(100, epochs=51, strategy="soft").plan.reselect_each_epoch
     simple = Teacher.published(100, epochs=4, recipe="simple")
@@ -331,14 +334,35 @@ def run(teacher: Teacher, epochs: range, shuffle_orders: list, selections: list)
 
 STRATEGY_KWARGS = [
     dict(strategy="hard"),
-    dict(strategy="soft", temperature=0.5, refresh=0.25),
+    dict(strategy=Soft(temperature=0.5), refresh=0.25),
     dict(strategy="random"),
     dict(strategy="importance", refresh="cycle"),
     dict(strategy="infobatch"),
+    dict(strategy="hard", refresh=0.25, reselect_each_epoch=True),
 ]
 
 
-@pytest.mark.parametrize("kwargs", STRATEGY_KWARGS, ids=lambda k: k["strategy"])
+def strategy_id(kwargs: dict) -> str:
+    name = getattr(kwargs["strategy"], "name", kwargs["strategy"])
+    return name + ("-reselect" if kwargs.get("reselect_each_epoch") else "")
+
+
+def assert_same_state(a: dict, b: dict, path: str = "state") -> None:
+    """Every field of two state_dicts equal (tensors exactly, dtypes included)."""
+    assert a.keys() == b.keys(), path
+    for key in a:
+        x, y = a[key], b[key]
+        where = f"{path}[{key!r}]"
+        if isinstance(x, dict):
+            assert isinstance(y, dict), where
+            assert_same_state(x, y, where)
+        elif isinstance(x, torch.Tensor):
+            assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y), where
+        else:
+            assert x == y, where
+
+
+@pytest.mark.parametrize("kwargs", STRATEGY_KWARGS, ids=strategy_id)
 def test_same_calls_same_selections(kwargs):
     schedule = {} if kwargs["strategy"] == "infobatch" else dict(cycles=3, interval=3)
     results = []
@@ -349,7 +373,7 @@ def test_same_calls_same_selections(kwargs):
     assert results[0] == results[1]
 
 
-@pytest.mark.parametrize("kwargs", STRATEGY_KWARGS, ids=lambda k: k["strategy"])
+@pytest.mark.parametrize("kwargs", STRATEGY_KWARGS, ids=strategy_id)
 def test_resumed_mid_cycle_selects_exactly_what_an_uninterrupted_run_selects(kwargs):
     schedule = {} if kwargs["strategy"] == "infobatch" else dict(cycles=3, interval=3)
     make = lambda: Teacher(37, epochs=12, seed=11, **schedule, **kwargs)  # noqa: E731
@@ -370,7 +394,7 @@ def test_resumed_mid_cycle_selects_exactly_what_an_uninterrupted_run_selects(kwa
     assert resumed.plan.at(6).selection_epoch in (5, 6)  # epoch 6 continues the cycle begun at 5
     assert part == whole and part_orders == whole_orders
     assert resumed.stats == uninterrupted.stats
-    assert torch.equal(resumed.state_dict()["scores"], uninterrupted.state_dict()["scores"])
+    assert_same_state(resumed.state_dict(), uninterrupted.state_dict())
 
 
 def test_loss_weights_survive_a_resume():
@@ -399,7 +423,7 @@ def test_sampler_yields_the_selection_shuffled_and_advances_epochs_by_itself():
 
 def test_plain_loop_adopts_the_teacher_in_three_lines():
     data = torch.arange(30.0)
-    teacher = Teacher(30, score="loss", epochs=6, cycles=1, ratio=0.5, interval=5)
+    teacher = Teacher(30, epochs=6, cycles=1, ratio=0.5, interval=5)
     loader = DataLoader(list(zip(range(30), data)), batch_size=4, sampler=teacher.sampler())
     trained = []
     for _epoch in range(6):
@@ -425,13 +449,7 @@ def test_plain_loop_adopts_the_teacher_in_three_lines():
         (dict(ratio=1.5), r"ratio must be in \(0, 1\], got 1.5"),
         (dict(ratio=-0.2), r"ratio must be in \(0, 1\], got -0.2"),
         (dict(ratio="half"), "ratio must be a number"),
-        (dict(score="margin"), "score must be one of"),
         (dict(strategy="best"), "strategy must be one of"),
-        (dict(normalize="tanh"), "normalize must be one of"),
-        (dict(temperature=0.0), "temperature must be a positive finite number, got 0.0"),
-        (dict(prune_ratio=1.0), r"prune_ratio must be in \[0, 1\), got 1.0"),
-        (dict(delta=0.0), r"delta must be in \(0, 1\], got 0.0"),
-        (dict(uniform_mix=0.0), r"uniform_mix must be in \(0, 1\], got 0.0"),
         (dict(refresh=0.0), r"refresh must be in \(0, 1\], got 0.0"),
         (dict(refresh="sometimes"), "refresh must be None, 'cycle' or a fraction"),
         (dict(interval=0), "interval must be an integer >= 1, got 0"),
@@ -450,11 +468,29 @@ def test_constructor_bad_input_names_the_argument(kwargs, match):
 
 
 @pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Soft(normalize="tanh"), "normalize must be 'softmax' or 'sigmoid'"),
+        (lambda: Soft(temperature=0.0), r"temperature must be a number in \(0.0, inf\), got 0.0"),
+        (lambda: InfoBatch(prune_ratio=1.0), r"prune_ratio must be a number in \[0.0, 1.0\), got 1.0"),
+        (lambda: InfoBatch(delta=0.0), r"delta must be in \(0, 1\], got 0.0"),
+        (lambda: Importance(uniform_mix=0.0), r"uniform_mix must be in \(0, 1\], got 0.0"),
+        (lambda: Teacher(10, epochs=4, cycles=10), r"cycles=10 does not fit the teaching span of 3 epochs"),
+    ],
+)
+def test_strategy_options_bad_input_names_the_argument(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
     "indices, scores, match",
     [
         (torch.tensor([0, 10]), torch.ones(2), r"indices must be in \[0, num_examples=10\), got \[10\]"),
         (torch.tensor([-1, 3]), torch.ones(2), r"got \[-1\]"),
-        (torch.tensor([1, 2, 1, 3, 3]), torch.ones(5), r"must not repeat within one observe call, got repeated \[1, 3\]"),
+        (torch.arange(2), ["high", "low"], r"scores must be a \(b,\) tensor or sequence of real numbers, got \['high'"),
+        (torch.arange(2), torch.ones(2, dtype=torch.complex64), "scores must be real numbers, got dtype torch.complex64"),
+        (["a", "b"], torch.ones(2), r"indices must be a \(b,\) tensor or sequence of integer example indices"),
         (torch.arange(4), torch.ones(4, 1), r"scores must have shape \(b,\), got \(4, 1\)"),
         (torch.arange(3), torch.ones(4), r"same shape \(b,\), got indices \(3,\) and scores \(4,\)"),
         (torch.arange(4).reshape(2, 2), torch.ones(4), r"indices must have shape \(b,\), got \(2, 2\)"),

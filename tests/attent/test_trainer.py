@@ -100,9 +100,9 @@ def test_mixed_precision_trains_on_cpu(amp):
 
     model = _model()
     before = copy.deepcopy(model)
-    teacher = Teacher(N_EXAMPLES, score="fgrad", ratio=0.5, interval=1, epochs=3)
+    teacher = Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=3)
     result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=3,
-                 batch_size=8, amp=amp, teacher=teacher, eval_data=_data(), progress=False)
+                 batch_size=8, amp=amp, teacher=teacher, score="fgrad", eval_data=_data(), progress=False)
     assert teacher.stats["observed"] == N_EXAMPLES + 2 * 18 and teacher.stats["nonfinite_scores"] == 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not torch.equal(model[0].weight, before[0].weight)
@@ -229,23 +229,31 @@ class _LoggedData(torch.utils.data.Dataset):
 
 def _oracle_scores(model, data, indices, kind):
     x, y = data.tensors
+    if kind == "gradnorm":  # ||d l_i / d theta|| from torch.func per-example gradients
+        params = {name: p.detach() for name, p in model.named_parameters()}
+
+        def loss_one(p, xi, yi):
+            return F.cross_entropy(torch.func.functional_call(model, p, (xi[None],)), yi[None])
+
+        grads = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(params, x[indices], y[indices])
+        return torch.stack([g.flatten(1).square().sum(1) for g in grads.values()]).sum(0).sqrt()
     logits = model(x[indices]).detach()
     if kind == "loss":
         return F.cross_entropy(logits, y[indices], reduction="none")
     return (logits.softmax(dim=1) - F.one_hot(y[indices], N_CLASSES)).norm(dim=1)
 
 
-@pytest.mark.parametrize("kind", ["loss", "fgrad"])
+@pytest.mark.parametrize("kind", ["loss", "fgrad", "gradnorm"])
 def test_teacher_trains_on_its_selection_and_observes_each_trained_example(kind):
     from attent.teacher import Teacher
 
     data, model = _data(7), _model()
     logged = _LoggedData(data)
-    teacher = Teacher(len(data), score=kind, strategy="hard", ratio=0.4, interval=1, epochs=3)
+    teacher = Teacher(len(data), strategy="hard", ratio=0.4, interval=1, epochs=3)
     spy = _Spy(teacher)
     # lr=0: the model never changes, so every score the trainer feeds can be checked against it.
     result = fit(model, logged, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-                 teacher=teacher, epochs=3, batch_size=5, progress=False)
+                 teacher=teacher, score=kind, epochs=3, batch_size=5, progress=False)
     steps = [0, 8, 11, 14]  # 37 examples in batches of 5, then 14 selected (floor(0.4 * 37))
     assert [r["step"] for r in result.history] == steps[1:]
     assert [s["selected"] for s in result.selections] == [37, 14, 14]
@@ -260,19 +268,28 @@ def test_teacher_trains_on_its_selection_and_observes_each_trained_example(kind)
     assert result.final["ratio"] == pytest.approx(14 / 37) and result.examples_seen == 37 + 14 + 14
 
 
-def test_teacher_loss_weights_multiply_the_per_example_losses():
+@pytest.mark.parametrize("strategy", ["importance", "infobatch"])
+def test_a_weighted_teachers_update_is_the_gradient_of_the_weighted_loss(strategy):
+    """One SGD step of lr 1 over the whole selection moves the parameters by exactly minus the
+    gradient of sum_i w_i l_i / m, with the real teacher's weights (importance: 1/(N q_i) over
+    draws that repeat examples; InfoBatch: 1/(1 - r) on the kept below-mean examples)."""
     from attent.teacher import Teacher
 
     data, model = _data(8), _model()
     before = copy.deepcopy(model)
-    teacher = Teacher(len(data), score="loss", strategy="importance", ratio=1.0, interval=1, epochs=1, warmup_epochs=0)
-    weights = 0.5 + torch.arange(len(data), dtype=torch.float32) / 10
-    teacher.loss_weights = lambda indices: weights[indices]
+    if strategy == "importance":
+        teacher = Teacher(len(data), strategy="importance", ratio=1.0, interval=1, epochs=1, warmup_epochs=0)
+    else:
+        teacher = Teacher(len(data), strategy="infobatch", epochs=8, warmup_epochs=0)
+    teacher.observe(torch.arange(len(data)), torch.linspace(0.1, 3.0, len(data)))
+    selection = teacher.select(0)
+    chosen, weights = selection.indices, selection.weights
+    assert weights is not None and (weights != 1).any()
+    assert strategy != "importance" or chosen.unique().numel() < chosen.numel()  # draws repeat examples
     fit(model, data, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=1.0), teacher=teacher,
-        epochs=1, batch_size=len(data), progress=False)
-    chosen = teacher.select(0).indices
+        score="loss", epochs=teacher.plan.epochs, batch_size=len(data), max_steps=1, progress=False)
     x, y = data.tensors
-    loss = (F.cross_entropy(before(x[chosen]), y[chosen], reduction="none") * weights[chosen]).mean()
+    loss = (F.cross_entropy(before(x[chosen]), y[chosen], reduction="none") * weights).mean()
     grads = torch.autograd.grad(loss, list(before.parameters()))
     for p, q, g in zip(model.parameters(), before.parameters(), grads):
         torch.testing.assert_close(p, q - g, rtol=1e-5, atol=1e-6)
@@ -282,10 +299,10 @@ def _teacher_resume_run(out_dir, **overrides):
     from attent.teacher import Teacher
 
     model = _model(dropout=0.2, seed=4)
-    teacher = Teacher(len(_data(3)), score="fgrad", strategy="soft", ratio=0.5, interval=2, epochs=5, refresh="cycle",
+    teacher = Teacher(len(_data(3)), strategy="soft", ratio=0.5, interval=2, epochs=5, refresh="cycle",
                       reselect_each_epoch=True, seed=2)
     options = dict(loss="cross_entropy", optimizer=torch.optim.Adam(model.parameters(), lr=0.02), teacher=teacher,
-                   epochs=5, batch_size=4, seed=1, progress=False, out_dir=out_dir)
+                   score="fgrad", epochs=5, batch_size=4, seed=1, progress=False, out_dir=out_dir)
     options.update(overrides)
     return model, teacher, fit(model, _data(3), **options)
 
@@ -325,9 +342,9 @@ def _ddp_rank(rank, store, out):
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE)
     model = DistributedDataParallel(_model(seed=6))
-    teacher = Teacher(N_EXAMPLES, score="fgrad", ratio=0.5, interval=1, epochs=3, refresh="cycle", seed=1)
+    teacher = Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=3, refresh="cycle", seed=1)
     result = fit(model, _data(5), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.3),
-                 teacher=teacher, epochs=3, batch_size=4, grad_accum=2, eval_data=_data(6, 9), progress=False,
+                 teacher=teacher, score="fgrad", epochs=3, batch_size=4, grad_accum=2, eval_data=_data(6, 9), progress=False,
                  out_dir=os.path.dirname(out), max_time=60.0)
     torch.save({"params": [p.detach() for p in model.parameters()], "scores": teacher.state_dict()["scores"],
                 "history": result.history, "selected": [s["selected"] for s in result.selections]}, out)

@@ -1,0 +1,168 @@
+"""The teaching protocol: one object that every trainer drives (``attent.fit``, the Hugging Face
+trainer, or a loop of your own).
+
+    teaching = attent.Teaching(teacher, attent.Scorer("fgrad", "cross_entropy"), num_examples=N)
+    teaching.check_epochs(E)                                  # the run's length fits the teacher's plan
+    for epoch in range(E):
+        start = teaching.begin_epoch(epoch, step=step, model=model, batches=refresh_batches)
+        for idx, (x, y) in batches_in(start.order):           # this rank's example order
+            pred = model(x); losses = loss(pred, y)           # (B,) per-example losses
+            weights = teaching.loss_weights(idx)              # the teacher's unbiasing weights (or 1)
+            ... backward of (losses * weights).mean(), optimizer step ...
+            teaching.observe(idx, teaching.scorer.step_scores(pred, y, losses), step=step)
+
+``begin_epoch`` runs what the teacher asks for before a selection (a scoring pass over
+``teacher.refresh_indices(epoch)``, batched by the trainer's ``batches(indices)`` callable), selects,
+orders and shards the epoch, and returns an :class:`EpochStart` (this rank's order and a record for
+logs). Without a teacher the protocol is plain full-data training: every epoch a seeded
+permutation, weights of 1, nothing observed; so a trainer has one code path for both.
+
+``planned_examples`` / ``planned_steps`` give the work the run will do (this rank), from the
+teacher's plan, so learning-rate schedules and progress counters can be sized for the epochs the
+run actually takes.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import _distributed
+from .scores import Batches, Scorer
+from .teacher import Teacher
+
+__all__ = ["EpochStart", "Teaching", "HISTOGRAM_BINS"]
+
+HISTOGRAM_BINS = 40
+
+
+@dataclass(frozen=True)
+class EpochStart:
+    """What :meth:`Teaching.begin_epoch` hands the trainer.
+
+    order: (k,) int64 this rank's example indices for the epoch, in training order. record: the
+    epoch's selection record for logs: ``epoch``, ``step``, ``ratio``, ``selected`` (examples, all
+    ranks), ``is_full``, ``refreshed`` (examples re-scored), and at a teacher's selection points
+    ``histogram`` (counts and bin edges of the finite scores it held then).
+    """
+
+    order: torch.Tensor
+    record: dict[str, Any]
+
+    @property
+    def refreshed(self) -> int:
+        return int(self.record["refreshed"])
+
+
+class Teaching:
+    """The teaching protocol (see the module docstring).
+
+    Args:
+        teacher: an :class:`attent.Teacher`, or None for full-data training.
+        scorer: the :class:`attent.Scorer` whose scores the teacher is fed.
+        num_examples: the training set's length (checked against the teacher's).
+        seed: the full-data order: epoch e visits ``torch.randperm(N, generator=seeded(seed + e))``.
+    """
+
+    def __init__(self, teacher: Teacher | None, scorer: Scorer, *, num_examples: int, seed: int = 0):
+        if teacher is not None and not isinstance(teacher, Teacher):
+            raise TypeError(f"teacher must be an attent.Teacher or None, got {type(teacher).__name__}")
+        if num_examples < 1:
+            raise ValueError("the training data is empty")
+        if teacher is not None and teacher.num_examples != num_examples:
+            raise ValueError(f"teacher was built for {teacher.num_examples} examples but the training data has {num_examples}")
+        self.teacher, self.scorer = teacher, scorer
+        self.num_examples, self.seed = num_examples, seed
+
+    def check_epochs(self, epochs: int) -> None:
+        """Raise a ValueError unless a run of ``epochs`` epochs fits the teacher's plan (a teacher
+        built for another length would crash at its end or silently cut its schedule)."""
+        planned = None if self.teacher is None else self.teacher.plan.epochs
+        if planned is not None and planned != epochs:
+            raise ValueError(f"teacher plans {planned} epochs but the run is asked for {epochs}; build the teacher "
+                             f"with epochs={epochs} (or epochs=None for an open-ended plan)")
+
+    def begin_epoch(self, epoch: int, *, step: int, model: nn.Module | None = None,
+                    batches: Callable[[torch.Tensor], Batches] | None = None,
+                    autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                    ) -> EpochStart:
+        """Refresh what the teacher asks, select, order and shard epoch ``epoch``.
+
+        Args:
+            epoch: 0-based epoch. step: optimizer steps taken so far (the refresh scores' step).
+            model: the model, for scoring passes. batches: ``batches(indices)`` yields
+                ``(indices, inputs, targets)`` over those examples on the model's device (the
+                trainer's collation and placement); needed when the teacher refreshes.
+            autocast_context: the trainer's autocast, for scoring passes.
+        """
+        teacher = self.teacher
+        if teacher is None:
+            order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
+            record = {"epoch": epoch, "step": step, "ratio": 1.0, "selected": self.num_examples, "is_full": True,
+                      "refreshed": 0}
+            return EpochStart(_distributed.shard(order), record)
+        refresh = teacher.refresh_indices(epoch)
+        refreshed = 0 if refresh is None else int(refresh.numel())
+        if refreshed:
+            if model is None or batches is None:
+                raise ValueError(f"the teacher asks for a scoring pass over {refreshed} examples before epoch {epoch}: "
+                                 "begin_epoch needs model= and batches=")
+            indices, scores = self.scorer.score_batches(model, batches(refresh), autocast_context=autocast_context)
+            teacher.observe(indices, scores, step=step)
+        selection = teacher.select(epoch)
+        record = {"epoch": epoch, "step": step, "ratio": float(selection.ratio), "selected": len(selection),
+                  "is_full": bool(selection.is_full), "refreshed": refreshed}
+        if teacher.plan.at(epoch).is_selection_point:
+            record["histogram"] = self._histogram()
+        return EpochStart(teacher.epoch_order(epoch), record)
+
+    def _histogram(self) -> dict[str, list[float]]:
+        held = self.teacher.scores[self.teacher.score_steps >= 0]
+        finite = held[torch.isfinite(held)].numpy()
+        counts, edges = np.histogram(finite, bins=HISTOGRAM_BINS) if finite.size else (np.zeros(0), np.zeros(0))
+        return {"counts": counts.tolist(), "edges": edges.tolist()}
+
+    def loss_weights(self, indices: torch.Tensor) -> torch.Tensor:
+        """(b,) float32 per-example loss weights of a batch under the epoch's selection (1 without a
+        teacher), on the device of ``indices``."""
+        if self.teacher is None:
+            return torch.ones(indices.numel(), dtype=torch.float32, device=indices.device)
+        return self.teacher.loss_weights(indices)
+
+    @property
+    def observes(self) -> bool:
+        """True when training steps' scores are wanted (there is a teacher)."""
+        return self.teacher is not None
+
+    def observe(self, indices: torch.Tensor, scores: torch.Tensor, *, step: int) -> None:
+        """Feed a training step's scores to the teacher (nothing without one)."""
+        if self.teacher is not None:
+            self.teacher.observe(indices, scores, step=step)
+
+    def planned_examples(self, epoch: int) -> int | None:
+        """Examples this rank trains on in ``epoch``, or None where the strategy sizes its subset
+        from the scores (InfoBatch) or the plan is open-ended."""
+        size = self.num_examples if self.teacher is None else self.teacher.planned_size(epoch)
+        if size is None:
+            return None
+        _, world = _distributed.rank_and_world_size()
+        return math.ceil(size / world)
+
+    def planned_steps(self, epochs: int, *, batch_size: int, grad_accum: int = 1) -> int:
+        """Optimizer steps of a run of ``epochs`` epochs on this rank: per epoch
+        ceil(ceil(examples / batch_size) / grad_accum). An epoch whose size is not known in advance
+        (InfoBatch) counts as full data, an upper bound."""
+        _, world = _distributed.rank_and_world_size()
+        total = 0
+        for epoch in range(epochs):
+            examples = self.planned_examples(epoch)
+            if examples is None:
+                examples = math.ceil(self.num_examples / world)
+            total += math.ceil(math.ceil(examples / batch_size) / grad_accum)
+        return total
+
