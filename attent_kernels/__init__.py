@@ -1,7 +1,16 @@
 """attent_kernels: per-example scoring ops. Tensors in, per-example numbers out.
 
 Every op has an exact PyTorch reference (float32 accumulation, used on CPU and as the test
-oracle) and a Triton kernel (used for CUDA tensors); ``backend=`` picks one explicitly.
+oracle) and a Triton kernel (used for CUDA tensors); ``backend=`` ("auto", "triton" or
+"reference", on every op) picks one explicitly.
+
+Conventions shared by every op:
+- accumulation and results in float32, float64 if any input is float64 (``_checks.accum_dtype``);
+- ``bias`` is the layer's bias: a keyword flag, False by default, where only its presence
+  matters (the gradient-norm and Gram ops: True adds the bias gradient's term), the bias tensor
+  itself where its value does (``linear_cross_entropy_scores``, whose logits need it);
+- the Triton kernels' dot precision: 16-bit for any 16-bit input (mixed with float32 too),
+  TF32 for float32 when ``torch.backends.cuda.matmul.allow_tf32`` is on (``linear`` docstring).
 """
 from .embedding import embedding_grad_norm_sq
 from .linear import (

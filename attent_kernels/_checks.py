@@ -72,7 +72,8 @@ def check_mask(op: str, mask: torch.Tensor | None, shape: torch.Size, ref_name: 
 
 
 def accum_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float32 accumulation whatever the input dtype; float64 inputs keep float64."""
+    """The accumulation (and result) dtype of every op, the one rule of the package: float64 if
+    any input is float64, else float32 (16-bit inputs accumulate in float32)."""
     if any(t is not None and t.dtype == torch.float64 for t in tensors):
         return torch.float64
     return torch.float32

@@ -20,6 +20,11 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def check_backend(op: str, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def use_triton(op: str, backend: str, *tensors: torch.Tensor | None) -> bool:
     """Decide whether ``op`` runs its Triton kernel.
 
@@ -27,8 +32,7 @@ def use_triton(op: str, backend: str, *tensors: torch.Tensor | None) -> bool:
     installed; "triton" always does, and on CPU tensors needs ``TRITON_INTERPRET=1`` set before
     Triton is first imported (the interpreter), else it raises.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(op, backend)
     if backend == "reference":
         return False
     on_cuda = all(t.is_cuda for t in tensors if t is not None)

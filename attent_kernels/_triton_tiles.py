@@ -1,18 +1,28 @@
 """Tile helpers shared by the Triton kernels of every op family (``attent_kernels/<family>/_triton.py``):
 the dtype choices of a call, the autotuning configurations, the partial-sum buffers and launch
-grids on the host, and the masked row and tile loads and Gram tiles on the device.
+grids on the host, and the masked row and tile loads, Gram tiles and tile orders on the device.
 
 Conventions the families' kernels keep with these helpers:
 - Tiles are loaded with ``tl.load(..., mask=row_valid & col_in_bounds, other=0)``: a padded or
   out-of-range position is never read, so a NaN there cannot leak into any sum.
-- Operands of ``tl.dot`` are cast to one dot dtype (the promotion of the inputs' dtypes; a no-op
-  when they already agree). Accumulation is float32, float64 for float64 inputs, as in the
-  references; float32 products use IEEE precision (no tf32), so results match the references to
-  rounding. bfloat16 and float16 products are exact in float32, only the summation order differs.
-  The interpreter's ``tl.dot`` cannot multiply bfloat16 (numpy has no such type), so under
-  ``TRITON_INTERPRET=1`` bfloat16 tiles are upcast to float32 first: the same products, exactly.
+- The dtype policy of ``tl.dot`` (``dot_types``): operands are rounded to one operand dtype, and
+  accumulation is float32 (float64 when an input is float64, ``accum_dtype``):
+  * any bfloat16 / float16 input: the 16-bit type (bfloat16 when both occur), so a mixed call
+    as under autocast (float32 x, bfloat16 g) runs a 16-bit tensor-core dot; its float32 operand
+    is rounded to 16 bits, a relative error of about 2^-8 per element (results within about 1e-2
+    of the float32 reference);
+  * float32 only: a float32 dot in TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is on
+    (operands rounded to 10 mantissa bits, results within about 1e-3), IEEE otherwise (to
+    rounding);
+  * float64: an IEEE float64 dot.
+  Products of 16-bit operands are exact in float32: only the summation order differs from the
+  reference. The interpreter's ``tl.dot`` cannot multiply bfloat16 (numpy has no such type), so
+  under ``TRITON_INTERPRET=1`` tiles are rounded to bfloat16 and then multiplied in float32: the
+  same products (the interpreter rounds towards zero where a GPU rounds to nearest).
 - Per-example results are written as partial sums to small buffers, one slot per program, and
-  reduced with ``torch.sum``: deterministic, no atomics.
+  reduced with ``torch.sum``: deterministic, bitwise reproducible, no atomics.
+- Grids put the example index on the slowest axis, so the programs resident together work on
+  one example's tiles and share its rows in L2; feature tiles run in grouped (swizzled) order.
 - Block sizes are autotuned on GPU, keyed on the sizes rounded up to powers of two (one tuning
   per shape family, so a new sequence length within the family does not re-tune); under the
   interpreter one small configuration is used, because autotuning there is far too slow. The
@@ -20,9 +30,8 @@ Conventions the families' kernels keep with these helpers:
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import triton
@@ -37,6 +46,9 @@ TL_DTYPES = {
     torch.float32: tl.float32,
     torch.float64: tl.float64,
 }
+
+# Rows of feature tiles that run next to each other in the grouped tile order (``grouped_tile``).
+TILE_GROUP = tl.constexpr(8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,36 +85,83 @@ def tune_key(n: int) -> int:
     return triton.next_power_of_2(max(1, n))
 
 
-def _block_count(n: int, block: int) -> int:
+def block_count(n: int, block: int) -> int:
     """Blocks of ``block`` covering n, at least one: an empty dimension still gets a program,
     which writes its zero."""
     return triton.cdiv(max(n, 1), block)
 
 
-def tile_grid(*programs: int, **sizes: int) -> Callable[[dict[str, Any]], tuple[int, ...]]:
-    """Launch grid of an autotuned kernel: the given program counts, then for each size (keyed by
-    its block's name, e.g. ``BLOCK_T=T``) the number of blocks under the configuration run."""
-    return lambda meta: (*programs, *(_block_count(n, meta[block]) for block, n in sizes.items()))
+def pair_count(n_blocks: int) -> int:
+    """Block pairs (tb, sb) with sb <= tb of n_blocks row blocks: the lower triangle."""
+    return n_blocks * (n_blocks + 1) // 2
 
 
-def tile_partials(
-    B: int, dtype: torch.dtype, device: torch.device, configs: list[triton.Config], **sizes: int
-) -> torch.Tensor:
-    """Zeroed (B, slots) buffer of per-program partial sums: a slot for every tile of the sizes
-    (keyed by their blocks' names, as for ``tile_grid``) under the smallest blocks of the
-    configurations, so it holds the tiles of whichever configuration the autotuner picks."""
-    slots = math.prod(_block_count(n, min(c.kwargs[block] for c in configs)) for block, n in sizes.items())
+def smallest_block(configs: list[triton.Config], block: str) -> int:
+    return min(c.kwargs[block] for c in configs)
+
+
+def largest_block(configs: list[triton.Config], block: str) -> int:
+    return max(c.kwargs[block] for c in configs)
+
+
+def pair_grid(T: int, B: int) -> Callable[[dict[str, Any]], tuple[int, int]]:
+    """Grid of a (row block, column block) pair kernel: the lower-triangle pairs of the sequence
+    blocks fastest, the example slowest."""
+    return lambda meta: (pair_count(block_count(T, meta["BLOCK_T"])), B)
+
+
+def pair_slots(T: int, configs: list[triton.Config]) -> int:
+    """Partial-sum slots of a pair kernel: its pairs under the smallest BLOCK_T of the configurations."""
+    return pair_count(block_count(T, smallest_block(configs, "BLOCK_T")))
+
+
+def feature_tiles(p: int, d: int, meta: dict[str, Any]) -> int:
+    return block_count(p, meta["BLOCK_P"]) * block_count(d, meta["BLOCK_D"])
+
+
+def feature_grid(p: int, d: int, slow: int) -> Callable[[dict[str, Any]], tuple[int, int]]:
+    """Grid of a (p, d) feature-tile kernel: the tiles fastest (in grouped order), then ``slow``
+    (examples, or batch slices)."""
+    return lambda meta: (feature_tiles(p, d, meta), slow)
+
+
+def feature_slots(p: int, d: int, configs: list[triton.Config]) -> int:
+    """Partial-sum slots of a feature-tile kernel: its tiles under the smallest blocks."""
+    smallest = {name: smallest_block(configs, name) for name in ("BLOCK_P", "BLOCK_D")}
+    return feature_tiles(p, d, smallest)
+
+
+def partials(B: int, slots: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeroed (B, slots) buffer of per-program partial sums; slots no configuration's grid
+    reaches stay zero."""
     return torch.zeros(B, slots, dtype=dtype, device=device)
 
 
-def dot_types(*tensors: torch.Tensor) -> tuple[tl.dtype, tl.dtype, str]:
-    """(dot dtype, accumulator dtype, tl.dot input precision) for a call on these tensors."""
-    common = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
-    if common == torch.bfloat16 and interpreter_on():
-        common = torch.float32
-    dot = TL_DTYPES.get(common, tl.float32)
-    precision = "ieee" if dot == tl.float32 else "tf32"
-    return dot, TL_DTYPES[accum_dtype(*tensors)], precision
+class DotTypes(NamedTuple):
+    """The tl.dot policy of a call (module docstring): OPERAND, what tiles are rounded to; DOT,
+    what tl.dot multiplies (OPERAND, except float32 for bfloat16 under the interpreter); ACC, the
+    accumulator; PRECISION, tl.dot's input_precision for float32 operands."""
+
+    OPERAND: tl.dtype
+    DOT: tl.dtype
+    ACC: tl.dtype
+    PRECISION: str
+
+
+def dot_types(*tensors: torch.Tensor | None) -> DotTypes:
+    """The dtype policy of a call on these tensors, as constexpr keyword arguments of a kernel."""
+    dtypes = {t.dtype for t in tensors if t is not None and t.is_floating_point()}
+    if torch.float64 in dtypes:
+        operand = torch.float64
+    elif torch.bfloat16 in dtypes:
+        operand = torch.bfloat16
+    elif torch.float16 in dtypes:
+        operand = torch.float16
+    else:
+        operand = torch.float32
+    dot = torch.float32 if operand == torch.bfloat16 and interpreter_on() else operand
+    tf32 = operand == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return DotTypes(TL_DTYPES[operand], TL_DTYPES[dot], TL_DTYPES[accum_dtype(*tensors)], "tf32" if tf32 else "ieee")
 
 
 def mask_args(mask: torch.Tensor | None, stand_in: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -130,11 +189,12 @@ def rows_valid(mask_base, stride_mt, rows, T, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def load_tile(base, stride_row, stride_col, rows, valid, cols, n_cols, DOT: tl.constexpr):
-    """(len(rows), len(cols)) tile in the dot dtype; invalid rows and columns out of range read as 0."""
+def load_tile(base, stride_row, stride_col, rows, valid, cols, n_cols, OPERAND: tl.constexpr, DOT: tl.constexpr):
+    """(len(rows), len(cols)) tile rounded to OPERAND, as DOT; invalid rows and columns out of
+    range read as 0."""
     ptrs = base + rows.to(tl.int64)[:, None] * stride_row + cols.to(tl.int64)[None, :] * stride_col
     tile = tl.load(ptrs, mask=valid[:, None] & (cols[None, :] < n_cols), other=0.0)
-    return tile.to(DOT)
+    return tile.to(OPERAND).to(DOT)
 
 
 @triton.jit
@@ -143,13 +203,34 @@ def gram_tile(
     a_base, a_stride_row, a_stride_col, a_rows, a_valid,
     b_base, b_stride_row, b_stride_col, b_rows, b_valid,
     n_cols,
-    BLOCK_K: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, OPERAND: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """acc + A[a_rows] @ B[b_rows]^T: the (len(a_rows), len(b_rows)) tile of row inner products,
     summed over the n_cols features in chunks of BLOCK_K."""
     for c0 in range(0, n_cols, BLOCK_K):
         cols = c0 + tl.arange(0, BLOCK_K)
-        a = load_tile(a_base, a_stride_row, a_stride_col, a_rows, a_valid, cols, n_cols, DOT)
-        b = load_tile(b_base, b_stride_row, b_stride_col, b_rows, b_valid, cols, n_cols, DOT)
+        a = load_tile(a_base, a_stride_row, a_stride_col, a_rows, a_valid, cols, n_cols, OPERAND, DOT)
+        b = load_tile(b_base, b_stride_row, b_stride_col, b_rows, b_valid, cols, n_cols, OPERAND, DOT)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     return acc
+
+
+@triton.jit
+def block_pair(k):
+    """The k-th (tb, sb) block pair with sb <= tb, in row-major order of the lower triangle:
+    tb = floor((sqrt(8 k + 1) - 1) / 2), corrected by one where float32 rounding misses."""
+    tb = ((tl.sqrt(8.0 * k.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
+    tb = tl.where(tb * (tb + 1) // 2 > k, tb - 1, tb)
+    tb = tl.where((tb + 1) * (tb + 2) // 2 <= k, tb + 1, tb)
+    return tb, k - tb * (tb + 1) // 2
+
+
+@triton.jit
+def grouped_tile(pid, n_rows, n_cols, GROUP: tl.constexpr):
+    """(row tile, column tile) of program pid in grouped order: GROUP row tiles sweep the column
+    tiles together, so neighbouring programs share operand tiles in L2."""
+    per_group = GROUP * n_cols
+    first_row = (pid // per_group) * GROUP
+    rows_here = tl.minimum(n_rows - first_row, GROUP)
+    within = pid % per_group
+    return first_row + within % rows_here, within // rows_here

@@ -8,6 +8,8 @@ from .._dispatch import Backend, implementation
 
 __all__ = ["embedding_grad_norm_sq"]
 
+PATHS = ("auto", "pairs", "sorted")
+
 
 def embedding_grad_norm_sq(
     ids: torch.Tensor,
@@ -15,6 +17,7 @@ def embedding_grad_norm_sq(
     *,
     mask: torch.Tensor | None = None,
     padding_idx: int | None = None,
+    path: str = "auto",
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """Per-example ||grad E||^2 of an embedding lookup y_t = E[id_t].
@@ -28,12 +31,20 @@ def embedding_grad_norm_sq(
         mask: (B,) or (B, T) bool (or 0/1); False positions contribute nothing.
         padding_idx: positions holding this id contribute nothing (as ``nn.Embedding`` gives
             its padding row no gradient).
+        path: how the Triton backend computes it: "pairs" (the Gram of g over the block pairs of
+            the sequence, O(T^2 d)), "sorted" (each example's ids sorted, then every run of equal
+            ids summed in order, O(T d)) or "auto" (the cost model's choice,
+            ``attent_kernels/_cost.py``). The reference has one algorithm (an index_add per id).
         backend: "auto", "triton" or "reference".
 
     Returns:
-        (B,) float32 (float64 for float64 g).
+        (B,) float32 (float64 for float64 g). The Triton kernels multiply in g's dtype (float32:
+        TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is on, within about 1e-3; else to
+        rounding), with float32 accumulation.
     """
     op = "embedding_grad_norm_sq"
+    if path not in PATHS:
+        fail(op, f"path must be one of {PATHS}, got {path!r}")
     require_int(op, "ids", ids)
     require_float(op, "g", g)
     require_rank(op, "ids", ids, (1, 2))
@@ -47,4 +58,4 @@ def embedding_grad_norm_sq(
     if ids.dim() == 1:
         ids, g, keep = ids[:, None], g[:, None], None if keep is None else keep[:, None]
     ids = ids.long()
-    return implementation(op, backend, __name__, ids, g).embedding_grad_norm_sq(ids, g, keep)
+    return implementation(op, backend, __name__, ids, g).embedding_grad_norm_sq(ids, g, keep, path)

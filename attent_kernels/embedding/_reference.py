@@ -12,7 +12,8 @@ import torch
 from .._checks import accum_dtype, rows_per_chunk
 
 
-def embedding_grad_norm_sq(ids: torch.Tensor, g: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+def embedding_grad_norm_sq(ids: torch.Tensor, g: torch.Tensor, keep: torch.Tensor | None, path: str = "auto") -> torch.Tensor:
+    """(B,) ||grad E||^2; ``path`` names the Triton backend's algorithm and changes nothing here."""
     B, T, d = g.shape
     dtype = accum_dtype(g)
     out = torch.zeros(B, dtype=dtype, device=g.device)

@@ -3,6 +3,15 @@
 Per example, x is (T, d) and g = dl/dy is (T, p) (T = 1 for 2-D inputs); the per-example weight
 gradient is g^T x (p x d). Every function here validates its arguments, then dispatches: CUDA
 tensors to the Triton kernels in ``_triton``, CPU tensors to the exact reference in ``_reference``.
+
+``bias`` means the same in every op of the package: False (the default) counts the weight alone,
+True adds the bias gradient's term (||sum_t g_t||^2 in a norm, its inner products in a Gram).
+
+Precision of the Triton kernels (``attent_kernels/_triton_tiles.py``, ``dot_types``): any 16-bit
+input, also mixed with float32 as under autocast, multiplies in that 16-bit type with float32
+accumulation (within about 1e-2 of the float32 reference); float32 alone follows
+``torch.backends.cuda.matmul.allow_tf32`` (TF32: within about 1e-3; IEEE: to rounding); float64
+is IEEE float64. The reference always accumulates in float32 (float64) from the inputs' values.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ __all__ = [
 ]
 
 PATHS = ("auto", "ghost", "direct")
+GRAM_PATHS = ("auto", "pairs", "materialize")
 
 
 def _as_3d(
@@ -40,9 +50,9 @@ def _as_3d(
     return x, list(gs), mask
 
 
-def _check_path(op: str, path: str) -> None:
-    if path not in PATHS:
-        fail(op, f"path must be one of {PATHS}, got {path!r}")
+def _check_path(op: str, path: str, paths: tuple[str, ...] = PATHS) -> None:
+    if path not in paths:
+        fail(op, f"path must be one of {paths}, got {path!r}")
 
 
 def linear_grad_norm_sq(
@@ -62,11 +72,14 @@ def linear_grad_norm_sq(
         bias: add ||sum_t g_t||^2, the bias gradient's squared norm.
         mask: (B,) or (B, T) bool (or 0/1); False positions contribute nothing.
         path: "ghost" (Gram of x times Gram of g, T^2 (d + p) per example), "direct"
-            (||g^T x||^2, T d p per example) or "auto" (the cheaper by that cost model).
+            (||g^T x||^2, T d p per example) or "auto": the reference takes the cheaper by that
+            flop count; the Triton backend by the kernels' cost model (``attent_kernels/_cost.py``:
+            half Gram, tile padding, occupancy), and at T = 1 the closed form ||x||^2 ||g||^2.
         backend: "auto" (Triton on CUDA tensors, reference on CPU), "triton" or "reference".
 
     Returns:
-        (B,) float32 (float64 for float64 inputs): ||grad W_i||_F^2 (+ ||grad b_i||^2).
+        (B,) float32 (float64 for float64 inputs): ||grad W_i||_F^2 (+ ||grad b_i||^2); the
+        module docstring gives the Triton kernels' precision per input dtype.
     """
     op = "linear_grad_norm_sq"
     _check_path(op, path)
@@ -119,6 +132,7 @@ def linear_grad_gram(
     mask: torch.Tensor | None = None,
     mask2: torch.Tensor | None = None,
     bias: bool = False,
+    path: str = "auto",
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """Per-example gradient inner products <grad_i, grad2_j> of a linear layer: the layer's block
@@ -130,11 +144,17 @@ def linear_grad_gram(
         x2, g2: second set, (B2, d)/(B2, p) or (B2, T2, d)/(B2, T2, p); both or neither.
         mask, mask2: position masks of each set, (B,)/(B, T) and (B2,)/(B2, T2).
         bias: include the bias gradients' inner products.
+        path: how the Triton backend computes it: "pairs" (a program per (i, j) walks the T x T2
+            block pairs, 2 T T2 (d + p) per pair), "materialize" (the per-example gradients formed
+            tile by tile, then multiplied: the reference's one algorithm) or "auto" (the cost
+            model's choice, ``attent_kernels/_cost.py``). The reference always materializes.
+        backend: as in :func:`linear_grad_norm_sq`.
 
     Returns:
-        (B, B2) float32.
+        (B, B2) float32 (float64 for float64 inputs).
     """
     op = "linear_grad_gram"
+    _check_path(op, path, GRAM_PATHS)
     if (x2 is None) != (g2 is None):
         fail(op, "pass both x2 and g2, or neither")
     x3, (g3,), m3 = _as_3d(op, x, [g], ["g"], mask)
@@ -147,7 +167,9 @@ def linear_grad_gram(
         if x23.shape[-1] != x3.shape[-1] or g23.shape[-1] != g3.shape[-1]:
             fail(op, f"x2 {shape_str(x2)} and g2 {shape_str(g2)} must have the feature sizes of x {shape_str(x)} and g {shape_str(g)}")
         require_same_device(op, {"x": x, "x2": x2})
-    return implementation(op, backend, __name__, x3, g3, x23, g23).linear_grad_gram(x3, g3, m3, x23, g23, m23, bool(bias))
+    return implementation(op, backend, __name__, x3, g3, x23, g23).linear_grad_gram(
+        x3, g3, m3, x23, g23, m23, bool(bias), path
+    )
 
 
 def linear_weight_grad_and_norm_sq(
@@ -164,7 +186,10 @@ def linear_weight_grad_and_norm_sq(
         x: (B, d) or (B, T, d); g: (B, p) or (B, T, p); mask: (B,) or (B, T).
 
     Returns:
-        grad_weight (p, d) float32 and norm_sq (B,) float32.
+        grad_weight (p, d) and norm_sq (B,), float32 (float64 for float64 inputs). The Triton
+        kernel splits the batch into slices when the (p, d) tiles alone would not fill the
+        device (``attent_kernels/_cost.py``) and sums the slices' gradients in a fixed order:
+        bitwise reproducible.
     """
     op = "linear_weight_grad_and_norm_sq"
     x3, (g3,), m3 = _as_3d(op, x, [g], ["g"], mask)

@@ -108,9 +108,12 @@ def linear_grad_gram(
     g2: torch.Tensor,
     mask2: torch.Tensor | None,
     bias: bool,
+    path: str = "materialize",
 ) -> torch.Tensor:
     """<grad_i, grad2_j> for every pair: the flattened per-example gradients g_i^T x_i, built one
-    tile of output features at a time for one chunk of examples per side, multiplied together."""
+    tile of output features at a time for one chunk of examples per side, multiplied together.
+    This is the one algorithm of the reference (and the Triton backend's "materialize" path):
+    ``path`` names the Triton backend's choice and changes nothing here."""
     B, _, d = x.shape
     B2 = x2.shape[0]
     p = g.shape[-1]

@@ -1,10 +1,12 @@
 """Triton kernels for the linear family: the same functions, signatures and results as
 ``_reference`` (inputs arrive validated and 3-D: x (B, T, d), g (B, T, p), mask (B, T) bool or
 None), computed in fused tiles. They keep the conventions of ``attent_kernels/_triton_tiles.py``
-and share its helpers: masked positions are never read, operands of ``tl.dot`` in one dot dtype
-with float32 accumulation (float64 for float64 inputs) and IEEE float32 products, per-(example,
-tile) partial sums reduced with ``torch.sum``, autotuned tiles on GPU and one small
-configuration under the interpreter.
+and share its helpers: masked positions are never read, the tl.dot dtype policy of
+``dot_types`` (16-bit tensor-core dots for any 16-bit input, TF32 for float32 when PyTorch allows
+it, float32 accumulation), per-program partial sums reduced with ``torch.sum`` (no atomics),
+the example index slowest in every grid, autotuned tiles on GPU and one small configuration
+under the interpreter. Which kernel ``path="auto"`` runs, and how finely a call is split, is
+the cost model of ``attent_kernels/_cost.py``.
 """
 from __future__ import annotations
 
@@ -12,20 +14,29 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _cost
 from .._checks import accum_dtype
 from .._triton_tiles import (
     PAIR_CONFIGS,
+    TILE_GROUP,
     autotune_configs,
+    block_pair,
     dot_types,
+    feature_grid,
+    feature_slots,
+    feature_tiles,
     gram_tile,
+    grouped_tile,
+    largest_block,
     load_tile,
     mask_args,
+    pair_grid,
+    pair_slots,
+    partials,
     rows_valid,
-    tile_grid,
-    tile_partials,
     tune_key,
 )
-from ._reference import prefers_ghost
+from . import _reference
 
 # (p, d) output-feature tiling, shared by the direct norm and the fused weight gradient.
 _FEATURE_CONFIGS = autotune_configs(
@@ -42,29 +53,40 @@ _FEATURE_CONFIGS = autotune_configs(
 
 
 # ---------------------------------------------------------------------------------------------
-# Device helper
+# Device helpers
 # ---------------------------------------------------------------------------------------------
 
 
 @triton.jit
+def _feature_tile(pid, p, d, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(tile_p, tile_d, p_cols, d_cols) of program pid over the (p, d) tiles, in grouped order."""
+    n_p = tl.maximum(tl.cdiv(p, BLOCK_P), 1)
+    n_d = tl.maximum(tl.cdiv(d, BLOCK_D), 1)
+    tile_p, tile_d = grouped_tile(pid, n_p, n_d, TILE_GROUP)
+    return tile_p, tile_d, tile_p * BLOCK_P + tl.arange(0, BLOCK_P), tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
+
+
+@triton.jit
 def _example_weight_grad_tile(
-    acc, g_sum,
+    acc, g_sum, sum_g,
     x_base, stride_xt, stride_xd, d_cols, d,
     g_base, stride_gt, stride_gp, p_cols, p,
     mask_base, stride_mt, T,
-    HAS_MASK: tl.constexpr, WITH_G_SUM: tl.constexpr,
-    BLOCK_T: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr,
+    OPERAND: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One example's tile of its weight gradient, acc + g[:, p_cols]^T x[:, d_cols] summed over
-    the sequence in chunks of BLOCK_T, and (WITH_G_SUM) g_sum + sum_t g[t, p_cols]."""
+    the sequence in chunks of BLOCK_T, and (HAS_BIAS, in the program where sum_g holds) g_sum +
+    sum_t g[t, p_cols]."""
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         valid = rows_valid(mask_base, stride_mt, rows, T, HAS_MASK)
-        x = load_tile(x_base, stride_xt, stride_xd, rows, valid, d_cols, d, DOT)
-        g = load_tile(g_base, stride_gt, stride_gp, rows, valid, p_cols, p, DOT)
+        x = load_tile(x_base, stride_xt, stride_xd, rows, valid, d_cols, d, OPERAND, DOT)
+        g = load_tile(g_base, stride_gt, stride_gp, rows, valid, p_cols, p, OPERAND, DOT)
         acc = tl.dot(tl.trans(g), x, acc, input_precision=PRECISION)
-        if WITH_G_SUM:
-            g_sum += tl.sum(g.to(g_sum.dtype), axis=0)
+        if HAS_BIAS:
+            if sum_g:
+                g_sum += tl.sum(g.to(g_sum.dtype), axis=0)
     return acc, g_sum
 
 
@@ -82,53 +104,50 @@ def _ghost_norm_kernel(
     partial_ptr, stride_partial,
     T, d, tune_T, tune_d, tune_p,
     BIASES: tl.constexpr, HAS_MASK: tl.constexpr,
-    DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    OPERAND: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Ghost norm of K linear layers sharing x: sum_{t,s} (x_t . x_s) sum_k (g_kt . g_ks), plus
     sum_{t,s} g_kt . g_ks = ||sum_t g_kt||^2 for the layers k with a bias.
 
-    Tiling: program (b, tb) owns rows t of block tb of example b and loops over the column blocks
-    sb <= tb (the Grams are symmetric: an off-diagonal block pair counts twice). Per pair it forms
+    Tiling: grid (pair, b), the example slowest. Program (pair, b) owns one block pair (tb, sb),
+    sb <= tb, of example b (the Grams are symmetric: an off-diagonal pair counts twice). It forms
     the x Gram tile once (tl.dot over d-chunks) and, for each projection k, the g_k Gram tile
-    (tl.dot over p_k-chunks), multiplies them elementwise and reduces to a row vector; the T x T
-    Grams never leave registers. The g's come as a tuple of tensors (any count, any strides, so
-    the Q/K/V views of one fused projection are read in place without a copy) walked by a
-    compile-time loop: one kernel body for any number of projections.
-    Writes partial[b, tb]; the host sums over tb.
-    Cost per example, with p = sum_k p_k: T^2 (d + p) flops (half of the full Gram products);
-    reads about T^2 (d + p) / BLOCK_T elements (each block pair reloads its two row blocks);
-    extra memory B * ceil(T / BLOCK_T) accumulators.
+    (tl.dot over p_k-chunks), multiplies them elementwise and reduces; the T x T Grams never
+    leave registers. The g's come as a tuple of tensors (any count, any strides, so the Q/K/V
+    views of one fused projection are read in place) walked by a compile-time loop.
+    Writes partial[b, pair]; the host sums each row (deterministic, no atomics).
+    Cost per example, with p = sum_k p_k: T^2 (d + p) flops (half of the full Gram products, on
+    T padded to BLOCK_T); B * n(n + 1) / 2 programs for n = ceil(T / BLOCK_T) blocks, each
+    reading 2 BLOCK_T (d + p) elements; extra memory one accumulator per program.
     """
-    b = tl.program_id(0).to(tl.int64)
-    tb = tl.program_id(1)
+    pair = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    tb, sb = block_pair(pair)
     mask_base = mask_ptr + b * stride_mb
     x_base = x_ptr + b * stride_xb
     t_rows = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     t_valid = rows_valid(mask_base, stride_mt, t_rows, T, HAS_MASK)
-    row_sums = tl.zeros((BLOCK_T,), ACC)
-    for sb in range(0, tb + 1):
-        s_rows = sb * BLOCK_T + tl.arange(0, BLOCK_T)
-        s_valid = rows_valid(mask_base, stride_mt, s_rows, T, HAS_MASK)
-        zero = tl.zeros((BLOCK_T, BLOCK_T), ACC)
-        x_gram = gram_tile(
-            zero, x_base, stride_xt, stride_xd, t_rows, t_valid, x_base, stride_xt, stride_xd, s_rows, s_valid,
-            d, BLOCK_K, DOT, PRECISION,
+    s_rows = sb * BLOCK_T + tl.arange(0, BLOCK_T)
+    s_valid = rows_valid(mask_base, stride_mt, s_rows, T, HAS_MASK)
+    zero = tl.zeros((BLOCK_T, BLOCK_T), ACC)
+    x_gram = gram_tile(
+        zero, x_base, stride_xt, stride_xd, t_rows, t_valid, x_base, stride_xt, stride_xd, s_rows, s_valid,
+        d, BLOCK_K, OPERAND, DOT, PRECISION,
+    )
+    g_gram = zero
+    bias_sums = tl.zeros((BLOCK_T,), ACC)
+    for k in tl.static_range(len(BIASES)):
+        g_base = g_ptrs[k] + b * stride_gb[k]
+        g_gram_k = gram_tile(
+            zero, g_base, stride_gt[k], stride_gp[k], t_rows, t_valid, g_base, stride_gt[k], stride_gp[k],
+            s_rows, s_valid, widths[k], BLOCK_K, OPERAND, DOT, PRECISION,
         )
-        g_gram = zero
-        bias_sums = tl.zeros((BLOCK_T,), ACC)
-        for k in tl.static_range(len(BIASES)):
-            g_base = g_ptrs[k] + b * stride_gb[k]
-            g_gram_k = gram_tile(
-                zero, g_base, stride_gt[k], stride_gp[k], t_rows, t_valid, g_base, stride_gt[k], stride_gp[k],
-                s_rows, s_valid, widths[k], BLOCK_K, DOT, PRECISION,
-            )
-            g_gram += g_gram_k
-            if BIASES[k]:
-                bias_sums += tl.sum(g_gram_k, axis=1)
-        weight = 1.0 + (sb < tb).to(ACC)
-        row_sums += weight * (tl.sum(x_gram * g_gram, axis=1) + bias_sums)
-    tl.store(partial_ptr + b * stride_partial + tb, tl.sum(row_sums))
+        g_gram += g_gram_k
+        if BIASES[k]:
+            bias_sums += tl.sum(g_gram_k, axis=1)
+    weight = 1.0 + (sb < tb).to(ACC)
+    tl.store(partial_ptr + b * stride_partial + pair, weight * tl.sum(tl.sum(x_gram * g_gram, axis=1) + bias_sums))
 
 
 @triton.autotune(configs=_FEATURE_CONFIGS, key=["tune_T", "tune_d", "tune_p"], reset_to_zero=["partial_ptr"])
@@ -140,32 +159,31 @@ def _direct_norm_kernel(
     partial_ptr, stride_partial,
     T, d, p, tune_T, tune_d, tune_p,
     HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    OPERAND: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """Direct norm ||g^T x||_F^2 (+ ||sum_t g_t||^2 with a bias).
 
-    Tiling: program (b, tile_p, tile_d) accumulates that (BLOCK_P, BLOCK_D) tile of example b's
-    weight gradient g^T x over the sequence in registers (tl.dot over BLOCK_T rows), squares and
-    sums it; the programs with tile_d == 0 also sum their g columns over t for the bias. Nothing of
-    size d * p is written. Writes partial[b, tile_p * n_d_tiles + tile_d]; the host sums each row.
-    Cost per example: 2 T d p flops; reads T d p (1 / BLOCK_P + 1 / BLOCK_D) elements; extra
-    memory B * ceil(p / BLOCK_P) * ceil(d / BLOCK_D) accumulators.
+    Tiling: grid (tile, b), the example slowest and the (p, d) tiles in grouped order, so the
+    programs resident together share example b's rows of x and g in L2. Program (tile, b)
+    accumulates that (BLOCK_P, BLOCK_D) tile of example b's weight gradient g^T x over the
+    sequence in registers (tl.dot over BLOCK_T rows), squares and sums it; only the programs of
+    the first d tile also sum their g columns over t for the bias. Nothing of size d * p is
+    written. Writes partial[b, tile]; the host sums each row.
+    Cost per example: 2 T d p flops (T padded to BLOCK_T); reads T d p (1 / BLOCK_P + 1 / BLOCK_D)
+    elements, mostly from L2; extra memory one accumulator per program.
     """
-    b = tl.program_id(0).to(tl.int64)
-    tile_p = tl.program_id(1)
-    tile_d = tl.program_id(2)
-    p_cols = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    d_cols = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    tile_p, tile_d, p_cols, d_cols = _feature_tile(pid, p, d, BLOCK_P, BLOCK_D)
     grad, g_sum = _example_weight_grad_tile(
-        tl.zeros((BLOCK_P, BLOCK_D), ACC), tl.zeros((BLOCK_P,), ACC),
+        tl.zeros((BLOCK_P, BLOCK_D), ACC), tl.zeros((BLOCK_P,), ACC), tile_d == 0,
         x_ptr + b * stride_xb, stride_xt, stride_xd, d_cols, d,
         g_ptr + b * stride_gb, stride_gt, stride_gp, p_cols, p,
         mask_ptr + b * stride_mb, stride_mt, T,
-        HAS_MASK, HAS_BIAS, BLOCK_T, DOT, PRECISION,
+        HAS_MASK, HAS_BIAS, BLOCK_T, OPERAND, DOT, PRECISION,
     )
-    norm_sq = tl.sum(tl.sum(grad * grad, axis=1) + (tile_d == 0).to(ACC) * g_sum * g_sum)
-    tl.store(partial_ptr + b * stride_partial + tile_p * tl.num_programs(2) + tile_d, norm_sq)
+    tl.store(partial_ptr + b * stride_partial + pid, tl.sum(tl.sum(grad * grad, axis=1) + g_sum * g_sum))
 
 
 @triton.autotune(configs=_FEATURE_CONFIGS, key=["tune_B", "tune_T", "tune_d", "tune_p"], reset_to_zero=["partial_ptr"])
@@ -174,40 +192,45 @@ def _weight_grad_and_norm_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,
     g_ptr, stride_gb, stride_gt, stride_gp,
     mask_ptr, stride_mb, stride_mt,
-    grad_ptr, partial_ptr, stride_partial,
-    B, T, d, p, tune_B, tune_T, tune_d, tune_p,
+    grad_ptr, stride_grad_slice, partial_ptr, stride_partial,
+    B, T, d, p, per_slice, tune_B, tune_T, tune_d, tune_p,
     HAS_MASK: tl.constexpr,
-    DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    OPERAND: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """The training-time path: sum_i g_i^T x_i and every ||g_i^T x_i||_F^2 in one pass.
 
-    Tiling: program (tile_p, tile_d) owns the (BLOCK_P, BLOCK_D) tile of the weight gradient and loops
-    over the examples; per example it accumulates the tile of g_i^T x_i over the sequence in
-    registers, writes its square-sum to partial[i, tile_p * n_d_tiles + tile_d] and adds it to the
-    running gradient tile, stored once at the end. x and g are read exactly as by the plain
-    weight-gradient GEMM (which sums over the same B * T rows); the norms add B * BLOCK_P *
-    BLOCK_D flops per tile, about 1/T of the GEMM.
-    Cost: 2 B T d p flops; reads B T d p (1 / BLOCK_P + 1 / BLOCK_D) elements, writes d p;
-    extra memory B * ceil(p / BLOCK_P) * ceil(d / BLOCK_D) accumulators.
+    Tiling: grid (tile, slice), the batch slice slowest and the (p, d) tiles in grouped order.
+    Program (tile, slice) owns the (BLOCK_P, BLOCK_D) tile of the weight gradient for the
+    examples [slice * per_slice, (slice + 1) * per_slice); per example it accumulates the tile of
+    g_i^T x_i over the sequence in registers, writes its square-sum to partial[i, tile] and adds
+    it to the slice's running gradient tile, stored once to grad[slice]; the host sums the
+    slices (deterministic, no atomics; each example's norm stays within one program). The slices
+    exist so that small (p, d) grids still fill the device: their count is the cost model's.
+    Cost: 2 B T d p flops (each example's T padded to BLOCK_T); reads B T d p (1 / BLOCK_P +
+    1 / BLOCK_D) elements, writes slices * d p; extra memory slices * d p accumulators (none
+    beyond the result for one slice) and one per (example, tile).
     """
-    tile_p = tl.program_id(0)
-    tile_d = tl.program_id(1)
-    slot = tile_p * tl.num_programs(1) + tile_d
-    p_cols = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    d_cols = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    pid = tl.program_id(0)
+    part = tl.program_id(1)
+    _, _, p_cols, d_cols = _feature_tile(pid, p, d, BLOCK_P, BLOCK_D)
     zero = tl.zeros((BLOCK_P, BLOCK_D), ACC)
     no_g_sum = tl.zeros((BLOCK_P,), ACC)
     total = zero
+    first = part * per_slice
     # Per-example pointers advance by one batch stride a step (64-bit pointer arithmetic).
-    x_base, g_base, mask_base, partial_base = x_ptr, g_ptr, mask_ptr, partial_ptr + slot
-    for _ in range(0, B):
+    start = first.to(tl.int64)
+    x_base = x_ptr + start * stride_xb
+    g_base = g_ptr + start * stride_gb
+    mask_base = mask_ptr + start * stride_mb
+    partial_base = partial_ptr + start * stride_partial + pid
+    for _ in range(first, tl.minimum(B, first + per_slice)):
         grad, no_g_sum = _example_weight_grad_tile(
-            zero, no_g_sum,
+            zero, no_g_sum, False,
             x_base, stride_xt, stride_xd, d_cols, d,
             g_base, stride_gt, stride_gp, p_cols, p,
             mask_base, stride_mt, T,
-            HAS_MASK, False, BLOCK_T, DOT, PRECISION,
+            HAS_MASK, False, BLOCK_T, OPERAND, DOT, PRECISION,
         )
         tl.store(partial_base, tl.sum(grad * grad))
         total += grad
@@ -215,7 +238,7 @@ def _weight_grad_and_norm_kernel(
         g_base += stride_gb
         mask_base += stride_mb
         partial_base += stride_partial
-    out = grad_ptr + p_cols.to(tl.int64)[:, None] * d + d_cols[None, :]
+    out = grad_ptr + part.to(tl.int64) * stride_grad_slice + p_cols.to(tl.int64)[:, None] * d + d_cols[None, :]
     tl.store(out, total, mask=(p_cols[:, None] < p) & (d_cols[None, :] < d))
 
 
@@ -231,7 +254,7 @@ def _gradient_gram_kernel(
     out_ptr, stride_out,
     T, T2, d, p, tune_T, tune_d, tune_p,
     SYMMETRIC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_MASK2: tl.constexpr,
-    DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    OPERAND: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """<grad_i, grad2_j> = sum_{t,s} (x_it . x2_js)(g_it . g2_js) (+ sum_{t,s} g_it . g2_js with a
@@ -241,7 +264,8 @@ def _gradient_gram_kernel(
     example j of the second, forms the x and g cross-Gram tiles in registers (tl.dot over d- and
     p-chunks), multiplies and reduces, and writes out[i, j]. When the second set is the first
     (SYMMETRIC) only j <= i is computed (the other programs run no iteration and store nothing)
-    and the host mirrors the lower triangle.
+    and the host mirrors the lower triangle. At small T the host materializes the per-example
+    gradients instead (``_cost.gram_materializes``).
     Cost per pair: 2 T T2 (d + p) flops, halved over the pairs when symmetric; reads about
     T T2 (d + p) / BLOCK_T elements; no memory beyond the (B, B2) result.
     """
@@ -265,11 +289,11 @@ def _gradient_gram_kernel(
             zero = tl.zeros((BLOCK_T, BLOCK_T), ACC)
             x_gram = gram_tile(
                 zero, x_base, stride_xt, stride_xd, t_rows, t_valid, x2_base, stride_x2t, stride_x2d, s_rows, s_valid,
-                d, BLOCK_K, DOT, PRECISION,
+                d, BLOCK_K, OPERAND, DOT, PRECISION,
             )
             g_gram = gram_tile(
                 zero, g_base, stride_gt, stride_gp, t_rows, t_valid, g2_base, stride_g2t, stride_g2p, s_rows, s_valid,
-                p, BLOCK_K, DOT, PRECISION,
+                p, BLOCK_K, OPERAND, DOT, PRECISION,
             )
             products = x_gram * g_gram
             if HAS_BIAS:
@@ -283,20 +307,33 @@ def _gradient_gram_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
+def _closed_form_norm_sq(
+    x: torch.Tensor, gs: list[torch.Tensor], biases: list[bool], mask: torch.Tensor | None
+) -> torch.Tensor:
+    """T = 1: ||g^T x||^2 = ||x||^2 ||g||^2 and ||grad b||^2 = ||g||^2, two row reductions read
+    once (memory-bound, no tiles)."""
+    dtype = accum_dtype(x, *gs)
+    x_sq = _reference.masked(x.to(dtype), mask).square().sum(dim=(1, 2))
+    out = torch.zeros_like(x_sq)
+    for g, has_bias in zip(gs, biases):
+        g_sq = _reference.masked(g.to(dtype), mask).square().sum(dim=(1, 2))
+        out += g_sq * (x_sq + 1.0) if has_bias else g_sq * x_sq
+    return out
+
+
 def _ghost_norm_sq(
     x: torch.Tensor, gs: list[torch.Tensor], biases: list[bool], mask: torch.Tensor | None
 ) -> torch.Tensor:
     B, T, d = x.shape
-    dot, acc, precision = dot_types(x, *gs)
-    partial = tile_partials(B, accum_dtype(x, *gs), x.device, PAIR_CONFIGS, BLOCK_T=T)
-    _ghost_norm_kernel[tile_grid(B, BLOCK_T=T)](
+    partial = partials(B, pair_slots(T, PAIR_CONFIGS), accum_dtype(x, *gs), x.device)
+    _ghost_norm_kernel[pair_grid(T, B)](
         x, *x.stride(),
         tuple(gs), tuple(g.stride(0) for g in gs), tuple(g.stride(1) for g in gs), tuple(g.stride(2) for g in gs),
         tuple(g.shape[-1] for g in gs),
         *mask_args(mask, x),
         partial, partial.stride(0),
         T, d, tune_key(T), tune_key(d), tune_key(sum(g.shape[-1] for g in gs)),
-        BIASES=tuple(biases), HAS_MASK=mask is not None, DOT=dot, ACC=acc, PRECISION=precision,
+        BIASES=tuple(biases), HAS_MASK=mask is not None, **dot_types(x, *gs)._asdict(),
     )
     return partial.sum(dim=1)
 
@@ -304,15 +341,14 @@ def _ghost_norm_sq(
 def _direct_norm_sq(x: torch.Tensor, g: torch.Tensor, bias: bool, mask: torch.Tensor | None) -> torch.Tensor:
     B, T, d = x.shape
     p = g.shape[-1]
-    dot, acc, precision = dot_types(x, g)
-    partial = tile_partials(B, accum_dtype(x, g), x.device, _FEATURE_CONFIGS, BLOCK_P=p, BLOCK_D=d)
-    _direct_norm_kernel[tile_grid(B, BLOCK_P=p, BLOCK_D=d)](
+    partial = partials(B, feature_slots(p, d, _FEATURE_CONFIGS), accum_dtype(x, g), x.device)
+    _direct_norm_kernel[feature_grid(p, d, B)](
         x, *x.stride(),
         g, *g.stride(),
         *mask_args(mask, x),
         partial, partial.stride(0),
         T, d, p, tune_key(T), tune_key(d), tune_key(p),
-        HAS_BIAS=bias, HAS_MASK=mask is not None, DOT=dot, ACC=acc, PRECISION=precision,
+        HAS_BIAS=bias, HAS_MASK=mask is not None, **dot_types(x, g)._asdict(),
     )
     return partial.sum(dim=1)
 
@@ -326,12 +362,16 @@ def grouped_linear_grad_norm_sq(
 ) -> torch.Tensor:
     """sum_k (||grad W_k||^2 + [biases[k]] ||grad b_k||^2) per example, for layers k sharing x:
     one ghost launch for all k (the x Gram tile formed once per block pair), or one direct launch
-    per k (the direct path shares nothing across k but the reads of x)."""
+    per k (the direct path shares nothing across k but the reads of x); "auto" takes the path of
+    the cost model, the closed form at T = 1."""
     B, T, d = x.shape
     if B == 0:
         return torch.zeros(0, dtype=accum_dtype(x, *gs), device=x.device)
-    p = sum(g.shape[-1] for g in gs)
-    if path == "ghost" or (path == "auto" and prefers_ghost(T, d, p)):
+    if path == "auto":
+        path = _cost.linear_path(B, T, d, [g.shape[-1] for g in gs])
+    if path == "closed":
+        return _closed_form_norm_sq(x, gs, biases, mask)
+    if path == "ghost":
         return _ghost_norm_sq(x, gs, biases, mask)
     return sum(_direct_norm_sq(x, g, has_bias, mask) for g, has_bias in zip(gs, biases))
 
@@ -348,20 +388,22 @@ def linear_weight_grad_and_norm_sq(
     B, T, d = x.shape
     p = g.shape[-1]
     dtype = accum_dtype(x, g)
-    grad = torch.zeros(p, d, dtype=dtype, device=x.device)
     if B == 0:
-        return grad, torch.zeros(0, dtype=dtype, device=x.device)
-    dot, acc, precision = dot_types(x, g)
-    partial = tile_partials(B, dtype, x.device, _FEATURE_CONFIGS, BLOCK_P=p, BLOCK_D=d)
-    _weight_grad_and_norm_kernel[tile_grid(BLOCK_P=p, BLOCK_D=d)](
+        return torch.zeros(p, d, dtype=dtype, device=x.device), torch.zeros(0, dtype=dtype, device=x.device)
+    largest = {name: largest_block(_FEATURE_CONFIGS, name) for name in ("BLOCK_P", "BLOCK_D")}
+    per_slice = triton.cdiv(B, _cost.splits(feature_tiles(p, d, largest), B))
+    n_slices = triton.cdiv(B, per_slice)
+    grad = torch.empty(n_slices, p, d, dtype=dtype, device=x.device)
+    partial = partials(B, feature_slots(p, d, _FEATURE_CONFIGS), dtype, x.device)
+    _weight_grad_and_norm_kernel[feature_grid(p, d, n_slices)](
         x, *x.stride(),
         g, *g.stride(),
         *mask_args(mask, x),
-        grad, partial, partial.stride(0),
-        B, T, d, p, tune_key(B), tune_key(T), tune_key(d), tune_key(p),
-        HAS_MASK=mask is not None, DOT=dot, ACC=acc, PRECISION=precision,
+        grad, grad.stride(0), partial, partial.stride(0),
+        B, T, d, p, per_slice, tune_key(B), tune_key(T), tune_key(d), tune_key(p),
+        HAS_MASK=mask is not None, **dot_types(x, g)._asdict(),
     )
-    return grad, partial.sum(dim=1)
+    return (grad[0] if n_slices == 1 else grad.sum(dim=0)), partial.sum(dim=1)
 
 
 def linear_grad_gram(
@@ -372,29 +414,35 @@ def linear_grad_gram(
     g2: torch.Tensor,
     mask2: torch.Tensor | None,
     bias: bool,
+    path: str,
 ) -> torch.Tensor:
-    """<grad_i, grad2_j> for every pair; when the second set is the first one (the same tensors),
-    only the lower triangle is computed and mirrored."""
+    """<grad_i, grad2_j> for every pair: with the per-example gradients materialized ("materialize",
+    or "auto" where the cost model says so: small T), else the pair kernel. When the second set
+    is the first one (the same tensors), the lower triangle is mirrored, so the result is exactly
+    symmetric (the pair kernel computes only that triangle)."""
     B, T, d = x.shape
     B2, T2, _ = x2.shape
     p = g.shape[-1]
     symmetric = x2 is x and g2 is g and mask2 is mask
-    out = torch.zeros(B, B2, dtype=accum_dtype(x, g, x2, g2), device=x.device)
-    if B == 0 or B2 == 0:
-        return out
-    dot, acc, precision = dot_types(x, g, x2, g2)
-    _gradient_gram_kernel[(B, B2)](
-        x, *x.stride(),
-        g, *g.stride(),
-        *mask_args(mask, x),
-        x2, *x2.stride(),
-        g2, *g2.stride(),
-        *mask_args(mask2, x2),
-        out, out.stride(0),
-        T, T2, d, p, tune_key(max(T, T2)), tune_key(d), tune_key(p),
-        SYMMETRIC=symmetric, HAS_BIAS=bias, HAS_MASK=mask is not None, HAS_MASK2=mask2 is not None,
-        DOT=dot, ACC=acc, PRECISION=precision,
-    )
+    if path == "auto":
+        path = "materialize" if _cost.gram_materializes(B, T, B2, T2, d, p, symmetric) else "pairs"
+    if path == "materialize":
+        out = _reference.linear_grad_gram(x, g, mask, x2, g2, mask2, bias)
+    else:
+        out = torch.zeros(B, B2, dtype=accum_dtype(x, g, x2, g2), device=x.device)
+        if B > 0 and B2 > 0:
+            _gradient_gram_kernel[(B, B2)](
+                x, *x.stride(),
+                g, *g.stride(),
+                *mask_args(mask, x),
+                x2, *x2.stride(),
+                g2, *g2.stride(),
+                *mask_args(mask2, x2),
+                out, out.stride(0),
+                T, T2, d, p, tune_key(max(T, T2)), tune_key(d), tune_key(p),
+                SYMMETRIC=symmetric, HAS_BIAS=bias, HAS_MASK=mask is not None, HAS_MASK2=mask2 is not None,
+                **dot_types(x, g, x2, g2)._asdict(),
+            )
     if symmetric:
         return out.tril() + out.tril(-1).T
     return out

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_mask, fail, require_float, require_int, require_rank, require_same_device, require_tensor, shape_str
-from .._dispatch import Backend, implementation
+from .._checks import accum_dtype, check_mask, fail, require_float, require_int, require_rank, require_same_device, require_tensor, shape_str
+from .._dispatch import Backend, check_backend, implementation
 
 __all__ = ["CEScores", "MSEScores", "cross_entropy_scores", "linear_cross_entropy_scores", "mse_scores"]
 
@@ -134,20 +134,24 @@ def linear_cross_entropy_scores(
     return _per_example(tokens, hidden.shape[:-1])
 
 
-def mse_scores(pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None) -> MSEScores:
+def mse_scores(
+    pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None, backend: Backend = "auto"
+) -> MSEScores:
     """Per-example mean squared error and functional-gradient norm (elementwise PyTorch on every
-    device: one fused expression, memory-bound, no kernel of its own).
+    device and backend: one fused expression, memory-bound, no kernel of its own).
 
     Args:
         pred: (B, ...) predictions, floating.
         target: same shape as pred.
         mask: optional bool (or 0/1) mask over a leading prefix of pred's dims, e.g. (B,) or
             (B, T) for pred (B, T, D); False entries contribute nothing.
+        backend: "auto", "triton" or "reference", as for every op; each runs the same expression.
 
     Returns:
         MSEScores(loss, fgrad_sq), each (B,) float32; an example with no valid element gets 0.
     """
     op = "mse_scores"
+    check_backend(op, backend)
     require_float(op, "pred", pred)
     require_float(op, "target", target)
     if pred.dim() < 1 or target.shape != pred.shape:
@@ -155,7 +159,7 @@ def mse_scores(pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor |
     if mask is not None:
         require_tensor(op, "mask", mask)
     require_same_device(op, {"pred": pred, "target": target, "mask": mask})
-    dtype = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
+    dtype = accum_dtype(pred, target)
     sq = (pred.to(dtype) - target.to(dtype)).square()
     if mask is None:
         keep = torch.ones(pred.shape, dtype=torch.bool, device=pred.device)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .._checks import rows_per_chunk
+from .._checks import accum_dtype, rows_per_chunk
 
 VOCAB_TILE = 8192
 
@@ -68,7 +68,7 @@ def cross_entropy_token_scores(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row (loss, ||p - e_y||^2, valid) for logits (N, V); zeros on ignored rows."""
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    dtype = accum_dtype(logits)
     return _token_scores(
         logits.shape[0], logits.shape[1], lambda rows, v0, v1: logits[rows, v0:v1], targets, ignore_index, dtype
     )
@@ -78,7 +78,7 @@ def linear_cross_entropy_token_scores(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same from hidden (N, d) and head weight (V, d) (+ bias (V,)), one logit tile at a time."""
-    dtype = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
+    dtype = accum_dtype(hidden, weight, bias)
 
     def logit_tile(rows: slice, v0: int, v1: int) -> torch.Tensor:
         z = hidden[rows].to(dtype) @ weight[v0:v1].to(dtype).T

@@ -13,7 +13,7 @@ def norm_grad_norm_sq(
     x_hat: torch.Tensor,
     g: torch.Tensor,
     *,
-    bias: bool = True,
+    bias: bool = False,
     mask: torch.Tensor | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
@@ -22,12 +22,16 @@ def norm_grad_norm_sq(
     Args:
         x_hat: the normalized input (before the affine), (B, d) or (B, T, d).
         g: gradient w.r.t. the layer output, same shape as x_hat.
-        bias: add the bias gradient ||sum_t g_t||^2 (False for RMSNorm).
+        bias: False (the default, as in every op of the package: RMSNorm, or a LayerNorm whose
+            bias is not counted) counts the weight alone; True adds the bias gradient
+            ||sum_t g_t||^2 (a LayerNorm with its bias).
         mask: (B,) or (B, T) bool (or 0/1); False positions contribute nothing.
         backend: "auto", "triton" or "reference".
 
     Returns:
-        (B,) float32: ||sum_t g_t * x_hat_t||^2 (+ ||sum_t g_t||^2).
+        (B,) float32 (float64 for float64 inputs): ||sum_t g_t * x_hat_t||^2 (+ ||sum_t g_t||^2),
+        elementwise products with float32 accumulation on either backend (no dot, so no TF32
+        or 16-bit rounding: the backends agree to rounding).
     """
     op = "norm_grad_norm_sq"
     require_float(op, "x_hat", x_hat)

@@ -17,11 +17,12 @@ from .._checks import accum_dtype
 from .._triton_tiles import (
     TL_DTYPES,
     autotune_configs,
+    block_count,
     load_tile,
     mask_args,
+    partials,
     rows_valid,
-    tile_grid,
-    tile_partials,
+    smallest_block,
     tune_key,
 )
 
@@ -50,7 +51,8 @@ def _norm_grad_norm_kernel(
 ):
     """||sum_t g_t * x_hat_t||^2 (+ ||sum_t g_t||^2 with a bias) per example.
 
-    Tiling: program (b, tile_d) owns features d_cols of example b; it walks the sequence in
+    Tiling: grid (tile_d, b), the example slowest. Program (tile_d, b) owns features d_cols of
+    example b; it walks the sequence in
     chunks of BLOCK_T rows, accumulating its slice of the weight gradient sum_t g_t * x_hat_t (and
     of the bias gradient sum_t g_t) in registers, then squares and sums the slice. Writes
     partial[b, tile_d]; the host sums each row. The per-example gradient is a d-vector, so this
@@ -58,8 +60,8 @@ def _norm_grad_norm_kernel(
     Cost per example: 3 T d flops (2 T d without a bias); reads 2 T d elements; extra memory
     B * ceil(d / BLOCK_D) accumulators. Memory-bound: its floor is the time to read x_hat and g.
     """
-    b = tl.program_id(0).to(tl.int64)
-    tile_d = tl.program_id(1)
+    tile_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
     d_cols = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
     x_base = x_ptr + b * stride_xb
     g_base = g_ptr + b * stride_gb
@@ -69,8 +71,8 @@ def _norm_grad_norm_kernel(
     for t0 in range(0, T, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         valid = rows_valid(mask_base, stride_mt, rows, T, HAS_MASK)
-        x = load_tile(x_base, stride_xt, stride_xd, rows, valid, d_cols, d, ACC)
-        g = load_tile(g_base, stride_gt, stride_gd, rows, valid, d_cols, d, ACC)
+        x = load_tile(x_base, stride_xt, stride_xd, rows, valid, d_cols, d, ACC, ACC)
+        g = load_tile(g_base, stride_gt, stride_gd, rows, valid, d_cols, d, ACC, ACC)
         weight_grad += tl.sum(g * x, axis=0)
         if HAS_BIAS:
             bias_grad += tl.sum(g, axis=0)
@@ -83,8 +85,8 @@ def norm_grad_norm_sq(x_hat: torch.Tensor, g: torch.Tensor, bias: bool, mask: to
     dtype = accum_dtype(x_hat, g)
     if B == 0:
         return torch.zeros(0, dtype=dtype, device=g.device)
-    partial = tile_partials(B, dtype, g.device, _NORM_CONFIGS, BLOCK_D=d)
-    _norm_grad_norm_kernel[tile_grid(B, BLOCK_D=d)](
+    partial = partials(B, block_count(d, smallest_block(_NORM_CONFIGS, "BLOCK_D")), dtype, g.device)
+    _norm_grad_norm_kernel[lambda meta: (block_count(d, meta["BLOCK_D"]), B)](
         x_hat, *x_hat.stride(),
         g, *g.stride(),
         *mask_args(mask, g),

@@ -375,7 +375,7 @@ def _embedding_methods() -> dict[str, Method]:
 
 def _norm_methods() -> dict[str, Method]:
     def kernel(i: Inputs, c: Case) -> Call:
-        return lambda: {"norm_sq": ak.norm_grad_norm_sq(i["x_hat"], i["g"], backend=c.method)}
+        return lambda: {"norm_sq": ak.norm_grad_norm_sq(i["x_hat"], i["g"], bias=True, backend=c.method)}
 
     def module(i: Inputs) -> nn.Module:
         return _on(nn.LayerNorm(i["x"].shape[-1]), i["x"])

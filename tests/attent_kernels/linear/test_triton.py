@@ -10,7 +10,10 @@ import torch
 pytest.importorskip("triton")
 
 import attent_kernels as ak  # noqa: E402
-from attent_kernels import _dispatch  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from attent_kernels import _cost, _dispatch  # noqa: E402
+from attent_kernels._triton_tiles import dot_types  # noqa: E402
 from attent_kernels.linear import _triton  # noqa: E402
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -90,13 +93,15 @@ def test_two_dimensional_inputs_and_float64(device):
 
 
 def test_mixed_input_dtypes_and_strided_inputs(device):
+    """Mixed bfloat16 x and float32 g (as under autocast) run a bfloat16 dot: the float32 operand
+    is rounded to bfloat16, so the result is held to the documented 16-bit tolerance."""
     B, T, d, p = 2, 19, 10, 12
     x = randn(B, d, T, dtype=torch.bfloat16, device=device).transpose(1, 2)
     g = randn(B, T, 2 * p, device=device)[..., ::2]
     assert not x.is_contiguous() and not g.is_contiguous()
     for path in ("ghost", "direct"):
         got = ak.linear_grad_norm_sq(x, g, bias=True, path=path, backend="triton")
-        assert_matches(got, ak.linear_grad_norm_sq(x, g, bias=True, path=path, backend="reference"), torch.float32)
+        assert_matches(got, ak.linear_grad_norm_sq(x, g, bias=True, path=path, backend="reference"), torch.bfloat16)
 
 
 @pytest.mark.parametrize(
@@ -127,26 +132,28 @@ def test_grouped_low_precision(device, dtype):
     assert_matches(got, ak.grouped_linear_grad_norm_sq(x, gs, biases=True, path="ghost", backend="reference"), dtype)
 
 
+@pytest.mark.parametrize("path", ["pairs", "materialize"])
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
 @pytest.mark.parametrize("bias", [False, True])
-def test_gram_without_second_set_is_symmetric_with_the_norms_on_its_diagonal(device, dtype, bias):
+def test_gram_without_second_set_is_symmetric_with_the_norms_on_its_diagonal(device, dtype, bias, path):
     B, T, d, p = 3, 33, 14, 22
     x, g = randn(B, T, d, dtype=dtype, device=device), randn(B, T, p, dtype=dtype, device=device)
     mask = padding_mask(B, T, device)
-    got = ak.linear_grad_gram(x, g, mask=mask, bias=bias, backend="triton")
+    got = ak.linear_grad_gram(x, g, mask=mask, bias=bias, path=path, backend="triton")
     assert_matches(got, ak.linear_grad_gram(x, g, mask=mask, bias=bias, backend="reference"), dtype)
     assert torch.equal(got, got.T)
     norms = ak.linear_grad_norm_sq(x, g, bias=bias, mask=mask, path="ghost", backend="triton")
     assert_matches(got.diagonal(), norms, dtype)
 
 
+@pytest.mark.parametrize("path", ["pairs", "materialize"])
 @pytest.mark.parametrize("masks", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_gram_with_second_set(device, masks, bias):
+def test_gram_with_second_set(device, masks, bias, path):
     B, T, B2, T2, d, p = 3, 21, 2, 35, 17, 9
     x, g = randn(B, T, d, device=device), randn(B, T, p, device=device)
     x2, g2 = randn(B2, T2, d, device=device), randn(B2, T2, p, device=device)
-    kwargs = dict(x2=x2, g2=g2, bias=bias)
+    kwargs = dict(x2=x2, g2=g2, bias=bias, path=path)
     if masks:
         kwargs.update(mask=padding_mask(B, T, device), mask2=torch.rand(B2, T2, device=device) > 0.5)
     got = ak.linear_grad_gram(x, g, backend="triton", **kwargs)
@@ -157,8 +164,8 @@ def test_gram_with_second_set(device, masks, bias):
 def test_gram_of_a_set_with_an_equal_copy_of_itself(device):
     """Passing the same data as a second set (not the same tensors) runs the full (B, B) grid."""
     x, g = randn(3, 9, 6, device=device), randn(3, 9, 8, device=device)
-    symmetric = ak.linear_grad_gram(x, g, bias=True, backend="triton")
-    full = ak.linear_grad_gram(x, g, x2=x.clone(), g2=g.clone(), bias=True, backend="triton")
+    symmetric = ak.linear_grad_gram(x, g, bias=True, path="pairs", backend="triton")
+    full = ak.linear_grad_gram(x, g, x2=x.clone(), g2=g.clone(), bias=True, path="pairs", backend="triton")
     assert_matches(full, symmetric, torch.float32)
 
 
@@ -194,7 +201,8 @@ def _nan_cases(x, g, mask):
             a, [b, 2 * b], biases=True, mask=mask, path="ghost", backend="triton"
         ),
         "weight_grad": lambda a, b: ak.linear_weight_grad_and_norm_sq(a, b, mask=mask, backend="triton")[1],
-        "gram": lambda a, b: ak.linear_grad_gram(a, b, mask=mask, bias=True, backend="triton"),
+        "gram": lambda a, b: ak.linear_grad_gram(a, b, mask=mask, bias=True, path="pairs", backend="triton"),
+        "gram_materialized": lambda a, b: ak.linear_grad_gram(a, b, mask=mask, bias=True, path="materialize", backend="triton"),
     }
 
 
@@ -208,7 +216,7 @@ def test_nan_in_one_example_leaves_the_others_exact(device):
     for name, op in _nan_cases(x, g, mask).items():
         clean, poisoned = op(x, g), op(x_nan, g)
         assert torch.isnan(poisoned[2]).all(), name
-        if name == "gram":
+        if name.startswith("gram"):
             assert torch.equal(poisoned[others][:, others], clean[others][:, others]), name
         else:
             assert torch.equal(poisoned[others], clean[others]), name
@@ -258,3 +266,103 @@ def test_interpreter_uses_one_small_configuration():
         _triton._gradient_gram_kernel,
     ):
         assert len(kernel.configs) == 1
+
+
+# Awkward shapes (B, T, d, p) with coincidences: T == B, d == B, width 1 (d = 1, p = 1), B = 1,
+# and T over several 16-row blocks (many block pairs), drawn afresh with every run.
+COINCIDENCES = [(3, 3, 3, 7), (1, 29, 5, 1), (4, 18, 1, 4), (2, 7, 2, 2), (1, 1, 9, 1), (2, 53, 3, 5)]
+
+
+@pytest.mark.parametrize("shape", COINCIDENCES, ids=str)
+@pytest.mark.parametrize("path", ["ghost", "direct", "auto"])
+def test_norm_on_coincident_shapes(device, shape, path):
+    B, T, d, p = shape
+    x, g = randn(B, T, d, device=device), randn(B, T, p, device=device)
+    mask = torch.rand(B, T, device=device) > 0.3
+    for kwargs in (dict(bias=True, mask=mask), dict(bias=False)):
+        got = ak.linear_grad_norm_sq(x, g, path=path, backend="triton", **kwargs)
+        assert_matches(got, ak.linear_grad_norm_sq(x, g, path=path, backend="reference", **kwargs), torch.float32)
+
+
+def test_direct_last_tile_with_one_output_feature():
+    """p = 1 at a fixed shape: the direct kernel's only p tile is mostly padding, d spans three
+    16-wide tiles with a partial last one, and only the first d tile adds the bias."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 21, 35, generator=gen)
+    g = torch.randn(2, 21, 1, generator=gen)
+    expected = torch.einsum("btp,btd->bpd", g.double(), x.double()).square().sum((1, 2)) + g.double().sum(1).square().sum(1)
+    got = ak.linear_grad_norm_sq(x, g, bias=True, path="direct", backend="triton")
+    assert_matches(got.double(), expected, torch.float32)
+
+
+def test_t1_closed_form_under_auto(device):
+    """T = 1 (2-D inputs) under path="auto" is ||x||^2 ||g||^2 (+ ||g||^2), a NaN at a masked
+    example never read."""
+    B, d, p = 5, 7, 3
+    x, g = randn(B, d, device=device), randn(B, p, device=device)
+    mask = torch.tensor([True, False, True, True, False], device=device)
+    x[1, 2] = float("nan")
+    assert _cost.linear_path(B, 1, d, [p]) == "closed"
+    got = ak.linear_grad_norm_sq(x, g, bias=True, mask=mask, backend="triton")
+    expected = ak.linear_grad_norm_sq(x, g, bias=True, mask=mask, path="ghost", backend="reference")
+    assert_matches(got, expected, torch.float32)
+    assert got[1] == 0 and got[4] == 0
+    grouped = ak.grouped_linear_grad_norm_sq(x, [g, 2 * g], biases=[False, True], mask=mask, backend="triton")
+    expected = ak.grouped_linear_grad_norm_sq(x, [g, 2 * g], biases=[False, True], mask=mask, backend="reference")
+    assert_matches(grouped, expected, torch.float32)
+
+
+@pytest.mark.parametrize("target_programs", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(5, 9, 6, 4), (1, 17, 3, 1), (4, 4, 4, 19)], ids=str)
+def test_weight_grad_batch_slices(device, monkeypatch, target_programs, shape):
+    """The fused kernel split into batch slices (one, two with a short last one, or one example
+    each): the same gradient and norms, and bitwise the same on a second call."""
+    monkeypatch.setattr(_cost, "TARGET_PROGRAMS", target_programs)
+    B, T, d, p = shape
+    x, g = randn(B, T, d, device=device), randn(B, T, p, device=device)
+    mask = torch.rand(B, T, device=device) > 0.25
+    grad, norm_sq = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="triton")
+    grad_ref, norm_sq_ref = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="reference")
+    assert_matches(grad, grad_ref, torch.float32)
+    assert_matches(norm_sq, norm_sq_ref, torch.float32)
+    again = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="triton")
+    assert torch.equal(again[0], grad) and torch.equal(again[1], norm_sq)
+
+
+def test_ghost_and_direct_are_bitwise_reproducible(device):
+    x, g = randn(3, 41, 6, device=device), randn(3, 41, 5, device=device)
+    for path in ("ghost", "direct"):
+        first = ak.linear_grad_norm_sq(x, g, bias=True, path=path, backend="triton")
+        assert torch.equal(first, ak.linear_grad_norm_sq(x, g, bias=True, path=path, backend="triton"))
+
+
+@pytest.mark.parametrize("path", ["pairs", "materialize", "auto"])
+@pytest.mark.parametrize("shape", [(3, 3, 3, 2), (1, 19, 4, 1), (2, 1, 2, 5)], ids=str)
+def test_gram_paths_on_coincident_shapes(device, path, shape):
+    B, T, d, p = shape
+    x, g = randn(B, T, d, device=device), randn(B, T, p, device=device)
+    mask = torch.rand(B, T, device=device) > 0.3
+    got = ak.linear_grad_gram(x, g, mask=mask, bias=True, path=path, backend="triton")
+    assert_matches(got, ak.linear_grad_gram(x, g, mask=mask, bias=True, backend="reference"), torch.float32)
+    assert torch.equal(got, got.T)
+
+
+def test_gram_unknown_path_is_a_value_error():
+    with pytest.raises(ValueError, match=r"linear_grad_gram: path must be one of .*'ghost'"):
+        ak.linear_grad_gram(torch.ones(2, 3), torch.ones(2, 4), path="ghost")
+
+
+def test_float32_dot_follows_the_tf32_setting():
+    x = torch.ones(2, 3)
+    setting = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert dot_types(x, x).PRECISION == "ieee"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert dot_types(x, x).PRECISION == "tf32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = setting
+    mixed = dot_types(x, x.to(torch.bfloat16))
+    assert mixed.OPERAND == tl.bfloat16 and mixed.ACC == tl.float32
+    assert dot_types(x.double(), x.half()).OPERAND == tl.float64
+    assert dot_types(x.half(), x).OPERAND == tl.float16

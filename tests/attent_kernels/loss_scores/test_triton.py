@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from attent_kernels import CEScores, _dispatch, cross_entropy_scores, linear_cross_entropy_scores  # noqa: E402
+from attent_kernels import CEScores, _cost, _dispatch, cross_entropy_scores, linear_cross_entropy_scores  # noqa: E402
 from attent_kernels.loss_scores import _triton  # noqa: E402
 from tests.attent_kernels._oracle import assert_matches, assert_nan_only_at, randn  # noqa: E402
 
@@ -294,3 +294,33 @@ def test_inputs_are_not_modified(device):
 def test_interpreter_uses_one_small_configuration():
     for kernel in (_triton._cross_entropy_kernel, _triton._linear_cross_entropy_kernel):
         assert len(kernel.configs) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The vocabulary split
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target_programs", [1, 2, 10_000])
+def test_vocabulary_slices_merge_to_the_reference(device, monkeypatch, target_programs):
+    """One slice, two, or a slice per 64-column tile (the last one short), with targets in the
+    first and last columns of slices, and a row whose whole first slice is -inf."""
+    monkeypatch.setattr(_cost, "TARGET_PROGRAMS", target_programs)
+    logits, targets = _logits(21, 2, 4, 201, device)
+    targets[0, :4] = torch.tensor([0, 63, 64, 200], device=device)
+    logits[1, 0, :64] = float("-inf")
+    got, expected = _ce_both(logits, targets)
+    _assert_same_scores(got, expected)
+    hidden, weight, bias, head_targets = _head(22, 2, 3, 201, 18, device)
+    head_targets[1, :3] = torch.tensor([127, 128, 200], device=device)
+    _assert_same_scores(*_head_both(hidden, weight, bias, head_targets))
+    again = cross_entropy_scores(logits, targets, backend="triton")
+    assert torch.equal(again.loss, got.loss) and torch.equal(again.fgrad_sq, got.fgrad_sq)
+
+
+def test_slice_count_fills_the_device_and_covers_the_vocabulary():
+    configs = _triton._HEAD_CONFIGS
+    for N, V in [(1, 1), (5, 63), (8192, 50257), (100_000, 300)]:
+        slice_cols, n_slices = _triton._vocab_slices(N, V, configs)
+        assert (n_slices - 1) * slice_cols < V <= n_slices * slice_cols
+        assert slice_cols % max(c.kwargs["BLOCK_V"] for c in configs) == 0

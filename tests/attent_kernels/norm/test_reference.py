@@ -99,7 +99,7 @@ def test_dtypes(dtype):
     x, g, gen = _inputs(3, 4, 6, 9, dtype)
     mask = random_mask(gen, 4, 6)
     x_hat = normalized(x.double(), "layernorm").to(dtype)
-    out = norm_grad_norm_sq(x_hat, g, mask=mask, backend="reference")
+    out = norm_grad_norm_sq(x_hat, g, bias=True, mask=mask, backend="reference")
     assert out.dtype == result_dtype(x_hat)
     g_kept = zero_where_masked(g.double(), mask)
     expected = (g_kept * x_hat.double()).sum(dim=1).square().sum(dim=1) + g_kept.sum(dim=1).square().sum(dim=1)

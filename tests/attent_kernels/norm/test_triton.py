@@ -95,7 +95,7 @@ def test_equals_per_example_gradients_of_nn_layer_norm(device, T):
     layer = nn.LayerNorm(d, dtype=torch.float64)
     expected = sq_norms(per_example_grads(layer, x, zero_where_masked(g.double(), mask)))
     x_hat = F.layer_norm(x, (d,)).float()
-    got = norm_grad_norm_sq(x_hat.to(device), g.to(device), mask=mask.to(device), backend="triton")
+    got = norm_grad_norm_sq(x_hat.to(device), g.to(device), bias=True, mask=mask.to(device), backend="triton")
     assert_matches(got.cpu(), expected, torch.float32)
 
 
