@@ -12,13 +12,22 @@ import torch
 
 from attent_kernels import embedding_grad_norm_sq, linear_grad_norm_sq, norm_grad_norm_sq
 
-from .factors import Diag, Direct, Factor, Ids, Outer
+from .factors import Diag, Direct, Factor, Ids, Layout, Outer
 
 
-def _to_batch_first(t: torch.Tensor, batch_dim: int, keep_last: int) -> torch.Tensor:
-    """(B, T, *last) from t with its batch at ``batch_dim``: positions flattened, last dims kept."""
-    t = t.movedim(batch_dim, 0)
-    return t.reshape(t.shape[0], -1, *t.shape[t.dim() - keep_last:]) if keep_last else t.reshape(t.shape[0], -1)
+def _to_batch_first(t: torch.Tensor, layout: Layout, batch: int, keep_last: int) -> torch.Tensor:
+    """(B, T, *last) from t with its examples where ``layout`` says: positions flattened, the last
+    ``keep_last`` dims kept; raises ValueError when t does not hold ``batch`` examples there."""
+    shape, dim = tuple(t.shape), layout.dim
+    if t.dim() <= dim + keep_last:
+        raise ValueError(f"a tensor of shape {shape} has no batch dimension {dim} in front of its "
+                         f"{keep_last} feature dimension(s)")
+    rows = t.shape[dim]
+    if (rows % batch if layout.flattened else rows != batch):
+        held = f"{rows} rows, not a multiple of" if layout.flattened else f"size {rows} at dim {dim}, not"
+        raise ValueError(f"a tensor of shape {shape} has {held} the batch size {batch} (the length of losses)")
+    t = t.movedim(dim, 0)
+    return t.reshape(batch, -1, *t.shape[t.dim() - keep_last:]) if keep_last else t.reshape(batch, -1)
 
 
 def _accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -32,50 +41,43 @@ def _common(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return a.to(dtype), b.to(dtype)
 
 
-def _tensors(factor: Factor) -> list[torch.Tensor]:
-    if isinstance(factor, Outer):
-        return [factor.a.ids if isinstance(factor.a, Ids) else factor.a, factor.b]
-    return [factor.x, factor.g] if isinstance(factor, Diag) else [factor.v]
+def _same_positions(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"{what}: the two tensors hold different positions ({tuple(a.shape)} and {tuple(b.shape)})")
 
 
-def _batch_dim(factor: Factor, preferred: int, batch: int) -> int:
-    """The factor's batch dimension: its own, else ``preferred`` when every tensor has size ``batch``
-    there, else dim 0 or 1 when exactly one of them fits (a pooled (B, d) tensor in a
-    sequence-first model)."""
-    tensors = _tensors(factor)
-    shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-    fits = [d for d in dict.fromkeys((preferred, 0, 1)) if all(t.dim() > d and t.shape[d] == batch for t in tensors)]
+def canonical(factor: Factor, layout: Layout, shape: torch.Size, batch: int) -> Factor:
+    """``factor`` with batch first and positions flattened; a Diag's trailing ``shape`` dims
+    flattened to one; a Direct summed to (B, numel).
+
+    ``layout`` is the layer's (a factor's own ``batch_dim`` replaces it), ``shape`` the
+    parameter's, ``batch`` the number of examples; raises ValueError naming the shapes when the
+    factor does not hold ``batch`` examples where the layout says."""
     if factor.batch_dim is not None:
-        if factor.batch_dim not in fits:
-            raise ValueError(f"tensors of shapes {shapes} do not have the batch of {batch} at their batch_dim={factor.batch_dim}")
-        return factor.batch_dim
-    if not fits:
-        raise ValueError(f"tensors of shapes {shapes} have no dimension {preferred}, 0 or 1 of the batch size {batch} "
-                         f"(the length of losses); a layer whose output is broadcast over the batch must be left out with params=")
-    if fits[0] != preferred and len(fits) > 1:
-        raise ValueError(f"tensors of shapes {shapes} fit the batch size {batch} in dims 0 and 1 but not at batch_dim={preferred}")
-    return fits[0]
-
-
-def canonical(factor: Factor, batch_dim: int, numel: int, batch: int) -> Factor:
-    """``factor`` with batch first and positions flattened; a Direct summed to (B, numel).
-
-    ``batch_dim`` is the preferred batch dimension, ``batch`` the number of examples (see
-    :func:`_batch_dim`); raises ValueError naming the shapes when the factor does not fit."""
-    dim = _batch_dim(factor, batch_dim, batch)
+        layout = Layout(factor.batch_dim)
     if isinstance(factor, Outer):
-        b = _to_batch_first(factor.b, dim, 1)
+        b = _to_batch_first(factor.b, layout, batch, 1)
         if isinstance(factor.a, Ids):
-            ids = factor.a.ids.movedim(dim, 0).reshape(b.shape[0], -1)
+            ids = _to_batch_first(factor.a.ids, layout, batch, 0)
+            _same_positions(ids, b, "ids and output gradient")
             return Outer(Ids(ids, factor.a.num, factor.a.padding_idx), b, 0)
-        return Outer(_to_batch_first(factor.a, dim, 1), b, 0)
+        a = _to_batch_first(factor.a, layout, batch, 1)
+        _same_positions(a, b, "Outer factors")
+        return Outer(a, b, 0)
     if isinstance(factor, Diag):
         x, g = _common(factor.x, factor.g)
-        return Diag(_to_batch_first(x, dim, 1), _to_batch_first(g, dim, 1), 0)
-    v = factor.v.movedim(dim, 0)
-    if v[0].numel() % numel:
-        raise ValueError(f"a Direct factor of shape {tuple(factor.v.shape)} does not hold whole gradients of a parameter of {numel} elements")
-    return Direct(v.reshape(v.shape[0], -1, numel).sum(dim=1, dtype=_accumulation_dtype(v)), 0)
+        k = len(shape)
+        if tuple(x.shape) != tuple(g.shape) or tuple(x.shape[x.dim() - k:]) != tuple(shape):
+            raise ValueError(f"Diag factors of shapes {tuple(x.shape)} and {tuple(g.shape)} do not both end in the "
+                             f"parameter's shape {tuple(shape)}")
+        x, g = (_to_batch_first(t, layout, batch, k).flatten(2) for t in (x, g))
+        return Diag(x, g, 0)
+    numel = shape.numel()
+    v = _to_batch_first(factor.v, layout, batch, 0)
+    if v.shape[1] % numel:
+        raise ValueError(f"a Direct factor of shape {tuple(factor.v.shape)} does not hold whole gradients of a "
+                         f"parameter of {numel} elements")
+    return Direct(v.reshape(batch, -1, numel).sum(dim=1, dtype=_accumulation_dtype(v)), 0)
 
 
 def norm_sq(factor: Factor) -> torch.Tensor:

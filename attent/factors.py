@@ -1,15 +1,17 @@
 """The factored per-example gradients a layer rule returns (see :mod:`attent.layers`).
 
 A rule never forms a per-example gradient when it is large; it says how to get it from the gradient
-of one of the layer's outputs (B = examples; the batch sits at the probe's ``batch_dim`` unless a
-factor says otherwise):
+of one of the layer's outputs (B = examples, B = len(losses); row i of the batch is example i). The
+batch sits where the layer's :class:`Layout` says (the probe's ``batch_dim``, or a container's
+declared layout) unless a factor names its own ``batch_dim``; it is never guessed from a size:
 
 - :class:`Outer` ``(a, b)``: the per-example gradient is ``sum_t a_t b_t^T`` over every position
   t, with ``a`` of shape (B, ..., rows) (or :class:`Ids`, one-hot rows given by token ids) and
   ``b`` of shape (B, ..., cols). Linear weights (a = output gradient, b = input), HF ``Conv1D``
   (a = input, b = output gradient), embeddings (a = the ids), patch-embedding convolutions.
-- :class:`Diag` ``(x, g)``: the per-example gradient is ``sum_t x_t * g_t`` (elementwise), for the
-  weight of LayerNorm/RMSNorm (x = the normalized input) or any scale vector.
+- :class:`Diag` ``(x, g)``: the per-example gradient is ``sum_t x_t * g_t`` (elementwise) over
+  every position t, x and g of shape (B, ..., *param.shape): the weight of LayerNorm/RMSNorm (x =
+  the normalized input, any ``normalized_shape``), GroupNorm, LayerScale, PReLU.
 - :class:`Direct` ``(v)``: the per-example gradient itself, summed over the positions: (B, ...,
   param.numel()) after flattening; for biases and for small loose parameters.
 
@@ -23,7 +25,19 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
-__all__ = ["Ids", "Outer", "Diag", "Direct", "Factor", "Capture", "LayerRule"]
+__all__ = ["Ids", "Outer", "Diag", "Direct", "Factor", "Capture", "LayerRule", "Layout"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a layer's tensors keep their examples.
+
+    ``dim``: the batch dimension. ``flattened``: that dimension holds B·R rows, example-major (rows
+    i·R … i·R+R−1 belong to example i), as when a model reshapes (B, T, d) to (B·T, d) before a layer.
+    """
+
+    dim: int = 0
+    flattened: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,8 @@ class Outer:
 
 @dataclass(frozen=True)
 class Diag:
-    """Per-example gradient ``sum_t x_t * g_t`` (elementwise): x and g of the same shape (B, ..., n)."""
+    """Per-example gradient ``sum_t x_t * g_t`` (elementwise): x and g of the same shape
+    (B, ..., *param.shape); every leading position is summed."""
 
     x: torch.Tensor
     g: torch.Tensor

@@ -20,11 +20,20 @@ the hooks see the reduced loss's output gradients (1/B of each example's for "me
 are rescaled to each example's own loss.
 
 Examples must be independent in the forward pass (no BatchNorm in training mode, no cross-example
-mixing): the per-example gradient of example i is then the gradient of losses[i] alone. Shared
-parameters (GPT-2's tied input/output embeddings, a module called twice) get their cross terms.
-Loose parameters owned by a module without a rule and broadcast along the batch (``cls_token``,
-``pos_embed``: size 1 in the batch dimension) are expanded to the batch while the owner runs, so
-their per-example gradient is read off directly (it is small).
+mixing), and ``losses[i]`` must be the loss of batch row i: the per-example gradient of example i is
+then the gradient of losses[i] alone. Shared parameters (GPT-2's tied input/output embeddings, a
+module called twice) get their cross terms.
+
+Where the examples are. Every captured tensor's batch dimension is declared, never guessed from a
+size that happens to equal B = len(losses): a rule may fix it (convolutions, attention), a container
+declares it for the layers inside it (``nn.TransformerEncoderLayer``'s ``batch_first``; OPT's decoder
+layer, which flattens its rows to (B·T, d)), and elsewhere it is the probe's ``batch_dim`` (0 unless
+told). A tensor without B examples there is refused with an error that names the layer.
+
+Loose parameters owned by a module without a rule, with at least 3 dims and size 1 in the batch
+dimension (``cls_token``, ``pos_embed``, register tokens: activations broadcast over the batch) are
+expanded to the batch while the owner runs, so their per-example gradient is read off directly;
+any other uncovered parameter (a scalar gain, a (1, d) weight) is refused, naming it.
 
 Works under autocast, ``model.eval()``/``train()`` (with dropout on, the norms are those of that
 forward pass) and gradient checkpointing (``score`` needs ``use_reentrant=False``; ``backward``
@@ -34,15 +43,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge
 
 from . import _factor_norms
-from .factors import Capture, Direct, Factor
-from .layers import find_rule, register_loaded_integrations
+from .factors import Capture, Direct, Factor, Layout
+from .layers import find_layout, find_rule, register_loaded_integrations
 
 __all__ = ["GradNormProbe"]
 
@@ -56,6 +65,7 @@ class _Record:
 
     layer: str
     params: dict[str, int]  # module-relative parameter name -> probed parameter key
+    layout: Layout
     capture: Capture | None
     probe: "weakref.ReferenceType[GradNormProbe]"
 
@@ -64,7 +74,31 @@ class _Record:
         if probe is None or capture is None or probe._call is None:
             return  # a backward pass the probe does not run: the record lives as long as the graph
         self.capture = None  # the saved inputs go as soon as the gradient has been used
-        probe._call.consume(self, capture.factors(grad))
+        with torch.no_grad():
+            try:
+                factors = capture.factors(grad)
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise type(error)(f"GradNormProbe: layer {self.layer!r} ({', '.join(self.params)}): {error}") from error
+            probe._call.consume(self, factors)
+
+
+@dataclass(eq=False)
+class _Recorder:
+    """What a layer's replacement forward gets as ``capture``: ``capture(Capture)`` records a capture;
+    ``batch`` is the number of examples of the running forward pass (from the model's inputs),
+    ``layout`` where the layer's tensors keep them."""
+
+    probe: "GradNormProbe"
+    layer: str
+    params: dict[str, int]
+    layout: Layout
+
+    def __call__(self, capture: Capture) -> None:
+        self.probe._record(self, capture)
+
+    @property
+    def batch(self) -> int:
+        return self.probe._forward_batch(self.layer)
 
 
 @dataclass
@@ -88,9 +122,11 @@ class _Call:
             if local not in factors:
                 continue
             try:
-                factor = _factor_norms.canonical(factors[local], probe.batch_dim, probe._params[key].numel(), self.batch)
+                factor = _factor_norms.canonical(factors[local], record.layout, probe._params[key].shape, self.batch)
             except ValueError as error:
-                raise ValueError(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}") from None
+                raise ValueError(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}; if this layer "
+                                 f"keeps its examples at another dimension, pass GradNormProbe(..., batch_dim="
+                                 f"{{{record.layer!r}: dim}})") from None
             if key in self.shared:
                 self.stashed.setdefault(key, []).append(factor)
                 continue
@@ -99,7 +135,10 @@ class _Call:
                     f"GradNormProbe: parameter {probe._names[key]!r} was used twice in one backward pass by "
                     f"layers recorded during that pass (reentrant checkpointing); use use_reentrant=False")
             self.single.add(key)
-            self.add(record.layer, _factor_norms.norm_sq(factor))
+            try:
+                self.add(record.layer, _factor_norms.norm_sq(factor))
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise type(error)(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}") from error
 
     def finish(self) -> None:
         probe = self.probe
@@ -112,11 +151,12 @@ class _Call:
             self.add(probe._owner[key], total)
 
 
-def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, torch.Tensor):
-            return value
-    return None
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 class GradNormProbe:
@@ -129,8 +169,12 @@ class GradNormProbe:
             iterable of parameters or of their names in ``model.named_parameters()``.
         allow_uncovered: leave out parameters no rule covers (listed in ``coverage``) instead of
             raising an error that names them.
-        batch_dim: the batch dimension of the probed layers' inputs and outputs (1 for
-            sequence-first models, e.g. ``nn.TransformerEncoder(batch_first=False)``).
+        batch_dim: where the probed layers keep their examples, for layers no container declares
+            (``nn.TransformerEncoderLayer`` does, from its ``batch_first``): None (dim 0), an int
+            (every layer, and the model's inputs), or {module-name prefix: dim} (the longest prefix
+            of a layer's name decides, "" for the model; e.g. ``{"emb": 1}`` for an embedding that
+            reads (T, B) ids in front of a sequence-first encoder). Never guessed from sizes: a
+            layer whose tensors do not hold len(losses) examples there is refused, naming it.
 
     Attributes:
         per_layer: {layer name: (B,) float32} from the last call (shared parameters appear under
@@ -145,13 +189,16 @@ class GradNormProbe:
         params: Iterable[nn.Parameter | str] | None = None,
         *,
         allow_uncovered: bool = False,
-        batch_dim: int = 0,
+        batch_dim: int | Mapping[str, int] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(batch_dim, int) or batch_dim < 0:
-            raise ValueError(f"batch_dim must be a non-negative int, got {batch_dim!r}")
-        self.model, self.batch_dim = model, batch_dim
+        dims = {} if batch_dim is None else {"": batch_dim} if isinstance(batch_dim, int) else batch_dim
+        if not isinstance(dims, Mapping) or not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in dims.items()):
+            raise ValueError(f"batch_dim must be None, a non-negative int or {{module-name prefix: int}}, got {batch_dim!r}")
+        self.model, self.batch_dim = model, dict(dims)
+        root = find_layout(model)
+        self._input_dim = self.batch_dim.get("", root.dim if root is not None else 0)
         self.per_layer: dict[str, torch.Tensor] = {}
         self.coverage: dict[str, str] = {}
         self._params, self._names = self._resolve(model, params)
@@ -160,6 +207,7 @@ class GradNormProbe:
         self._forwards: list[tuple[nn.Module, Any]] = []
         self._swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
         self._batch: int | None = None
+        self._input_sizes: set[int] = set()
         self._call: _Call | None = None
         self._removed = False
         self._all_trainable = params is None
@@ -204,18 +252,25 @@ class GradNormProbe:
     def _attach(self, allow_uncovered: bool) -> None:
         covered: dict[int, list[str]] = {}
         reasons: dict[int, str] = {}
+        claimed: set[tuple[int, str]] = set()  # (submodule, name) covered by an ancestor's rule
         rule_modules: list[tuple[str, nn.Module, Any, dict[str, int]]] = []
         for name, module in self.model.named_modules():
-            own = {local: id(p) for local, p in module.named_parameters(recurse=False) if id(p) in self._params}
-            if not own:
-                continue
+            own = {local: id(p) for local, p in module.named_parameters(recurse=False)
+                   if id(p) in self._params and (id(module), local) not in claimed}
             entry = find_rule(module)
             reason = None if entry is None else (entry.check(module) if entry.check else None)
             if entry is None or reason is not None:
-                for key in own.values():
-                    reasons.setdefault(key, f"{type(module).__name__}: {reason or 'no rule registered (attent.register_layer)'}")
+                for local, key in own.items():
+                    reasons.setdefault(key, f"{type(module).__name__}.{local}: {reason or 'no rule registered (attent.register_layer)'}")
                 continue
             mine = {local: key for local, key in own.items() if local in entry.params}
+            for local in entry.params:
+                owner_path, _, leaf = local.rpartition(".")
+                sub = module.get_submodule(owner_path) if owner_path and _has_submodule(module, owner_path) else None
+                p = None if sub is None else sub._parameters.get(leaf)
+                if p is not None and id(p) in self._params:
+                    mine[local] = id(p)
+                    claimed.add((id(sub), leaf))
             for local, key in own.items():
                 if local not in entry.params:
                     reasons.setdefault(key, f"{type(module).__name__}.{local}: not covered by its rule")
@@ -225,91 +280,116 @@ class GradNormProbe:
             if mine:
                 rule_modules.append((name, module, entry, mine))
 
-        loose: dict[nn.Module, dict[str, int]] = {}
+        loose: dict[nn.Module, tuple[str, dict[str, int]]] = {}
         for name, module in self.model.named_modules():
+            layout = self._layout_of(name)
             for local, p in module.named_parameters(recurse=False):
                 key = id(p)
-                if key in self._params and key not in covered and p.dim() > self.batch_dim and p.shape[self.batch_dim] == 1:
-                    loose.setdefault(module, {})[local] = key
+                if key not in self._params or key in covered:
+                    continue
+                if p.dim() >= 3 and not layout.flattened and p.dim() > layout.dim and p.shape[layout.dim] == 1:
+                    loose.setdefault(module, (name, {}))[1][local] = key
                     covered[key] = ["direct"]
                     self._owner[key] = self._names[key]
+                else:
+                    reasons.setdefault(key, f"{type(module).__name__}.{local}: no rule registered for "
+                                            f"{type(module).__name__}, and a parameter of shape {tuple(p.shape)} is "
+                                            f"not provably broadcast over the batch (only a parameter of 3 or more "
+                                            f"dims with size 1 at the batch dimension is taken as one)")
 
         uncovered = [key for key in self._params if key not in covered]
         if uncovered and not allow_uncovered:
-            listed = "; ".join(f"{self._names[k]} ({reasons.get(k, 'not broadcast over the batch')})" for k in uncovered)
+            listed = "; ".join(f"{self._names[k]} ({reasons[k]})" for k in uncovered)
             raise ValueError(f"GradNormProbe: no rule covers these trainable parameters: {listed}. Register a rule "
                              f"with attent.register_layer, leave them out with params=, or pass allow_uncovered=True")
         for key in self._params:
             how = covered.get(key)
-            self.coverage[self._names[key]] = "+".join(how) if how else f"uncovered: {reasons.get(key, 'not broadcast over the batch')}"
+            self.coverage[self._names[key]] = "+".join(how) if how else f"uncovered: {reasons[key]}"
         for key in uncovered:
             del self._params[key]
 
         self._shared = {key for key, how in covered.items() if len(how) > 1 and key in self._params}
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
         for name, module, entry, mine in rule_modules:
-            self._hook_layer(name, module, entry, mine)
-        for module, params in loose.items():
-            self._hook_loose(module, params)
+            self._hook_layer(_Recorder(self, name, mine, self._layout_of(name)), module, entry)
+        for module, (name, params) in loose.items():
+            self._hook_loose(module, _Recorder(self, name, params, self._layout_of(name)))
+
+    def _layout_of(self, name: str) -> Layout:
+        """Where the layer ``name`` keeps its examples: the deeper of the longest ``batch_dim`` prefix
+        of its name and its nearest container with a declared layout (the prefix on a tie)."""
+        parts = name.split(".") if name else []
+        depth, layout = -1, Layout(0)
+        for prefix, dim in self.batch_dim.items():
+            p = prefix.split(".") if prefix else []
+            if parts[:len(p)] == p and len(p) > depth:
+                depth, layout = len(p), Layout(dim)
+        for level in range(len(parts) - 1, -1, -1):
+            declared = find_layout(self.model.get_submodule(".".join(parts[:level])))
+            if declared is not None:
+                return declared if level > depth else layout
+        return layout
 
     def _on_model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        first = _first_tensor(args, kwargs)
-        if first is not None and first.dim() > self.batch_dim:
-            self._batch = first.shape[self.batch_dim]
+        dim = self._input_dim
+        tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() > dim]
+        self._input_sizes = {t.shape[dim] for t in tensors}
+        batched = self._input_sizes - {1}
+        self._batch = batched.pop() if len(batched) == 1 else (1 if self._input_sizes == {1} else None)
+
+    def _forward_batch(self, layer: str) -> int:
+        """The number of examples of the running forward pass, for a layer that expands a tensor the
+        batch shares (a loose parameter, shared ids); raises ValueError naming the layer if unknown."""
+        if self._batch is None:
+            sizes = sorted(self._input_sizes) or "none"
+            raise ValueError(f"GradNormProbe: layer {layer!r} needs the batch size of this forward pass, and the "
+                             f"model's tensor inputs do not tell it (sizes at dim {self._input_dim}: {sizes}); pass "
+                             f"GradNormProbe(..., batch_dim={{'': dim}}) with the dimension of the inputs' examples")
+        return self._batch
 
     def _recording(self, output: Any) -> bool:
         return torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad
 
-    def _record(self, layer: str, params: dict[str, int], capture: Capture) -> None:
+    def _record(self, recorder: _Recorder, capture: Capture) -> None:
         if self._removed or not self._recording(capture.tensor):
             return
-        record = _Record(layer, params, capture, weakref.ref(self))
+        record = _Record(recorder.layer, recorder.params, recorder.layout, capture, weakref.ref(self))
         tensor = capture.tensor
         tensor.register_hook(lambda grad: record.on_grad(grad))
         tensor.grad_fn.metadata.setdefault(_MARK, []).append((weakref.ref(record), tensor.output_nr))
 
-    def _hook_layer(self, name: str, module: nn.Module, entry: Any, params: dict[str, int]) -> None:
+    def _hook_layer(self, recorder: _Recorder, module: nn.Module, entry: Any) -> None:
         if entry.forward is not None:
             previous = module.__dict__.get("forward")
-            capture = lambda c: self._record(name, params, c)  # noqa: E731
-            module.forward = lambda *args, **kwargs: entry.forward(module, capture, *args, **kwargs)
+            module.forward = lambda *args, **kwargs: entry.forward(module, recorder, *args, **kwargs)
             self._forwards.append((module, previous))
             return
-
-        def on_input(mod: nn.Module, args: tuple) -> tuple | None:
-            first = args[0] if args else None
-            batch = self._batch
-            if (isinstance(first, torch.Tensor) and not first.is_floating_point() and batch and batch > 1
-                    and first.dim() > self.batch_dim and first.shape[self.batch_dim] == 1):
-                # token ids shared by the batch (position ids): look them up per example
-                shape = list(first.shape)
-                shape[self.batch_dim] = batch
-                return (first.expand(shape), *args[1:])
-            return None
 
         def on_output(mod: nn.Module, args: tuple, output: Any) -> None:
             if self._removed or not self._recording(output):
                 return
             captures = entry.rule(mod, args, output)
             for capture in [captures] if isinstance(captures, Capture) else captures:
-                self._record(name, params, capture)
+                recorder(capture)
 
-        self._handles.append(module.register_forward_pre_hook(on_input))
         self._handles.append(module.register_forward_hook(on_output))
 
-    def _hook_loose(self, module: nn.Module, params: dict[str, int]) -> None:
+    def _hook_loose(self, module: nn.Module, recorder: _Recorder) -> None:
+        dim = recorder.layout.dim
+
         def expand(mod: nn.Module, args: tuple) -> None:
-            batch = self._batch
-            if self._removed or not torch.is_grad_enabled() or batch is None:
+            if self._removed or not torch.is_grad_enabled():
                 return
-            for local, key in params.items():
+            batch = recorder.batch
+            for local, key in recorder.params.items():
                 parameter = self._params[key]
                 shape = list(parameter.shape)
-                shape[self.batch_dim] = batch
+                shape[dim] = batch
                 expanded = parameter.expand(shape)
                 self._swapped.append((mod, local, parameter))
                 mod._parameters[local] = expanded
-                self._record(self._names[key], {local: key}, Capture(expanded, lambda g, local=local: {local: Direct(g)}))
+                one = _Recorder(self, self._names[key], {local: key}, recorder.layout)
+                one(Capture(expanded, lambda g, local=local: {local: Direct(g)}))
 
         def restore(mod: nn.Module, args: tuple, output: Any) -> None:
             self._restore_swapped(mod)
@@ -338,7 +418,7 @@ class GradNormProbe:
         if self._current_signature() != self._signature:
             raise RuntimeError("GradNormProbe: the model's trainable parameters changed after the probe was attached "
                                "(added, replaced, or requires_grad switched); attach a new probe")
-        if not isinstance(losses, torch.Tensor) or losses.dim() != 1 or losses.shape[0] == 0:
+        if not isinstance(losses, torch.Tensor) or losses.dim() != 1:
             shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
             raise ValueError(f"losses must be a 1-D tensor of per-example losses (B,), got {shape}")
         if not losses.is_floating_point():
@@ -401,7 +481,8 @@ class GradNormProbe:
             if not call.single and not call.stashed:
                 raise RuntimeError("GradNormProbe: losses does not depend on any probed layer (was the forward run "
                                    "through this probe's model, with gradients enabled?)")
-            call.finish()
+            with torch.no_grad():
+                call.finish()
         finally:
             self._call = None
             self._restore_swapped()
@@ -409,6 +490,11 @@ class GradNormProbe:
                 record.capture = None
         self.per_layer = {name: sq / scale**2 for name, sq in call.per_layer.items()}
         return sum(self.per_layer.values())
+
+    def _empty(self, losses: torch.Tensor) -> torch.Tensor:
+        """The result for a batch of 0 examples: (0,), no backward pass."""
+        self.per_layer = {}
+        return torch.zeros(0, device=losses.device)
 
     def score(self, losses: torch.Tensor) -> torch.Tensor:
         """(B,) float32 ||d losses[i] / d theta||^2 over the probed parameters.
@@ -418,9 +504,15 @@ class GradNormProbe:
         graph is consumed (a forward pass can be scored once).
 
         Args:
-            losses: (B,) per-example losses of a forward pass run through the probed model.
+            losses: (B,) per-example losses of a forward pass run through the probed model;
+                losses[i] is the loss of batch row i (B = 0 gives a (0,) result).
+
+        Returns:
+            (B,) float32 (float64 for a float64 model), detached.
         """
         batch = self._check_usable(losses)
+        if batch == 0:
+            return self._empty(losses)
 
         def activation_backward(edges: list[GradientEdge], records: list[_Record]) -> None:
             if not edges:
@@ -444,12 +536,15 @@ class GradNormProbe:
         the reduction).
 
         Args:
-            losses: (B,) per-example losses of a forward pass run through the probed model.
+            losses: (B,) per-example losses of a forward pass run through the probed model;
+                losses[i] is the loss of batch row i (B = 0: a (0,) result, no backward, .grad unchanged).
             reduction: "mean" or "sum".
         """
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         batch = self._check_usable(losses)
+        if batch == 0:
+            return self._empty(losses)
         scale = 1.0 / batch if reduction == "mean" else 1.0
         reduced = losses.mean() if reduction == "mean" else losses.sum()
         return self._run(losses, batch, scale, lambda edges, records: reduced.backward())

@@ -12,10 +12,11 @@ registered with :func:`register_layer`; ``check(module) -> reason | None`` refus
 the rule does not support, and ``forward=`` replaces the module's forward while the probe is
 attached (for parameters used inside one functional call).
 """
-from ..factors import Capture, Diag, Direct, Factor, Ids, LayerRule, Outer
-from . import _attention, _conv, _embedding, _linear, _norm  # noqa: F401  (each registers its rules)
-from ._linear import register_loaded_integrations
-from ._registry import find_rule, register_layer, register_layer_matcher
+from ..factors import Capture, Diag, Direct, Factor, Ids, LayerRule, Layout, Outer
+from . import _attention, _conv, _embedding, _linear, _norm, _position_bias, _scale  # noqa: F401  (each registers its rules)
+from ._registry import (find_layout, find_rule, register_forward, register_layer, register_layer_matcher,
+                        register_layout, register_loaded_integrations, register_when_loaded)
 
-__all__ = ["register_layer", "register_layer_matcher", "find_rule", "register_loaded_integrations",
-           "Capture", "Outer", "Ids", "Diag", "Direct", "Factor", "LayerRule"]
+__all__ = ["register_layer", "register_layer_matcher", "register_forward", "register_layout", "register_when_loaded", "find_rule",
+           "find_layout", "register_loaded_integrations", "Capture", "Outer", "Ids", "Diag", "Direct", "Factor",
+           "LayerRule", "Layout"]

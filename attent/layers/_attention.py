@@ -1,24 +1,27 @@
-"""nn.MultiheadAttention's forward with explicit input projections, so the probe can see them.
+"""nn.MultiheadAttention's forward with explicit projections, so the probe can see them; and the
+batch layout of the layers inside torch's Transformer modules (from their ``batch_first``).
 
-``F.multi_head_attention_forward`` uses ``in_proj_weight`` inside one functional call; the probe
-needs the gradient of the projection's output. This forward computes the same attention (same
-masks, dropout, head split, output projection) with the projection as one ``F.linear`` whose output
-is handed to the probe. Self-attention (query, key and value the same tensor) projects once: the
-shared-input case. Otherwise the three inputs are concatenated along the sequence and projected
-together (three times the projection work, exact): the gradient of the unused blocks is zero, so
-``sum_t g_t x_t^T`` over the concatenation is the parameter's per-example gradient.
+``F.multi_head_attention_forward`` uses ``in_proj_weight`` (or ``q/k/v_proj_weight`` when kdim/vdim
+differ), ``bias_k``/``bias_v`` and ``out_proj`` inside one functional call; the probe needs the
+gradients of their outputs. This forward computes the same attention (same masks, dropout,
+add_bias_kv, add_zero_attn, head split, output projection) batch-first, with each projection one
+``F.linear`` whose output is handed to the probe. Self-attention (query, key and value the same
+tensor) projects once: the shared-input case. Otherwise, with a packed weight, the three inputs are
+concatenated along the sequence and projected together (three times the projection work, exact):
+the gradient of the unused blocks is zero, so ``sum_t g_t x_t^T`` over the concatenation is the
+parameter's per-example gradient. ``bias_k``/``bias_v`` are expanded to the batch (read off directly).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..factors import Capture, Direct, Outer
-from ._registry import register_layer
+from ..factors import Capture, Direct, Layout, Outer
+from ._registry import register_forward, register_layout
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -28,9 +31,44 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
 
 
+def _pad_key(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """An additive mask with one more key position that every query may attend."""
+    return None if mask is None else F.pad(mask, (0, 1))
+
+
+def _project(module: nn.MultiheadAttention, capture: Any, query: torch.Tensor, key: torch.Tensor,
+             value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T, E), (B, S, E), (B, S, E) projections of batch-first inputs, each output captured."""
+    E = module.embed_dim
+    bias = module.in_proj_bias
+    if not module._qkv_same_embed_dim:
+        outputs = []
+        for i, (x, name) in enumerate(((query, "q_proj_weight"), (key, "k_proj_weight"), (value, "v_proj_weight"))):
+            y = F.linear(x, getattr(module, name), None if bias is None else bias[i * E:(i + 1) * E])
+            capture(Capture(y, lambda g, x=x, name=name, i=i: {
+                name: Outer(g, x, batch_dim=0), "in_proj_bias": Direct(F.pad(g, (i * E, (2 - i) * E)), batch_dim=0)}))
+            outputs.append(y)
+        return outputs[0], outputs[1], outputs[2]
+    self_attention = query is key and key is value
+    x = query if self_attention else torch.cat([query, key, value], dim=1)
+    projected = F.linear(x, module.in_proj_weight, bias)  # (B, T or T+2S, 3E)
+    capture(Capture(projected, lambda g: {"in_proj_weight": Outer(g, x, batch_dim=0), "in_proj_bias": Direct(g, batch_dim=0)}))
+    if self_attention:
+        return projected.chunk(3, dim=-1)
+    T, S = query.shape[1], key.shape[1]
+    return projected[:, :T, :E], projected[:, T:T + S, E:2 * E], projected[:, T + S:, 2 * E:]
+
+
+def _batch_bias(module: nn.MultiheadAttention, capture: Any, name: str, batch: int) -> torch.Tensor:
+    """``bias_k`` or ``bias_v`` (1, 1, E) expanded to (B, 1, E), its per-example gradient captured."""
+    expanded = getattr(module, name).expand(batch, 1, -1)
+    capture(Capture(expanded, lambda g: {name: Direct(g, batch_dim=0)}))
+    return expanded
+
+
 def multi_head_attention(
     module: nn.MultiheadAttention,
-    capture: Callable[[Capture], None],
+    capture: Any,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
@@ -41,9 +79,8 @@ def multi_head_attention(
     is_causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same inputs and outputs as ``module(query, key, value, ...)`` (batched or unbatched,
-    batch_first or not); the projection output is passed to ``capture``."""
+    batch_first or not); every projection's output is passed to ``capture``."""
     batched = query.dim() == 3
-    self_attention = query is key and key is value
     if not batched:
         query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
         key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
@@ -52,15 +89,7 @@ def multi_head_attention(
     B, T, E = query.shape
     S, H = key.shape[1], module.num_heads
     D = E // H
-
-    x = query if self_attention else torch.cat([query, key, value], dim=1)
-    projected = F.linear(x, module.in_proj_weight, module.in_proj_bias)  # (B, T or T+2S, 3E)
-    capture(Capture(projected, lambda g: {"in_proj_weight": Outer(g, x, batch_dim=0), "in_proj_bias": Direct(g, batch_dim=0)}))
-    if self_attention:
-        q, k, v = projected.chunk(3, dim=-1)
-    else:
-        q, k, v = projected[:, :T, :E], projected[:, T:T + S, E:2 * E], projected[:, T + S:, 2 * E:]
-    q, k, v = (t.reshape(B, -1, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, len, D)
+    q, k, v = _project(module, capture, query, key, value)
 
     mask = _additive(attn_mask, q.dtype)
     if mask is None and is_causal:
@@ -68,8 +97,17 @@ def multi_head_attention(
     if mask is not None and mask.dim() == 3:
         mask = mask.reshape(B, H, T, S)
     padding = _additive(key_padding_mask, q.dtype)
+    if module.bias_k is not None:
+        k = torch.cat([k, _batch_bias(module, capture, "bias_k", B)], dim=1)
+        v = torch.cat([v, _batch_bias(module, capture, "bias_v", B)], dim=1)
+        mask, padding = _pad_key(mask), _pad_key(padding)
+    q, k, v = (t.reshape(B, -1, H, D).transpose(1, 2) for t in (q, k, v))  # (B, H, len, D)
+    if module.add_zero_attn:
+        zeros = k.new_zeros(B, H, 1, D)
+        k, v = torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2)
+        mask, padding = _pad_key(mask), _pad_key(padding)
     if padding is not None:
-        padding = padding.reshape(B, 1, 1, S)
+        padding = padding.reshape(B, 1, 1, -1)
         mask = padding if mask is None else mask + padding
     dropout = module.dropout if module.training else 0.0
 
@@ -79,7 +117,9 @@ def multi_head_attention(
     else:
         weights = None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-    out = module.out_proj(out.transpose(1, 2).reshape(B, T, E))
+    heads = out.transpose(1, 2).reshape(B, T, E)
+    out = F.linear(heads, module.out_proj.weight, module.out_proj.bias)
+    capture(Capture(out, lambda g: {"out_proj.weight": Outer(g, heads, batch_dim=0), "out_proj.bias": Direct(g, batch_dim=0)}))
     if weights is not None and average_attn_weights:
         weights = weights.mean(dim=1)
     if not batched:
@@ -89,13 +129,17 @@ def multi_head_attention(
     return out, weights
 
 
-def _mha_reason(module: nn.MultiheadAttention) -> str | None:
-    if not module._qkv_same_embed_dim:
-        return "separate q/k/v projection weights (kdim/vdim differ from embed_dim)"
-    if module.bias_k is not None or module.add_zero_attn:
-        return "bias_k/bias_v or add_zero_attn"
-    return None
+register_forward(nn.MultiheadAttention, name="multihead-attention", forward=multi_head_attention,
+                 params=("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                         "bias_k", "bias_v", "out_proj.weight", "out_proj.bias"))
 
 
-register_layer(nn.MultiheadAttention, params=("in_proj_weight", "in_proj_bias"), name="mha-in-proj",
-               forward=multi_head_attention, check=_mha_reason)(lambda module, args, output: [])
+def _batch_first_layout(module: nn.Module) -> Layout:
+    """Batch at 0 or 1 inside a torch Transformer module, as its attention's ``batch_first`` says."""
+    attention = next(m for m in module.modules() if isinstance(m, nn.MultiheadAttention))
+    return Layout(0 if attention.batch_first else 1)
+
+
+for _container in (nn.Transformer, nn.TransformerEncoder, nn.TransformerDecoder, nn.TransformerEncoderLayer,
+                   nn.TransformerDecoderLayer):
+    register_layout(_container, _batch_first_layout)

@@ -1,14 +1,15 @@
 """Rules for linear maps: ``nn.Linear`` (any leading dims, and subclasses) and Hugging Face's
-``Conv1D`` (GPT-2's transposed linear), registered when transformers is installed."""
+``Conv1D`` (GPT-2's transposed linear), registered once transformers is imported; and the layout of
+OPT's decoder layer, whose MLP and final norm read the rows flattened to (B·T, d), example-major."""
 from __future__ import annotations
 
-import sys
+from types import ModuleType
 
 import torch
 from torch import nn
 
-from ..factors import Capture, Direct, Outer
-from ._registry import first_tensor, register_layer
+from ..factors import Capture, Direct, Layout, Outer
+from ._registry import first_tensor, register_layer, register_layout, register_when_loaded
 
 
 @register_layer(nn.Linear, params=("weight", "bias"), name="linear")
@@ -22,12 +23,15 @@ def _conv1d(module: nn.Module, args: tuple, output: torch.Tensor) -> Capture:
     return Capture(output, lambda g: {"weight": Outer(x, g), "bias": Direct(g)})
 
 
-def register_loaded_integrations() -> None:
-    """Register the rule for Hugging Face's ``Conv1D`` if transformers is already imported (a model
-    that uses it has imported it). Called when a probe attaches, so ``import attent`` never loads
-    transformers itself."""
-    if "transformers" not in sys.modules:
-        return
-    from transformers.pytorch_utils import Conv1D
+def _register_hf_conv1d(pytorch_utils: ModuleType) -> None:
+    register_layer(pytorch_utils.Conv1D, params=("weight", "bias"), name="conv1d")(_conv1d)
 
-    register_layer(Conv1D, params=("weight", "bias"), name="conv1d")(_conv1d)
+
+register_when_loaded("transformers.pytorch_utils", _register_hf_conv1d)
+
+
+def _register_opt(modeling: ModuleType) -> None:
+    register_layout(modeling.OPTDecoderLayer, lambda layer: Layout(0, flattened=True))
+
+
+register_when_loaded("transformers.models.opt.modeling_opt", _register_opt)

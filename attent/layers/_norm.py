@@ -1,6 +1,7 @@
-"""Rules for normalization layers: ``nn.LayerNorm`` and RMSNorm variants (``nn.RMSNorm``, and any
-class named ``*RMSNorm``/``*RmsNorm`` with a ``weight`` and ``eps`` or ``variance_epsilon``: Hugging
-Face Llama's, timm's). The weight's per-example gradient is ``sum_t x_hat_t * g_t`` (:class:`Diag`)."""
+"""Rules for normalization layers: ``nn.LayerNorm`` (any ``normalized_shape``), ``nn.GroupNorm``, and
+RMSNorm variants (``nn.RMSNorm``, and any class named ``*RMSNorm``/``*RmsNorm``/``*T5LayerNorm`` with a
+``weight`` and ``eps`` or ``variance_epsilon``: Hugging Face Llama's, T5's, timm's). The weight's
+per-example gradient is ``sum_t x_hat_t * g_t`` (:class:`Diag`, over the parameter's shape)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -13,8 +14,8 @@ from ._registry import first_tensor, register_layer, register_layer_matcher
 
 
 def _normalized(x: torch.Tensor, dims: int, eps: float, *, center: bool) -> torch.Tensor:
-    """x normalized over its last ``dims`` dimensions, computed in float32."""
-    xf = x.float()
+    """x normalized over its last ``dims`` dimensions, computed in float32 (float64 for float64 x)."""
+    xf = x if x.dtype == torch.float64 else x.float()
     reduce = tuple(range(-dims, 0))
     if center:
         xf = xf - xf.mean(dim=reduce, keepdim=True)
@@ -38,6 +39,7 @@ def _rms_eps(module: nn.Module, x: torch.Tensor) -> float:
 
 def _looks_like_rms_norm(module: nn.Module) -> bool:
     name = type(module).__name__.lower()
+    name = "rmsnorm" if name.endswith("t5layernorm") else name
     has_eps = hasattr(module, "eps") or hasattr(module, "variance_epsilon")
     return name.endswith("rmsnorm") and has_eps and isinstance(getattr(module, "weight", None), nn.Parameter)
 
@@ -47,6 +49,18 @@ def _rms_norm(module: nn.Module, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, type(module).__name__)
     dims = len(getattr(module, "normalized_shape", None) or (module.weight.shape))
     return _norm_capture(output, lambda: _normalized(x, dims, _rms_eps(module, x), center=False))
+
+
+@register_layer(nn.GroupNorm, params=("weight", "bias"), name="groupnorm")
+def _group_norm(module: nn.GroupNorm, args: tuple, output: torch.Tensor) -> Capture:
+    x = first_tensor(args, "nn.GroupNorm")
+
+    def x_hat() -> torch.Tensor:
+        grouped = _normalized(x.reshape(x.shape[0], module.num_groups, -1), 1, module.eps, center=True)
+        return grouped.reshape(x.shape).movedim(1, -1)
+
+    return Capture(output, lambda g: {"weight": Diag(x_hat(), g.movedim(1, -1), batch_dim=0),
+                                      "bias": Direct(g.movedim(1, -1), batch_dim=0)})
 
 
 if hasattr(nn, "RMSNorm"):

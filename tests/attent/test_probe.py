@@ -147,7 +147,7 @@ def test_timm_vit(mode):
     x, y = torch.randn(3, 3, 32, 32), torch.randint(0, 5, (3,))
     probe = check(model, lambda m: F.cross_entropy(m(x), y, reduction="none"), mode=mode)
     assert probe.coverage["cls_token"] == "direct" and probe.coverage["pos_embed"] == "direct"
-    assert probe.coverage["patch_embed.proj.weight"] == "conv2d-patch"
+    assert probe.coverage["patch_embed.proj.weight"] == "conv"
 
 
 def _padded_batch(vocab: int, lengths: list[int], width: int, pad_id: int = 0):
@@ -235,11 +235,11 @@ def test_transformer_encoder_multihead_attention(mode, batch_first):
     y = torch.randint(0, 3, (4,))
     with torch.no_grad():
         unprobed = model(ids, padding)
-    with GradNormProbe(model, batch_dim=0 if batch_first else 1):
+    batch_dim = None if batch_first else {"emb": 1}  # the encoder's layers follow its batch_first
+    with GradNormProbe(model, batch_dim=batch_dim):
         torch.testing.assert_close(model(ids, padding), unprobed, rtol=1e-5, atol=1e-6)
-    probe = check(model, lambda m: F.cross_entropy(m(ids, padding), y, reduction="none"), mode=mode,
-                  batch_dim=0 if batch_first else 1)
-    assert probe.coverage["encoder.layers.0.self_attn.in_proj_weight"] == "mha-in-proj"
+    probe = check(model, lambda m: F.cross_entropy(m(ids, padding), y, reduction="none"), mode=mode, batch_dim=batch_dim)
+    assert probe.coverage["encoder.layers.0.self_attn.in_proj_weight"] == "multihead-attention"
 
 
 @pytest.mark.parametrize("need_weights", [True, False])
@@ -351,8 +351,8 @@ def test_register_layer_for_a_custom_module():
 
 
 def test_uncovered_parameters_are_named_or_left_out():
-    model = nn.Sequential(nn.Conv1d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 5, 2))
-    with pytest.raises(ValueError, match=r"0\.weight.*Conv1d"):
+    model = nn.Sequential(nn.ConvTranspose1d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 9, 2))
+    with pytest.raises(ValueError, match=r"0\.weight.*ConvTranspose1d"):
         GradNormProbe(model)
     torch.manual_seed(15)
     x, y = torch.randn(4, 3, 7), torch.randint(0, 2, (4,))

@@ -1,0 +1,200 @@
+"""Every layer rule against each example's own gradient (the ``exact`` fixture), with shapes drawn so
+that sizes coincide on purpose (T == B, width == B, width 1, B == 1)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from attent.probe import GradNormProbe
+
+FEW = settings(max_examples=12, deadline=None)
+MODES = st.sampled_from(["score", "backward"])
+
+
+def sizes(batch: int) -> st.SearchStrategy[int]:
+    """A size that is often the batch size or 1."""
+    return st.one_of(st.just(batch), st.just(1), st.integers(1, 5))
+
+
+class Readout(nn.Module):
+    """``layer`` followed by a fixed random readout: (B,) losses, batch at dim 0 of the output."""
+
+    def __init__(self, layer: nn.Module, out_shape: tuple[int, ...]):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("w", torch.randn(out_shape))
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        out = self.layer(*args)
+        return (torch.tanh(out) * self.w).flatten(1).sum(1)
+
+
+def check_layer(exact, layer: nn.Module, inputs: tuple[torch.Tensor, ...], mode: str, **options):
+    """The layer under a readout; example i is row i of every input."""
+    with torch.no_grad():
+        out_shape = layer(*(t[:1] for t in inputs)).shape[1:]
+    model = Readout(layer, tuple(out_shape))
+    return exact(model, lambda m: m(*inputs), lambda m, i: m(*(t[i:i + 1] for t in inputs)), inputs[0].shape[0],
+                 mode=mode, **options)
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_layer_norm_and_rms_norm_any_normalized_shape(exact, data, mode):
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    B = data.draw(st.integers(1, 4))
+    shape = tuple(data.draw(st.lists(sizes(B), min_size=1, max_size=3)))
+    lead = tuple(data.draw(st.lists(sizes(B), max_size=2)))
+    for layer in (nn.LayerNorm(shape, bias=data.draw(st.booleans())), nn.RMSNorm(shape, eps=1e-5)):
+        with torch.no_grad():
+            layer.weight.normal_()
+        check_layer(exact, layer.double(), (torch.randn(B, *lead, *shape, dtype=torch.float64),), mode)
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_group_norm(exact, data, mode):
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    B, groups = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3))
+    C = groups * data.draw(sizes(B))
+    spatial = (data.draw(st.integers(2, 4)), *data.draw(st.lists(sizes(B), max_size=1)))  # > 1 value per group
+    layer = nn.GroupNorm(groups, C).double()
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    check_layer(exact, layer, (torch.randn(B, C, *spatial, dtype=torch.float64),), mode)
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_conv1d_and_conv2d_any_stride_padding_dilation_groups(exact, data, mode):
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    B, dims = data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 2]))
+    groups = data.draw(st.integers(1, 2))
+    c_in, c_out = groups * data.draw(sizes(B)), groups * data.draw(st.integers(1, 3))
+    kernel, dilation = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    stride = data.draw(st.integers(1, 3))
+    padding = data.draw(st.sampled_from(["same", 0, 1, 2])) if stride == 1 else data.draw(st.integers(0, 2))
+    padding_mode = data.draw(st.sampled_from(["zeros", "reflect", "circular", "replicate"]))
+    length = data.draw(st.integers(dilation * (kernel - 1) + 3, 8))
+    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation,
+                                                   groups=groups, bias=data.draw(st.booleans()), padding_mode=padding_mode)
+    x = torch.randn(B, c_in, *([length] * dims), dtype=torch.float64)
+    probe = check_layer(exact, conv.double(), (x,), mode)
+    assert probe.coverage["layer.weight"] == "conv"
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_prelu_after_a_linear_width_equal_to_batch(exact, data, mode):
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    B = data.draw(st.integers(1, 4))
+    width = data.draw(sizes(B))
+    prelu = nn.PReLU(data.draw(st.sampled_from([1, width])), init=0.3)
+    with torch.no_grad():
+        prelu.weight.uniform_(-1, 1)
+    spatial = tuple(data.draw(st.lists(sizes(B), max_size=2)))
+    model = nn.Sequential(nn.Linear(3, width), nn.Unflatten(1, (width, *([1] * len(spatial)))), prelu) if not spatial \
+        else prelu
+    x = torch.randn(B, 3) if not spatial else torch.randn(B, width, *spatial)
+    probe = check_layer(exact, model.double(), (x.double(),), mode)
+    assert probe.coverage["layer.2.weight" if not spatial else "layer.weight"] == "prelu"
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_timm_layer_scale(exact, data, mode):
+    layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    B = data.draw(st.integers(1, 4))
+    d = data.draw(sizes(B))
+    if data.draw(st.booleans()):
+        layer, x = layers.LayerScale(d, init_values=0.5), torch.randn(B, data.draw(sizes(B)), d)
+    else:
+        layer, x = layers.LayerScale2d(d, init_values=0.5), torch.randn(B, d, data.draw(sizes(B)), 2)
+    with torch.no_grad():
+        layer.gamma.normal_()
+    probe = check_layer(exact, layer.double(), (x.double(),), mode)
+    assert probe.coverage["layer.gamma"] == "layerscale"
+
+
+def test_timm_layer_scale_in_place_is_refused_by_name():
+    layers = pytest.importorskip("timm.layers")
+    with pytest.raises(ValueError, match=r"gamma.*LayerScale.*inplace=True"):
+        GradNormProbe(nn.Sequential(nn.Linear(2, 3), layers.LayerScale(3, inplace=True)))
+
+
+class PositionsAndTokens(nn.Module):
+    """Token embedding plus a position embedding looked up with (1, T) ids shared by the batch."""
+
+    def __init__(self, vocab: int, d: int, **options):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, d, **options)
+        self.positions = nn.Embedding(8, d)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tokens(ids) + self.positions(torch.arange(ids.shape[1])[None])
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_embedding_padding_max_norm_and_shared_positions(exact, data, mode):
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    B = data.draw(st.integers(1, 4))
+    T, vocab = data.draw(sizes(B)), data.draw(st.integers(2, 6))
+    options = {"padding_idx": data.draw(st.sampled_from([None, 0, -1])), "max_norm": data.draw(st.sampled_from([None, 1.0]))}
+    model = PositionsAndTokens(vocab, data.draw(sizes(B)), **options).double()
+    ids = torch.randint(0, vocab, (B, T))
+    check_layer(exact, model, (ids,), mode)
+
+
+def test_frequency_scaled_embedding_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"tokens\.weight.*scale_grad_by_freq"):
+        GradNormProbe(PositionsAndTokens(5, 3, scale_grad_by_freq=True))
+
+
+def test_one_dimensional_ids_are_refused_by_name():
+    model = PositionsAndTokens(5, 3)
+    model.forward = lambda ids: model.tokens(ids) + model.positions(torch.arange(ids.shape[1]))
+    with GradNormProbe(model) as probe:
+        with pytest.raises(ValueError, match=r"'positions'.*\(4,\).*\(1, T\)"):
+            model(torch.randint(0, 5, (4, 4)))
+        assert probe.coverage["positions.weight"] == "embedding"
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_embedding_bag(exact, data, mode):
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    B, vocab = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 6))
+    bag_mode = data.draw(st.sampled_from(["sum", "mean"]))
+    padding_idx = data.draw(st.sampled_from([None, 0]))
+    weighted = bag_mode == "sum" and data.draw(st.booleans())
+    bag = nn.EmbeddingBag(vocab, data.draw(sizes(B)), mode=bag_mode, padding_idx=padding_idx).double()
+    N = data.draw(sizes(B))
+    ids = torch.randint(0, vocab, (B, N))
+    weights = torch.rand(B, N, dtype=torch.float64) if weighted else None
+    if data.draw(st.booleans()):  # 2-D: one bag per row
+        inputs = (ids,) if weights is None else (ids, None, weights)
+        forward_one = lambda m, i: m(*(t if t is None else t[i:i + 1] for t in inputs))  # noqa: E731
+        exact(bag_readout(bag), lambda m: m(*inputs), forward_one, B, mode=mode)
+        return
+    lengths = torch.randint(0, N + 1, (B,))
+    flat = torch.cat([ids[i, :lengths[i]] for i in range(B)])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    flat_weights = None if weights is None else torch.cat([weights[i, :lengths[i]] for i in range(B)])
+
+    def forward_one(m, i):
+        one = None if flat_weights is None else flat_weights[offsets[i]:offsets[i] + lengths[i]]
+        return m(flat[offsets[i]:offsets[i] + lengths[i]], torch.zeros(1, dtype=torch.long), one)
+
+    exact(bag_readout(bag), lambda m: m(flat, offsets, flat_weights), forward_one, B, mode=mode)
+
+
+def bag_readout(bag: nn.EmbeddingBag) -> nn.Module:
+    """(B,) losses from the bags (one per example) through a fixed random readout."""
+    return Readout(bag, (bag.embedding_dim,)).double()
