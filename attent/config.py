@@ -7,50 +7,52 @@ Example (every key but ``task`` is optional; omitted ones take the task's defaul
                                  # or {factory: "my_pkg.tasks:make_task", <its keyword arguments>}
     seed: 0                      # task data, model initialization and training order
     model: {depth: 3}            # keyword overrides for the task's model factory
+    score: fgrad                 # what training steps feed the teacher: loss | fgrad | gradnorm
     teacher:                     # omitted or null: full-data training
-      score: fgrad               # any attent.Teacher argument; epochs defaults to the run's
-      strategy: hard
+      strategy: hard             # or {name: soft, temperature: 0.5} (a strategy with its options)
       ratio: {kind: cosine, initial: 0.2, final: 0.8}   # or a number (constant ratio)
       interval: 5                # or {kind: incremental, initial: 5, maximum: 10}
-      refresh: cycle
+      refresh: cycle             # ... any attent.Teacher argument; epochs defaults to the run's
     # teacher: {published: complex, strategy: soft}    # the published recipes (Teacher.published)
     optimizer: {name: adamw, lr: 2.0e-3, weight_decay: 0.05}   # adamw | adam | sgd (+ their options)
     lr_scheduler: {name: warmup_cosine, warmup_epochs: 2}      # none or null: a constant rate
     epochs: 40
     batch_size: 32
     out_dir: runs/digits-fgrad   # relative paths are taken from the working directory
-    amp: null                    # ... and any other attent.fit option by name
+    amp: null                    # ... and any other attent.FitOptions field by name
 
 ``adamw`` decays matrices only (not biases, norms, position embeddings or class tokens), as the
 tasks' recipes do; ``warmup_cosine`` is a per-epoch linear warm-up then cosine decay. Numbers in
-YAML's exponent form without a dot (``1e-3``, which YAML reads as text) are read as numbers.
+YAML's exponent form without a dot (``1e-3``, which YAML reads as text) are read as numbers. Every
+error names the key, the value and what was expected (a ValueError; ``attent train`` prints it
+without a traceback).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import yaml
 from torch import nn
 
-from .integrations.timm import vit_optimizer, warmup_cosine
+from ._extras import require
+from .optim import adamw, warmup_cosine
 from .schedules import IntervalSchedule, RatioSchedule
+from .strategies import STRATEGIES
 from .teacher import Teacher
-from .trainer import FitResult, fit
+from .trainer import FitOptions, FitResult, fit
 
 __all__ = ["CONFIG_KEYS", "FIT_KEYS", "load_config", "build_run", "run_config", "run_from_config"]
 
-# fit options a config may set by name (the rest of fit's arguments are built from the config).
-FIT_KEYS: tuple[str, ...] = (
-    "epochs", "batch_size", "device", "amp", "grad_accum", "out_dir", "progress", "checkpoint_every", "resume_from",
-    "max_time", "max_steps", "eval_every", "eval_batch_size", "max_grad_norm", "num_workers",
-)
-CONFIG_KEYS: tuple[str, ...] = ("task", "seed", "model", "teacher", "optimizer", "lr_scheduler") + FIT_KEYS
+# fit options a config may set by name: the fields of FitOptions (the rest of fit's arguments are
+# built from the config).
+FIT_KEYS: tuple[str, ...] = FitOptions.keys()
+CONFIG_KEYS: tuple[str, ...] = ("task", "model", "teacher", "optimizer", "lr_scheduler") + FIT_KEYS
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("warmup_cosine", "none")
 _EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -84,8 +86,12 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
+    yaml = require("yaml", "config")
     with open(path) as f:
-        config = yaml.safe_load(f)
+        try:
+            config = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            raise ValueError(f"config {path} is not valid YAML: {error}") from None
     if not isinstance(config, Mapping):
         raise ValueError(f"config {path} must hold a mapping of keys to values, got {type(config).__name__}")
     config = _numbers(config)
@@ -145,11 +151,30 @@ def _schedule(kind: type, name: str, value: Any) -> Any:
         raise ValueError(f"config teacher {name} {dict(value)} must use the keys {fields}") from error
 
 
+def _strategy(spec: Any) -> Any:
+    if not isinstance(spec, Mapping):
+        return spec
+    options = dict(spec)
+    name = options.pop("name", None)
+    if name not in STRATEGIES:
+        raise ValueError(f"config teacher strategy name must be one of {tuple(STRATEGIES)}, got {name!r}")
+    try:
+        return STRATEGIES[name](**options)
+    except TypeError as error:
+        fields = list(inspect.signature(STRATEGIES[name]).parameters)
+        raise ValueError(f"config teacher strategy {name!r} takes the options {fields}, got {sorted(options)}") from error
+
+
 def _teacher(spec: Any, num_examples: int, epochs: int, seed: int) -> Teacher | None:
     if spec is None:
         return None
     options = _mapping("teacher", spec)
+    if "score" in options:
+        raise ValueError(f"config teacher score: the score is a run option; write 'score: {options['score']}' at the "
+                         "top level of the config")
     options.setdefault("seed", seed)
+    if "strategy" in options:
+        options["strategy"] = _strategy(options["strategy"])
     if "published" in options:
         recipe = options.pop("published")
         return Teacher.published(num_examples, epochs=options.pop("epochs", epochs), recipe=recipe, **options)
@@ -161,7 +186,14 @@ def _teacher(spec: Any, num_examples: int, epochs: int, seed: int) -> Teacher | 
     try:
         return Teacher(num_examples, **options)
     except TypeError as error:
-        raise ValueError(f"config teacher: {error}") from error
+        fields = [name for name in inspect.signature(Teacher).parameters if name != "num_examples"]
+        raise ValueError(f"config teacher takes the keys {fields}: {error}") from error
+
+
+def _positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"config {name} must be a positive number, got {value!r} ({type(value).__name__})")
+    return float(value)
 
 
 def _optimizer(spec: Any, model: nn.Module, defaults: Any) -> torch.optim.Optimizer:
@@ -169,52 +201,70 @@ def _optimizer(spec: Any, model: nn.Module, defaults: Any) -> torch.optim.Optimi
     name = options.pop("name", "adamw")
     if name not in OPTIMIZERS:
         raise ValueError(f"config optimizer name must be one of {OPTIMIZERS}, got {name!r}")
-    lr = options.pop("lr", defaults.lr)
+    lr = _positive_number("optimizer lr", options.pop("lr", defaults.lr))
     if name == "adamw":
         weight_decay = options.pop("weight_decay", defaults.weight_decay)
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
+            raise ValueError(f"config optimizer weight_decay must be a number >= 0, got {weight_decay!r}")
         if options:
             raise ValueError(f"config optimizer adamw takes lr and weight_decay, got also {sorted(options)}")
-        return vit_optimizer(model, lr=lr, weight_decay=weight_decay)
+        return adamw(model, lr=lr, weight_decay=weight_decay)
     kind = torch.optim.Adam if name == "adam" else torch.optim.SGD
     try:
         return kind(model.parameters(), lr=lr, **options)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ValueError(f"config optimizer {name}: {error}") from error
 
 
-def _lr_scheduler(spec: Any, optimizer: torch.optim.Optimizer, epochs: int, defaults: Any) -> Any:
+def _lr_scheduler(spec: Any, optimizer: torch.optim.Optimizer, options: FitOptions, defaults: Any) -> Any:
+    """The config's schedule: per epoch (``lr_scheduler_interval: epoch``, the default), or per
+    optimizer step over the steps the run will take (``step``: a factory fit calls with them)."""
     if spec is None:
         return None
-    options = {"name": spec} if isinstance(spec, str) else _mapping("lr_scheduler", spec)
-    name = options.pop("name", "warmup_cosine")
+    spec = {"name": spec} if isinstance(spec, str) else _mapping("lr_scheduler", spec)
+    name = spec.pop("name", "warmup_cosine")
     if name not in SCHEDULERS:
         raise ValueError(f"config lr_scheduler must be one of {SCHEDULERS}, got {name!r}")
     if name == "none":
         return None
-    warmup = options.pop("warmup_epochs", min(defaults.warmup_epochs, epochs - 1))
-    if options:
-        raise ValueError(f"config lr_scheduler warmup_cosine takes warmup_epochs only, got also {sorted(options)}")
-    return warmup_cosine(optimizer, epochs=epochs, warmup_epochs=warmup)
+    epochs = options.epochs
+    warmup = spec.pop("warmup_epochs", min(defaults.warmup_epochs, epochs - 1))
+    if spec:
+        raise ValueError(f"config lr_scheduler warmup_cosine takes warmup_epochs only, got also {sorted(spec)}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < epochs:
+        raise ValueError(f"config lr_scheduler warmup_epochs must be an integer in [0, epochs={epochs}), got {warmup!r}")
+    if options.lr_scheduler_interval == "epoch":
+        return warmup_cosine(optimizer, total=epochs, warmup=warmup)
+
+    def per_step(optimizer: torch.optim.Optimizer, steps: int) -> Any:
+        return warmup_cosine(optimizer, total=steps, warmup=min(steps - 1, round(steps * warmup / epochs)))
+
+    return per_step
 
 
 def build_run(config: Mapping[str, Any]) -> dict[str, Any]:
     """The :func:`attent.fit` keyword arguments a checked config describes (model, data, loss,
-    optimizer, scheduler, teacher and options)."""
-    seed = config.get("seed", 0)
+    optimizer, scheduler, teacher and ``options``, a checked :class:`attent.FitOptions`)."""
+    values = {key: config[key] for key in FIT_KEYS if key in config}
+    try:
+        FitOptions(**{"epochs": 1, **values})  # the options' own checks, before any work
+    except ValueError as error:
+        raise ValueError(f"config {error}") from None
+    seed = values.get("seed", 0)
     task = _task(config["task"], seed)
     defaults = task.defaults
-    epochs = config.get("epochs", defaults.epochs)
+    values.setdefault("epochs", defaults.epochs)
+    values.setdefault("batch_size", defaults.batch_size)
+    values.setdefault("eval_every", defaults.eval_every)
+    values.setdefault("max_grad_norm", defaults.max_grad_norm)
+    values.setdefault("lr_scheduler_interval", "epoch")
+    options = FitOptions(**values)
     model = _model(task, _mapping("model", config.get("model")), seed)
     optimizer = _optimizer(config.get("optimizer"), model, defaults)
-    options = {key: config[key] for key in FIT_KEYS if key in config}
-    options.setdefault("batch_size", defaults.batch_size)
-    options.setdefault("eval_every", defaults.eval_every)
-    options.setdefault("max_grad_norm", defaults.max_grad_norm)
-    options["epochs"] = epochs
     return dict(
         model=model, train_data=task.train, eval_data=task.val, loss=task.loss, optimizer=optimizer,
-        lr_scheduler=_lr_scheduler(config.get("lr_scheduler", {}), optimizer, epochs, defaults), lr_scheduler_interval="epoch",
-        teacher=_teacher(config.get("teacher"), len(task.train), epochs, seed), seed=seed, **options,
+        lr_scheduler=_lr_scheduler(config.get("lr_scheduler", {}), optimizer, options, defaults),
+        teacher=_teacher(config.get("teacher"), len(task.train), options.epochs, seed), options=options,
     )
 
 

@@ -5,7 +5,7 @@ initialization, once on the full data and once with an AtteNT teacher, compared 
     numbers = run_demo(score="fgrad", strategy="hard")   # about 2 minutes on a 2-core CPU
 
 The task is :func:`attent.tasks.digits` (fixed train/validation split, the task's own recipe).
-The teacher is ``Teacher(N, score=score, strategy=strategy, epochs=E, seed=seed)`` with its
+The teacher is ``Teacher(N, strategy=strategy, epochs=E, seed=seed)``, fed ``score``, with its
 defaults, which are the published AtteNT schedule: one full-data epoch, then 10 cycles whose
 selected ratio rises along a cosine from 0.2 to 0.8 (each cycle trains only on its subset, as the
 cycles are shorter than the fixed 5-epoch interval), scored online from the training steps. On
@@ -24,7 +24,9 @@ from .plots import plot_curves
 from .schedules import check_count
 from .tasks import digits
 from .tasks.compare import FULL_DATA, Method, RunSummary, format_table, run_method, summarize
-from .teacher import SCORE_KINDS, STRATEGIES, Teacher
+from .scores import SCORE_KINDS
+from .strategies import STRATEGIES
+from .teacher import Teacher
 
 __all__ = ["PLOT_NAME", "RESULT_NAME", "TABLE_HEADER", "run_demo"]
 
@@ -47,15 +49,16 @@ def _table_row(row: RunSummary) -> list[str]:
             _percent(row.time_saved), str(row.examples_seen), _percent(row.selection_overhead)]
 
 
-def _describe(teacher: Teacher) -> str:
+def _describe(teacher: Teacher, score: str) -> str:
     plan = teacher.plan
+    strategy = teacher.strategy
     if plan.ratio is None:
-        last = math.floor(teacher.delta * plan.epochs)
-        subsets = f"below-mean examples pruned at rate {teacher.prune_ratio} until epoch {last}"
+        last = math.floor(strategy.delta * plan.epochs)
+        subsets = f"below-mean examples pruned at rate {strategy.prune_ratio} until epoch {last}"
     else:
         subsets = (f"{plan.cycles} cycles of subsets whose ratio goes {plan.ratio.kind} "
                    f"{plan.ratio.initial} -> {plan.ratio.final}")
-    return (f"score {teacher.score}, strategy {teacher.strategy}, {plan.warmup_epochs} full-data epoch(s) first, "
+    return (f"score {score}, strategy {strategy.name}, {plan.warmup_epochs} full-data epoch(s) first, "
             f"then {subsets}")
 
 
@@ -78,9 +81,9 @@ def run_demo(
     plot validation accuracy against wall time and return the numbers.
 
     Args:
-        score: the teacher's score, one of ``attent.teacher.SCORE_KINDS`` (``"gradnorm"`` needs
-            ``attent.probe``).
-        strategy: the teacher's strategy, one of ``attent.teacher.STRATEGIES``.
+        score: what the training steps feed the teacher, one of ``attent.SCORE_KINDS``
+            (``"gradnorm"`` runs the training backward through ``attent.GradNormProbe``).
+        strategy: the teacher's strategy, a name in ``attent.STRATEGIES``.
         seed: model initialization, data order and the teacher's draws (the same for both runs).
         out_dir: folder for ``accuracy_vs_time.png`` and ``demo.json`` (created if missing).
         quick: the tiny digits task (120 training images, a one-block ViT, 2 epochs): seconds.
@@ -99,11 +102,11 @@ def run_demo(
     if score not in SCORE_KINDS:
         raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}")
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {strategy!r}")
     seed = check_count("seed", seed, 0)
     task = digits(quick=quick)
     epochs = task.defaults.epochs if epochs is None else check_count("epochs", epochs, 1)
-    attent = Method("AtteNT", "teacher", {"score": score, "strategy": strategy})
+    attent = Method("AtteNT", "teacher", {"strategy": strategy}, score=score)
     teacher = attent.teacher(len(task.train), epochs=epochs, seed=seed)
     model = task.model(seed)
     print(
@@ -111,7 +114,7 @@ def run_demo(
         f"trained from scratch on scikit-learn digits ({len(task.train)} train / {len(task.val)} val images), "
         f"{epochs} epochs, seed {seed}, twice from the same initialization:\n"
         f"  1. full data: every image every epoch\n"
-        f"  2. AtteNT: {_describe(teacher)}\n"
+        f"  2. AtteNT: {_describe(teacher, score)}\n"
         f"Wall time counts training and every scoring/selection step, not evaluation.",
         flush=True,
     )

@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from matplotlib.figure import Figure
+from ._extras import require
+
+Figure = require("matplotlib.figure", "plots").Figure  # noqa: N816 (the class, imported)
 
 __all__ = ["METRIC_PREFERENCE", "default_metric", "plot_curves", "plot_run"]
 

@@ -446,14 +446,14 @@ class Teacher:
         """A ``torch.utils.data.Sampler`` over the selected example indices (see ``TeacherSampler``)."""
         return TeacherSampler(self, shuffle=shuffle)
 
-    def epoch_order(self, epoch: int, *, shuffle: bool = True) -> torch.Tensor:
-        """This rank's example order for ``epoch``: the selection, shuffled with a generator
-        seeded from (seed, epoch) so every rank draws the same order, then this rank's shard of it
+    def epoch_order(self, epoch: int, *, shuffle: bool = True, shard: bool = True) -> torch.Tensor:
+        """The example order of ``epoch``: the selection, shuffled with a generator seeded from
+        (seed, epoch) so every rank draws the same order, then (``shard``) this rank's shard of it
         (:func:`attent._distributed.shard`). (k,) int64."""
         order = self.select(epoch).indices
         if shuffle:
             order = order[torch.randperm(order.numel(), generator=_derived_generator(self.seed, epoch, "shuffle"))]
-        return _distributed.shard(order)
+        return _distributed.shard(order) if shard else order
 
     @property
     def scores(self) -> torch.Tensor:

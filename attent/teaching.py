@@ -17,14 +17,12 @@ orders and shards the epoch, and returns an :class:`EpochStart` (this rank's ord
 logs). Without a teacher the protocol is plain full-data training: every epoch a seeded
 permutation, weights of 1, nothing observed; so a trainer has one code path for both.
 
-``planned_examples`` / ``planned_steps`` give the work the run will do (this rank), from the
-teacher's plan, so learning-rate schedules and progress counters can be sized for the epochs the
-run actually takes.
+``planned_sizes`` / ``planned_steps`` give the work the run will do, from the teacher's plan, so
+learning-rate schedules and progress counters can be sized for the epochs the run actually takes.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -46,7 +44,8 @@ class EpochStart:
     """What :meth:`Teaching.begin_epoch` hands the trainer.
 
     order: (k,) int64 this rank's example indices for the epoch, in training order. record: the
-    epoch's selection record for logs: ``epoch``, ``step``, ``ratio``, ``selected`` (examples, all
+    epoch's selection record for logs: ``epoch`` (1-based: the epoch's number, as an evaluation at
+    its end counts epochs completed), ``step``, ``ratio``, ``selected`` (examples, all
     ranks), ``is_full``, ``refreshed`` (examples re-scored), and at a teacher's selection points
     ``histogram`` (counts and bin edges of the finite scores it held then).
     """
@@ -90,7 +89,7 @@ class Teaching:
     def begin_epoch(self, epoch: int, *, step: int, model: nn.Module | None = None,
                     batches: Callable[[torch.Tensor], Batches] | None = None,
                     autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                    ) -> EpochStart:
+                    shard: bool = True) -> EpochStart:
         """Refresh what the teacher asks, select, order and shard epoch ``epoch``.
 
         Args:
@@ -99,13 +98,15 @@ class Teaching:
                 ``(indices, inputs, targets)`` over those examples on the model's device (the
                 trainer's collation and placement); needed when the teacher refreshes.
             autocast_context: the trainer's autocast, for scoring passes.
+            shard: under torch.distributed, return this rank's shard of the order (False: the whole
+                order, for trainers whose data loader splits batches between processes itself).
         """
         teacher = self.teacher
         if teacher is None:
             order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
-            record = {"epoch": epoch, "step": step, "ratio": 1.0, "selected": self.num_examples, "is_full": True,
+            record = {"epoch": epoch + 1, "step": step, "ratio": 1.0, "selected": self.num_examples, "is_full": True,
                       "refreshed": 0}
-            return EpochStart(_distributed.shard(order), record)
+            return EpochStart(_distributed.shard(order) if shard else order, record)
         refresh = teacher.refresh_indices(epoch)
         refreshed = 0 if refresh is None else int(refresh.numel())
         if refreshed:
@@ -115,11 +116,11 @@ class Teaching:
             indices, scores = self.scorer.score_batches(model, batches(refresh), autocast_context=autocast_context)
             teacher.observe(indices, scores, step=step)
         selection = teacher.select(epoch)
-        record = {"epoch": epoch, "step": step, "ratio": float(selection.ratio), "selected": len(selection),
+        record = {"epoch": epoch + 1, "step": step, "ratio": float(selection.ratio), "selected": len(selection),
                   "is_full": bool(selection.is_full), "refreshed": refreshed}
         if teacher.plan.at(epoch).is_selection_point:
             record["histogram"] = self._histogram()
-        return EpochStart(teacher.epoch_order(epoch), record)
+        return EpochStart(teacher.epoch_order(epoch, shard=shard), record)
 
     def _histogram(self) -> dict[str, list[float]]:
         held = self.teacher.scores[self.teacher.score_steps >= 0]
@@ -144,25 +145,15 @@ class Teaching:
         if self.teacher is not None:
             self.teacher.observe(indices, scores, step=step)
 
-    def planned_examples(self, epoch: int) -> int | None:
-        """Examples this rank trains on in ``epoch``, or None where the strategy sizes its subset
-        from the scores (InfoBatch) or the plan is open-ended."""
-        size = self.num_examples if self.teacher is None else self.teacher.planned_size(epoch)
-        if size is None:
-            return None
-        _, world = _distributed.rank_and_world_size()
-        return math.ceil(size / world)
+    def planned_sizes(self, epochs: int) -> list[int | None]:
+        """Examples each of the run's ``epochs`` epochs trains on (all ranks together), None where
+        the strategy sizes the subset from the scores (InfoBatch)."""
+        if self.teacher is None:
+            return [self.num_examples] * epochs
+        return [self.teacher.planned_size(epoch) for epoch in range(epochs)]
 
-    def planned_steps(self, epochs: int, *, batch_size: int, grad_accum: int = 1) -> int:
-        """Optimizer steps of a run of ``epochs`` epochs on this rank: per epoch
-        ceil(ceil(examples / batch_size) / grad_accum). An epoch whose size is not known in advance
-        (InfoBatch) counts as full data, an upper bound."""
-        _, world = _distributed.rank_and_world_size()
-        total = 0
-        for epoch in range(epochs):
-            examples = self.planned_examples(epoch)
-            if examples is None:
-                examples = math.ceil(self.num_examples / world)
-            total += math.ceil(math.ceil(examples / batch_size) / grad_accum)
-        return total
-
+    def planned_steps(self, epochs: int, steps_of: Callable[[int], int]) -> int:
+        """Optimizer steps of a run of ``epochs`` epochs: the sum of ``steps_of(examples)`` (the
+        trainer's batching, sharding and accumulation) over the planned epoch sizes; an epoch whose
+        size is not known in advance (InfoBatch) counts as full data, an upper bound."""
+        return sum(steps_of(self.num_examples if size is None else size) for size in self.planned_sizes(epochs))

@@ -32,6 +32,7 @@ import numbers
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -80,7 +81,8 @@ class FitResult:
         ``ratio`` (the epoch's selected fraction), ``train_loss`` (mean per-example loss since the
         previous record) and the evaluation metrics (``val_loss``; ``val_accuracy`` for
         ``loss="cross_entropy"``; ``val_ppl`` for ``loss="lm"``; ``val_<name>`` for each extra metric).
-    selections: one record per epoch: ``epoch``, ``step``, ``ratio``, ``selected`` (examples),
+    selections: one record per epoch: ``epoch`` (the 1-based number of the epoch it starts, the
+        same number as that epoch's end-of-epoch ``history`` record), ``step``, ``ratio``, ``selected`` (examples),
         ``is_full``, ``refreshed`` (examples re-scored), ``time`` (seconds), and at a teacher's
         selection points ``histogram`` (counts and bin edges of the finite scores it held then).
     """
@@ -136,7 +138,7 @@ class FitOptions:
         ``"epoch"`` (at every epoch end: a schedule in epochs).
     out_dir: when given: ``metrics.jsonl`` (one line per evaluation and per selection),
         ``checkpoint.pt`` (every epoch end, every ``checkpoint_every`` steps and when a budget stops
-        training) and the plots of :func:`attent.plots.plot_run`.
+        training) and the plots of :func:`attent.plots.plot_run` (with the ``plots`` extra).
     progress: show a tqdm bar with the loss, the selected ratio and the selection overhead.
     checkpoint_every: also write a checkpoint every this many optimizer steps.
     resume_from: a checkpoint file or a folder holding ``checkpoint.pt``: model, optimizer,
@@ -320,6 +322,12 @@ class _Clock:
         return time.perf_counter()
 
 
+def _summary(record: Mapping[str, Any]) -> dict[str, str]:
+    """The progress bar's view of an evaluation record: ratio, train loss and the val metrics."""
+    keys = ["ratio", "train_loss"] + [key for key in record if key.startswith("val_")]
+    return {key: f"{record[key]:.4g}" for key in keys if isinstance(record.get(key), (int, float))}
+
+
 class _Run:
     """One ``fit`` call: the options, the live objects and the resumable state."""
 
@@ -346,17 +354,23 @@ class _Run:
         self.eval_batch_size = o.eval_batch_size or o.batch_size
         self.device = torch.device(o.device) if o.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.out_dir = Path(o.out_dir) if o.out_dir is not None else None
+        self.rank, self.world = rank_and_world_size()
         self.step_scheduler_per_epoch = o.lr_scheduler_interval == "epoch"
-        self.planned_steps = self.teaching.planned_steps(o.epochs, batch_size=o.batch_size, grad_accum=o.grad_accum)
+        self.planned_steps = self.teaching.planned_steps(o.epochs, self.steps_of)
         if callable(lr_scheduler) and not hasattr(lr_scheduler, "step"):
             lr_scheduler = lr_scheduler(optimizer, self.planned_steps)
         self.lr_scheduler = lr_scheduler
         self.clock = _Clock(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if o.amp == "fp16" else None
-        self.rank, self.world = rank_and_world_size()
         self.state = _State()
         self.session_start = 0.0
         self.excluded = 0.0
+
+    def steps_of(self, examples: int) -> int:
+        """Optimizer steps of an epoch of ``examples`` (all ranks): this rank's shard in batches,
+        grouped by grad_accum."""
+        shard = math.ceil(examples / self.world)
+        return math.ceil(math.ceil(shard / self.batch_size) / self.grad_accum)
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -556,6 +570,8 @@ class _Run:
             self.scorer.attach(self.model)
         self.session_start, self.excluded = self.clock.now(), 0.0
         stopped = False
+        epochs_bar = tqdm(total=self.epochs, initial=state.epoch, desc="epochs", unit="epoch", dynamic_ncols=True,
+                          disable=not self.options.progress or self.rank != 0)
         try:
             while state.epoch < self.epochs:
                 epoch = state.epoch
@@ -570,7 +586,8 @@ class _Run:
                     state.epoch, state.epoch_order, state.batches_done = epoch + 1, None, 0
                     if self.lr_scheduler is not None and self.step_scheduler_per_epoch:
                         self.lr_scheduler.step()
-                    self.record(float(epoch + 1))
+                    epochs_bar.update(1)
+                    epochs_bar.set_postfix(_summary(self.record(float(epoch + 1))), refresh=True)
                     self.save_checkpoint()
                 if self.out_of_budget():
                     stopped = state.epoch < self.epochs
@@ -579,6 +596,7 @@ class _Run:
                         self.save_checkpoint()
                     break
         finally:
+            epochs_bar.close()
             self.scorer.detach()
         return self.result(stopped)
 
@@ -586,7 +604,7 @@ class _Run:
         """Train on the rest of an epoch's batches, until they run out or a budget (max_steps,
         max_time) is spent."""
         state = self.state
-        bar = tqdm(total=n_batches, initial=state.batches_done, desc=f"epoch {epoch + 1}/{self.epochs}",
+        bar = tqdm(total=n_batches, initial=state.batches_done, desc=f"epoch {epoch + 1}/{self.epochs}", position=1,
                    disable=not self.options.progress or self.rank != 0, leave=False, dynamic_ncols=True)
         try:
             while True:
@@ -620,9 +638,12 @@ class _Run:
     def result(self, stopped: bool) -> FitResult:
         state = self.state
         if self.out_dir is not None and state.history and self.rank == 0:
-            from .plots import plot_run
-
-            plot_run(state.history, state.selections, self.out_dir)
+            try:
+                from .plots import plot_run
+            except ImportError as error:  # the run's records are written; only the pictures need matplotlib
+                warnings.warn(f"fit: no plots in {self.out_dir}: {error}", RuntimeWarning, stacklevel=3)
+            else:
+                plot_run(state.history, state.selections, self.out_dir)
         return FitResult(
             history=list(state.history), selections=list(state.selections), wall_time=self.wall(),
             train_time=state.train_time, selection_time=state.selection_time, eval_time=state.eval_time,

@@ -1,14 +1,33 @@
 """What every benchmark record says about where it ran: the device, the machine and the versions."""
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import os
 import platform
 import re
+from pathlib import Path
 
 import torch
 
-__all__ = ["device", "machine", "versions", "device_label"]
+__all__ = ["device", "machine", "versions", "device_label", "RESULTS_DIR", "RUNS_DIR", "add_output_options",
+           "output_dir"]
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"  # the committed records behind the README's tables
+RUNS_DIR = Path("runs") / "bench"  # where a run writes unless asked to update the records
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--record``: write into bench/results/ (the committed records); otherwise runs/bench/."""
+    parser.add_argument("--record", action="store_true",
+                        help=f"update the committed records in {RESULTS_DIR.relative_to(REPO)}/ (default: write "
+                             f"to {RUNS_DIR}/ in the working directory)")
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """The folder a benchmark's default output goes to (see :func:`add_output_options`)."""
+    return RESULTS_DIR if args.record else RUNS_DIR
 
 
 def device() -> torch.device:

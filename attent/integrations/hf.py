@@ -5,52 +5,64 @@ Adoption is one class name::
     from attent import Teacher
     from attent.integrations.hf import AtteNTTrainer
 
-    teacher = Teacher(len(train_dataset), score="fgrad", epochs=int(args.num_train_epochs))
+    teacher = Teacher(len(train_dataset), epochs=int(args.num_train_epochs))
     trainer = AtteNTTrainer(model=model, args=args, train_dataset=train_dataset,
-                            eval_dataset=eval_dataset, teacher=teacher)   # any Trainer argument
+                            eval_dataset=eval_dataset, teacher=teacher, score="fgrad")   # any Trainer argument
     trainer.train()
 
 A ``TrainerCallback`` cannot do this job: callbacks see neither the train sampler (the Trainer builds
 its DataLoader once, before any callback event) nor per-example losses (``compute_loss`` reduces
 them to one number), so the integration is a ``Trainer`` subclass. :class:`AtteNTMixin` holds all of
 it, for combining with another ``Trainer`` subclass: ``class MyTrainer(AtteNTMixin, SFTTrainer)``.
+It is a thin adapter over :class:`attent.Teaching`, the protocol ``attent.fit`` drives too, so both
+make the same selections from the same scores.
 
 What it changes:
 
-- Sampling: each epoch starts with the teacher's refresh pass (when configured; a forward pass over
-  the examples it names, through the Trainer's own collator and device placement) and selection;
-  the epoch then iterates the teacher's sampler over the selected examples only, so subset epochs
-  run fewer steps.
+- Epochs: each epoch starts with the protocol's begin-epoch (the teacher's scoring pass when it asks
+  for one, through the Trainer's collator and device; selection; order), and the epoch then runs
+  exactly the selected examples' batches: the Trainer's epoch counter advances by one per teacher
+  epoch, a partial gradient accumulation closes within its epoch, and the learning-rate schedule is
+  sized for the optimizer steps the teacher's plan will take (``max_steps`` from the plan; an
+  InfoBatch epoch, whose size depends on the scores, counts as full data), so a decaying rate
+  reaches its floor at the last step.
 - Loss: per-example losses (``loss="lm"`` for causal LMs: mean over each example's shifted labels
   that are not -100; ``"cross_entropy"`` otherwise; or any :class:`attent.scores.Objective` loss),
   times the teacher's ``loss_weights``, averaged over the batch. The examples' scores (``loss`` or
   ``fgrad`` from the logits) go to ``teacher.observe`` from the same forward.
 - Logs: ``attent_ratio`` (the epoch's selected fraction) and ``attent_selection_time`` (seconds
-  spent in refresh passes, selection and scoring) join every log record.
+  spent in scoring passes, selection and scoring) join every log record.
 
 Works with peft LoRA models (the published "AtteNTSimple" LLM recipe) like any other model.
 
-Limits: the Trainer sizes its learning-rate schedule and progress bar for full-data epochs, so a
-decaying schedule ends above its floor when subset epochs are shorter (pass ``lr_scheduler_type=
-"constant"`` or your own scheduler where that matters); with ``gradient_accumulation_steps > 1`` a
-subset epoch whose batch count is not a multiple of it carries its last partial accumulation into
-the next epoch's first step; resuming from a Trainer checkpoint does not restore the teacher.
-The ``gradnorm`` score needs the probe around the backward, which the Trainer runs itself: use
-``attent.fit`` for it. Dataset items must be mappings (as every Hugging Face dataset yields).
+Limits: ``score="gradnorm"`` is refused: the probe must run the training backward, which the
+Trainer runs itself (``attent.fit`` supports it). Resuming from a Trainer checkpoint is refused (the
+teacher's state is not in it). The teacher's ``epochs`` must equal ``num_train_epochs`` (or be None
+for an open-ended plan, where ``max_steps`` may end the run). Under ``torch.distributed`` the
+sampler yields the whole epoch order and accelerate splits its batches between the processes.
+Dataset items must be mappings (as every Hugging Face dataset yields). Written against the
+Trainer's ``_run_epoch`` / ``set_initial_training_values`` (transformers 5).
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
-from torch.utils.data import Dataset, Sampler, Subset
-from transformers import Trainer
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ..scores import LossSpec, Objective, distinct, eval_mode, move_to, prediction_of, score_batch, split_batch
+from .._extras import require
 
-__all__ = ["INDEX_KEY", "AtteNTMixin", "AtteNTTrainer"]
+transformers = require("transformers", "hf")
+from transformers import Trainer  # noqa: E402
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
+
+from ..scores import LossSpec, Scorer, move_to, prediction_of, split_batch  # noqa: E402
+from ..teacher import Teacher  # noqa: E402
+from ..teaching import Teaching  # noqa: E402
+
+__all__ = ["INDEX_KEY", "HF_SCORE_KINDS", "AtteNTMixin", "AtteNTTrainer"]
 
 # The batch entry that carries each example's dataset index from the sampler to compute_loss.
 INDEX_KEY = "attent_index"
@@ -89,51 +101,64 @@ class _IndexCollator:
         return batch
 
 
-class _TeachingSampler(Sampler[int]):
-    """The train sampler: at each epoch's first iteration the trainer refreshes and selects, then the
-    teacher's order for the epoch is iterated."""
+class _EpochOrderSampler(Sampler[int]):
+    """The train sampler: yields the order the protocol set for the current epoch."""
 
-    def __init__(self, trainer: "AtteNTMixin"):
-        self.trainer = trainer
-        self.epoch = 0
-        self.order: torch.Tensor | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, num_examples: int):
+        self.order = torch.arange(num_examples)
 
     def __len__(self) -> int:
-        return len(self.order) if self.order is not None else self.trainer.teacher.num_examples
+        return len(self.order)
 
     def __iter__(self) -> Iterator[int]:
-        self.order = self.trainer.attent_begin_epoch(self.epoch)
         return iter(self.order.tolist())
 
 
 class AtteNTMixin:
     """The AtteNT part of :class:`AtteNTTrainer`, to put in front of any ``transformers.Trainer``
     subclass. Keyword arguments: ``teacher`` (an ``attent.Teacher`` for ``len(train_dataset)``
-    examples with score ``"loss"`` or ``"fgrad"``), ``loss`` (default: ``"lm"`` for causal-LM
-    models, else ``"cross_entropy"``), ``ignore_index`` (-100); everything else goes to the Trainer.
+    examples), ``score`` (``"loss"`` or ``"fgrad"``, default ``"fgrad"``), ``loss`` (default:
+    ``"lm"`` for causal-LM models, else ``"cross_entropy"``), ``ignore_index`` (-100); everything
+    else goes to the Trainer.
     """
 
     # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, teacher: Any, loss: LossSpec | None = None, ignore_index: int = -100, **kwargs: Any):
+    def __init__(self, *args: Any, teacher: Teacher, score: str = "fgrad", loss: LossSpec | None = None,
+                 ignore_index: int = -100, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.train_dataset is None:
             raise ValueError("AtteNTTrainer needs a train_dataset")
-        if teacher.num_examples != len(self.train_dataset):
-            raise ValueError(f"teacher was built for {teacher.num_examples} examples but train_dataset has {len(self.train_dataset)}")
-        if teacher.score not in HF_SCORE_KINDS:
-            raise ValueError(f"AtteNTTrainer scores examples from the logits: teacher score must be one of {HF_SCORE_KINDS}, "
-                             f"got {teacher.score!r} (attent.fit supports 'gradnorm')")
+        for method in ("_run_epoch", "set_initial_training_values"):
+            if not hasattr(Trainer, method):
+                raise RuntimeError(f"AtteNTTrainer drives the Trainer's {method}, which transformers "
+                                   f"{transformers.__version__} lacks; install attent[hf] (transformers 5)")
+        if score not in HF_SCORE_KINDS:
+            raise ValueError(f"AtteNTTrainer scores examples from the logits: score must be one of {HF_SCORE_KINDS}, "
+                             f"got {score!r} ('gradnorm' needs the probe around the backward the Trainer runs "
+                             f"itself: use attent.fit)")
+        objective = loss if loss is not None else self._default_loss()
+        self.teaching = Teaching(teacher, Scorer(score, objective, ignore_index=ignore_index),
+                                 num_examples=len(self.train_dataset), seed=self.args.seed)
+        if teacher.plan.epochs is not None:
+            if self.args.max_steps > 0:
+                raise ValueError(f"the teacher plans {teacher.plan.epochs} epochs; pass num_train_epochs="
+                                 f"{teacher.plan.epochs} instead of max_steps={self.args.max_steps} (or an open-ended teacher)")
+            epochs = self.args.num_train_epochs
+            if epochs != int(epochs):
+                raise ValueError(f"num_train_epochs must be a whole number of epochs with a teacher, got {epochs}")
+            self.teaching.check_epochs(int(epochs))
         self.teacher = teacher
-        self.objective = Objective.resolve(loss if loss is not None else self._default_loss(), ignore_index=ignore_index)
         self.attent_selection_time = 0.0
         self.attent_ratio = 1.0
+        self._epoch_sampler = _EpochOrderSampler(len(self.train_dataset))
         self.train_dataset = _IndexTagged(self.train_dataset)
         self.data_collator = _IndexCollator(self.data_collator)
+
+    @property
+    def objective(self):
+        return self.teaching.scorer.objective
 
     def _default_loss(self) -> str:
         model = self.accelerator.unwrap_model(self.model)
@@ -147,34 +172,57 @@ class AtteNTMixin:
             self._signature_columns.append(INDEX_KEY)
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler[int]:
-        return _TeachingSampler(self)
+        return self._epoch_sampler
+
+    def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any):
+        if resume_from_checkpoint:
+            raise ValueError("AtteNTTrainer cannot resume from a Trainer checkpoint: the teacher's state is not in it")
+        return super().train(None, *args, **kwargs)
+
+    def _epoch_batches(self, examples: int) -> int:
+        """Batches of an epoch of ``examples`` on this process: the order in per-device batches,
+        which accelerate deals out to the processes in turn."""
+        batch = self._train_batch_size
+        total = examples // batch if self.args.dataloader_drop_last else math.ceil(examples / batch)
+        return math.ceil(total / self.accelerator.num_processes)
+
+    def _epoch_updates(self, examples: int) -> int:
+        return max(1, math.ceil(self._epoch_batches(examples) / self.args.gradient_accumulation_steps))
+
+    def set_initial_training_values(self, args: Any, dataloader: DataLoader):
+        """The Trainer's step accounting, with ``max_steps`` from the teacher's plan."""
+        values = list(super().set_initial_training_values(args, dataloader))
+        epochs = self.teacher.plan.epochs
+        if epochs is not None:
+            values[0], values[-1] = epochs, self.teaching.planned_steps(epochs, self._epoch_updates)  # epochs, max_steps
+        return tuple(values)
+
+    def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, num_update_steps_per_epoch, *args, **kwargs):
+        """One teacher epoch: begin it through the protocol, then run exactly its batches."""
+        examples = len(self.attent_begin_epoch(epoch))
+        return super()._run_epoch(model, epoch, train_dataloader, self._epoch_batches(examples),
+                                  self._epoch_updates(examples), *args, **kwargs)
+
+    def _refresh_batches(self, indices: torch.Tensor):
+        loader = DataLoader(Subset(self.train_dataset, indices.tolist()), batch_size=self.args.per_device_eval_batch_size,
+                            collate_fn=self.data_collator)
+        for batch in loader:
+            batch = move_to(batch, self.args.device)
+            batch_indices = batch.pop(INDEX_KEY)
+            inputs, labels = split_batch(batch, "labels")
+            yield batch_indices, inputs, labels
 
     def attent_begin_epoch(self, epoch: int) -> torch.Tensor:
-        """Refresh pass, selection and the epoch's example order (int64 indices)."""
+        """The protocol's begin-epoch (scoring pass, selection, order); sets the sampler's order and
+        returns it (int64 indices, the whole epoch: accelerate splits batches between processes)."""
         start = time.perf_counter()
-        refresh = self.teacher.refresh_indices(epoch)
-        if refresh is not None and refresh.numel():
-            self.teacher.observe(*self._refresh_scores(refresh), step=self.state.global_step)
-        selection = self.teacher.select(epoch)
-        sampler = self.teacher.sampler(shuffle=True)
-        sampler.set_epoch(epoch)
-        order = torch.as_tensor(list(sampler), dtype=torch.long)
-        self.attent_ratio = float(selection.ratio)
+        begun = self.teaching.begin_epoch(epoch, step=self.state.global_step, model=self.model,
+                                          batches=self._refresh_batches, autocast_context=self.accelerator.autocast,
+                                          shard=False)
+        order = self._epoch_sampler.order = begun.order
+        self.attent_ratio = float(begun.record["ratio"])
         self.attent_selection_time += time.perf_counter() - start
         return order
-
-    def _refresh_scores(self, refresh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = self.get_test_dataloader(Subset(self.train_dataset, refresh.tolist()))
-        indices, scores = [], []
-        with eval_mode(self.model):
-            for batch in loader:
-                batch = move_to(batch, self.args.device)
-                batch_indices = batch.pop(INDEX_KEY)
-                inputs, labels = split_batch(batch, "labels")
-                scores.append(score_batch(self.model, inputs, labels, self.teacher.score, self.objective,
-                                          autocast_context=self.accelerator.autocast).cpu())
-                indices.append(batch_indices.cpu())
-        return torch.cat(indices), torch.cat(scores)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Per-example losses times the teacher's weights, averaged; the batch's scores go to the
@@ -186,10 +234,10 @@ class AtteNTMixin:
         outputs = model(**model_inputs)
         pred = prediction_of(outputs)
         losses = self.objective.losses(pred, labels)
-        loss = (losses * self.teacher.loss_weights(indices).to(losses)).mean()
+        loss = (losses * self.teaching.loss_weights(indices).to(losses)).mean()
         start = time.perf_counter()
-        scores = losses.detach() if self.teacher.score == "loss" else self.objective.output_scores(pred, labels, "fgrad")
-        self.teacher.observe(*distinct(indices, scores.cpu()), step=self.state.global_step)
+        scores = self.teaching.scorer.step_scores(pred, labels, losses)
+        self.teaching.observe(indices, scores.cpu(), step=self.state.global_step)
         self.attent_selection_time += time.perf_counter() - start
         return (loss, outputs) if return_outputs else loss
 
@@ -203,8 +251,9 @@ class AtteNTTrainer(AtteNTMixin, Trainer):
     """``transformers.Trainer`` trained under an AtteNT teacher (see the module docstring).
 
     Args:
-        teacher: an ``attent.Teacher`` built for ``len(train_dataset)`` examples; its score must be
-            ``"loss"`` or ``"fgrad"``.
+        teacher: an ``attent.Teacher`` built for ``len(train_dataset)`` examples and
+            ``num_train_epochs`` epochs (or open-ended).
+        score: ``"loss"`` or ``"fgrad"`` (default): what each training step feeds the teacher.
         loss: per-example loss, default ``"lm"`` for causal-LM models (labels aligned with the
             inputs, shifted here), else ``"cross_entropy"``; ``"mse"`` or a callable
             ``(logits, labels) -> Tensor[B]`` also work.

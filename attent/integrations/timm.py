@@ -11,17 +11,19 @@ The schedule runs in epochs so that a teacher's shorter subset epochs do not str
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._extras import require
+from ..optim import adamw, warmup_cosine
 from ..trainer import FitResult, fit
 
-__all__ = ["ARCHITECTURE", "build_vit", "vit_optimizer", "warmup_cosine", "train_vit"]
+timm = require("timm", "timm")
+
+__all__ = ["ARCHITECTURE", "build_vit", "train_vit"]
 
 ARCHITECTURE = "vit_tiny_patch16_224"
 
@@ -61,33 +63,6 @@ def build_vit(
         in_chans=in_chans, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
         drop_path_rate=drop_path_rate, **model_kwargs,
     )
-
-
-def vit_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on the matrices only: parameters with one dimension (biases, norm
-    weights) and timm's ``no_weight_decay()`` names (position embedding, class token) get none."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.dim() <= 1 or name in skip else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, *, epochs: int, warmup_epochs: int, min_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-epoch learning-rate factors: (e + 1) / warmup_epochs during warm-up, then a half cosine
-    from 1 down to ``min_factor`` at the last epoch. Step it once per epoch."""
-    if not 0 <= warmup_epochs < epochs:
-        raise ValueError(f"warmup_epochs must be in [0, epochs={epochs}), got {warmup_epochs}")
-
-    def factor(epoch: int) -> float:
-        if epoch < warmup_epochs:
-            return (epoch + 1) / warmup_epochs
-        progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs - 1)
-        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def train_vit(
@@ -134,8 +109,8 @@ def train_vit(
         num_classes=num_classes, img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
         depth=depth, num_heads=num_heads, drop_path_rate=drop_path_rate, **(model_kwargs or {}),
     )
-    optimizer = vit_optimizer(model, lr=lr, weight_decay=weight_decay)
-    scheduler = warmup_cosine(optimizer, epochs=epochs, warmup_epochs=warmup_epochs)
+    optimizer = adamw(model, lr=lr, weight_decay=weight_decay)
+    scheduler = warmup_cosine(optimizer, total=epochs, warmup=warmup_epochs)
     result = fit(
         model, train_data, loss="cross_entropy", optimizer=optimizer, teacher=teacher, epochs=epochs,
         batch_size=batch_size, eval_data=eval_data, lr_scheduler=scheduler, lr_scheduler_interval="epoch",

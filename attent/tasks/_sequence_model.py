@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import torch
-from timm.models.vision_transformer import Block
+from .._extras import require
+
+Block = require("timm.models.vision_transformer", "tasks").Block
 from torch import nn
 
 __all__ = ["LastPositionTransformer"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..integrations.timm import vit_optimizer, warmup_cosine
+from ..optim import adamw, warmup_cosine
 
 __all__ = ["METRIC_GOALS", "TrainDefaults", "Task", "higher_is_better"]
 
@@ -75,8 +75,8 @@ class Task:
     def optimizer(self, model: nn.Module) -> torch.optim.AdamW:
         """AdamW at the recipe's learning rate and weight decay (no decay on one-dimensional
         parameters nor on those the model's ``no_weight_decay()`` names)."""
-        return vit_optimizer(model, lr=self.defaults.lr, weight_decay=self.defaults.weight_decay)
+        return adamw(model, lr=self.defaults.lr, weight_decay=self.defaults.weight_decay)
 
     def lr_scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
         """The recipe's per-epoch warm-up + cosine schedule over ``epochs`` epochs (step it once per epoch)."""
-        return warmup_cosine(optimizer, epochs=epochs, warmup_epochs=min(self.defaults.warmup_epochs, epochs - 1))
+        return warmup_cosine(optimizer, total=epochs, warmup=min(self.defaults.warmup_epochs, epochs - 1))

@@ -15,11 +15,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
+from ..scores import SCORE_KINDS
 from ..teacher import Teacher
 from ..trainer import FitResult, fit
 from ._task import Task, higher_is_better
 
-__all__ = ["Method", "FULL_DATA", "RunSummary", "run_method", "time_to_target", "summarize", "format_table"]
+__all__ = ["Method", "FULL_DATA", "PUBLISHED", "RunSummary", "run_method", "time_to_target", "summarize", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -29,18 +30,22 @@ class Method:
     name: the label in tables and plots. kind: ``"full"`` (every example every epoch, no teacher),
     ``"teacher"`` (``Teacher(N, epochs=E, seed=s, **options)``) or ``"published"``
     (``Teacher.published(N, epochs=E, seed=s, **options)``). options: keyword arguments of that
-    constructor (besides the example count, epochs and seed).
+    constructor (besides the example count, epochs and seed). score: what the training steps feed
+    the teacher (``fit``'s ``score``; the published recipe's is ``"loss"``).
     """
 
     name: str
     kind: Literal["full", "teacher", "published"] = "teacher"
     options: Mapping[str, Any] = field(default_factory=dict)
+    score: str = "fgrad"
 
     def __post_init__(self) -> None:
         if self.kind not in ("full", "teacher", "published"):
             raise ValueError(f"kind must be 'full', 'teacher' or 'published', got {self.kind!r}")
         if self.kind == "full" and self.options:
             raise ValueError(f"a full-data method takes no teacher options, got {dict(self.options)}")
+        if self.score not in SCORE_KINDS:
+            raise ValueError(f"score must be one of {SCORE_KINDS}, got {self.score!r}")
 
     def teacher(self, num_examples: int, *, epochs: int, seed: int) -> Teacher | None:
         """The teacher of a run over ``num_examples`` examples and ``epochs`` epochs (None for full data)."""
@@ -51,12 +56,14 @@ class Method:
         return Teacher(num_examples, epochs=epochs, seed=seed, **self.options)
 
     def describe(self) -> dict[str, Any]:
-        """The method as plain values (schedules by their repr), for JSON records."""
-        return {"name": self.name, "kind": self.kind,
-                "options": {k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v) for k, v in self.options.items()}}
+        """The method as plain values (schedules and strategies by their repr), for JSON records."""
+        plain = (str, int, float, bool, type(None))
+        return {"name": self.name, "kind": self.kind, "score": self.score,
+                "options": {k: v if isinstance(v, plain) else repr(v) for k, v in self.options.items()}}
 
 
 FULL_DATA = Method("full data", "full")
+PUBLISHED = Method("published AtteNT", "published", score="loss")
 
 
 def run_method(
@@ -84,7 +91,7 @@ def run_method(
     optimizer = task.optimizer(model)
     return fit(
         model, task.train, loss=task.loss, optimizer=optimizer,
-        teacher=method.teacher(len(task.train), epochs=epochs, seed=seed), epochs=epochs,
+        teacher=method.teacher(len(task.train), epochs=epochs, seed=seed), score=method.score, epochs=epochs,
         batch_size=recipe.batch_size, eval_data=task.val, lr_scheduler=task.lr_scheduler(optimizer, epochs),
         lr_scheduler_interval="epoch", max_grad_norm=recipe.max_grad_norm, eval_every=recipe.eval_every,
         device=device, progress=progress, out_dir=out_dir, seed=seed,

@@ -12,12 +12,14 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
+from .._extras import require
 from ..integrations.timm import build_vit
 from ._task import Task, TrainDefaults
+
+_datasets = require("sklearn.datasets", "tasks")
+_model_selection = require("sklearn.model_selection", "tasks")
 
 __all__ = ["IMAGE_SIZE", "NUM_CLASSES", "VAL_FRACTION", "SPLIT_SEED", "digits"]
 
@@ -42,10 +44,10 @@ def digits(*, seed: int = 0, quick: bool = False) -> Task:
         Task with items ``(image (1, 8, 8) float32, label () int64)``, loss ``"cross_entropy"`` and
         metric ``"val_accuracy"``.
     """
-    bunch = load_digits()
+    bunch = _datasets.load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / PIXEL_MAX
     labels = torch.tensor(bunch.target, dtype=torch.int64)
-    train_idx, val_idx = train_test_split(
+    train_idx, val_idx = _model_selection.train_test_split(
         torch.arange(labels.numel()).numpy(), test_size=VAL_FRACTION, stratify=bunch.target, random_state=SPLIT_SEED
     )
     train_idx, val_idx = torch.as_tensor(train_idx), torch.as_tensor(val_idx)

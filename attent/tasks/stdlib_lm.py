@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from .._extras import require
 from ._task import Task, TrainDefaults
 
 __all__ = ["VAL_EVERY", "ByteTokenizer", "WindowDataset", "corpus_files", "stdlib_lm"]
@@ -84,13 +85,12 @@ def _token_stream(files: list[Path], tokenizer: ByteTokenizer) -> torch.Tensor:
 
 
 def _build_gpt2(*, vocab_size: int, length: int, width: int, depth: int, heads: int, eos_id: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
+    transformers = require("transformers", "hf")
+    config = transformers.GPT2Config(
         vocab_size=vocab_size, n_positions=length, n_embd=width, n_layer=depth, n_head=heads, n_inner=2 * width,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_id, eos_token_id=eos_id, use_cache=False,
     )
-    return GPT2LMHeadModel(config)
+    return transformers.GPT2LMHeadModel(config)
 
 
 def stdlib_lm(*, seed: int = 0, quick: bool = False, stdlib: str | Path | None = None) -> Task:

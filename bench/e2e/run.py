@@ -2,7 +2,7 @@
 wall time each needs to reach the full-data run's final metric.
 
     attent bench e2e --task digits                   # the task at its benchmark size, 3 seeds
-    attent bench e2e --task all                      # the four tasks, one record each
+    attent bench e2e --task all --record             # the four tasks, updating bench/results/
     attent bench e2e --task scb --quick              # tiny tasks, 2 epochs: seconds
     attent bench e2e --task digits --methods full,fgrad-hard,infobatch --seeds 2 --json out.json
 
@@ -10,7 +10,7 @@ Methods (``--methods``, comma-separated; ``full`` always runs, it is the baselin
 
 - ``full``: every example every epoch.
 - ``<score>-<strategy>`` for score in loss, fgrad, gradnorm and strategy in hard, soft: AtteNT,
-  ``Teacher(N, score=score, strategy=strategy, epochs=E, seed=s)`` with its default schedule (one
+  ``Teacher(N, strategy=strategy, epochs=E, seed=s)`` fed ``score`` with its default schedule (one
   full-data epoch, 10 cycles, ratio cosine 0.2 -> 0.8, fixed interval 5), scored online from the
   training steps (``gradnorm`` needs ``attent.probe``).
 - ``published``: ``Teacher.published(N, epochs=E, seed=s)``, the published code's recipe (loss
@@ -30,8 +30,9 @@ saved average over the seeds that reached the target and say how many did when n
 Sizes: without ``--quick`` each task runs at ``BENCH_SIZES`` (its own recipe's epochs, and a fixed
 random subset of the training set where the whole one does not fit the budget), chosen so that the
 four tasks, every method and 3 seeds take about 40 minutes on an otherwise idle 2-core CPU (other
-work on the machine distorts every wall time: run the benchmark alone). The record (default
-``bench/results/e2e_<task>.json``, the plot beside it as ``.png``) holds the sizes, the machine,
+work on the machine distorts every wall time: run the benchmark alone). The record
+(``e2e_<task>.json`` in ``runs/bench/``, or in ``bench/results/`` with ``--record``; the plot
+beside it as ``.png``) holds the sizes, the machine,
 the versions, the command line, the per-seed numbers and curves, and the summary.
 """
 from __future__ import annotations
@@ -56,21 +57,21 @@ from torch.utils.data import Subset  # noqa: E402
 
 from attent.plots import plot_curves  # noqa: E402
 from attent.tasks import TASKS, Task, make_task  # noqa: E402
-from attent.tasks.compare import FULL_DATA, Method, RunSummary, format_table, run_method, summarize  # noqa: E402
+from attent.strategies import InfoBatch  # noqa: E402
+from attent.tasks.compare import FULL_DATA, PUBLISHED, Method, RunSummary, format_table, run_method, summarize  # noqa: E402
 from bench import record_info  # noqa: E402
 
-RESULTS_DIR = REPO / "bench" / "results"
 BASELINE = "full"
 SCORES = ("loss", "fgrad", "gradnorm")
 TEACHER_STRATEGIES = ("hard", "soft")
 METHODS: dict[str, Method] = {
     BASELINE: FULL_DATA,
-    **{f"{score}-{strategy}": Method(f"AtteNT {score} {strategy}", "teacher", {"score": score, "strategy": strategy})
+    **{f"{score}-{strategy}": Method(f"AtteNT {score} {strategy}", "teacher", {"strategy": strategy}, score=score)
        for score in SCORES for strategy in TEACHER_STRATEGIES},
-    "published": Method("published AtteNT", "published"),
-    "infobatch": Method("InfoBatch", "teacher", {"score": "loss", "strategy": "infobatch", "prune_ratio": 0.5,
-                                                 "delta": 0.875, "warmup_epochs": 0}),
-    "random": Method("random subset", "teacher", {"score": "loss", "strategy": "random"}),
+    "published": PUBLISHED,
+    "infobatch": Method("InfoBatch", "teacher", {"strategy": InfoBatch(prune_ratio=0.5, delta=0.875), "warmup_epochs": 0},
+                        score="loss"),
+    "random": Method("random subset", "teacher", {"strategy": "random"}, score="loss"),
 }
 # The per-seed numbers a summary averages, in table order.
 FIELDS = ("final", "time_to_target", "time_saved", "examples_seen", "selection_overhead", "wall_time")
@@ -120,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the task's BENCH_SIZES)")
     parser.add_argument("--quick", action="store_true", help="the tiny tasks at their 2 epochs: a smoke run in seconds")
     parser.add_argument("--json", type=Path, default=None,
-                        help="the record's path (default bench/results/e2e_<task>.json); with --task all it must "
-                        "contain {task}")
+                        help="the record's path (default e2e_<task>.json in the output folder); with --task all it "
+                        "must contain {task}")
+    record_info.add_output_options(parser)
     return parser
 
 
@@ -231,9 +233,9 @@ def run_task(name: str, method_ids: Sequence[str], *, seeds: int, epochs: int | 
     }
 
 
-def _output_path(template: Path | None, task: str, many: bool) -> Path:
+def _output_path(template: Path | None, task: str, many: bool, folder: Path) -> Path:
     if template is None:
-        return RESULTS_DIR / f"e2e_{task}.json"
+        return folder / f"e2e_{task}.json"
     if many and "{task}" not in str(template):
         raise ValueError(f"--json must contain {{task}} with --task all, got {template}")
     return Path(str(template).replace("{task}", task))
@@ -278,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     method_ids = _method_ids(args.methods, parser)
     tasks = list(TASKS) if args.task == "all" else [args.task]
     try:
-        outputs = {task: _output_path(args.json, task, len(tasks) > 1) for task in tasks}
+        outputs = {task: _output_path(args.json, task, len(tasks) > 1, record_info.output_dir(args)) for task in tasks}
     except ValueError as error:
         parser.error(str(error))
     device = record_info.device()

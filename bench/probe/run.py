@@ -2,7 +2,7 @@
 
     attent bench probe                   # ViT and GPT-2 configs sized for a CPU (or a GPU's sizes on CUDA)
     attent bench probe --quick           # tiny configs: a smoke run
-    attent bench probe --json PATH       # default bench/results/probe_<device>.json
+    attent bench probe --record          # update bench/results/probe_<device>.json (default: runs/bench/)
 
 For each model and method, one side-by-side table: time per call (median of ``--repeats`` after a
 warm-up), peak extra memory of one call, both also as a multiple of a plain training step
@@ -211,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per method (median; default 5)")
     parser.add_argument("--quick", action="store_true", help="tiny configs and one repeat: a smoke run")
-    parser.add_argument("--json", type=Path, default=None, help="the record's path (default bench/results/probe_<device>.json)")
+    parser.add_argument("--json", type=Path, default=None, help="the record's path (default probe_<device>.json in the "
+                                                                  "output folder)")
+    record_info.add_output_options(parser)
     args = parser.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     methods = [m for m in args.methods.split(",") if m]
@@ -238,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row["max_rel_diff_vs_torch_func"] = None if subset else _relative_difference(row.get("norms"), reference)
         print(_table(model, rows), flush=True)
         record["models"][model] = rows
-    path = args.json or REPO / "bench" / "results" / f"probe_{device.type}.json"
+    path = args.json or record_info.output_dir(args) / f"probe_{device.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
     print(f"wrote {path}")

@@ -7,6 +7,7 @@ import torch
 
 from attent.config import build_run, load_config, run_from_config
 from attent.schedules import RatioSchedule
+from attent.strategies import Soft
 
 
 def _write(tmp_path, text, name="run.yaml"):
@@ -19,8 +20,8 @@ def test_run_from_config_trains_the_described_run(tmp_path):
     path = _write(tmp_path, f"""
         task: {{name: digits, quick: true}}
         seed: 2
+        score: loss
         teacher:
-          score: loss
           strategy: hard
           ratio: 0.5
           interval: 1
@@ -43,7 +44,7 @@ def test_build_run_builds_teacher_optimizer_and_scheduler(tmp_path):
     config = load_config(_write(tmp_path, """
         task: {name: digits, quick: true}
         teacher:
-          strategy: soft
+          strategy: {name: soft, temperature: 0.5}
           ratio: {kind: cosine, initial: 0.3, final: 0.9}
           interval: {kind: incremental, initial: 1, maximum: 2}
           refresh: cycle
@@ -54,18 +55,19 @@ def test_build_run_builds_teacher_optimizer_and_scheduler(tmp_path):
         """))
     run = build_run(config)
     teacher = run["teacher"]
-    assert teacher.strategy == "soft" and teacher.refresh == "cycle" and teacher.plan.epochs == 5
+    assert teacher.strategy == Soft(temperature=0.5) and teacher.refresh == "cycle" and teacher.plan.epochs == 5
     assert teacher.plan.ratio == RatioSchedule("cosine", 0.3, 0.9)
     assert isinstance(run["optimizer"], torch.optim.SGD) and run["optimizer"].defaults["lr"] == 0.1
     assert run["optimizer"].defaults["momentum"] == 0.9 and run["lr_scheduler"] is None
-    assert len(run["model"].blocks) == 2 and run["epochs"] == 5 and run["batch_size"] == 32
+    options = run["options"]
+    assert len(run["model"].blocks) == 2 and options.epochs == 5 and options.batch_size == 32
 
 
 def test_task_defaults_fill_what_the_config_leaves_out(tmp_path):
     run = build_run(load_config(_write(tmp_path, "task: {name: digits, quick: true}\n")))
-    assert run["teacher"] is None and run["epochs"] == 2 and run["loss"] == "cross_entropy"
+    assert run["teacher"] is None and run["options"].epochs == 2 and run["loss"] == "cross_entropy"
     assert isinstance(run["optimizer"], torch.optim.AdamW) and run["optimizer"].defaults["lr"] == 2e-3
-    assert run["lr_scheduler"] is not None and run["lr_scheduler_interval"] == "epoch"
+    assert run["lr_scheduler"] is not None and run["options"].lr_scheduler_interval == "epoch"
 
 
 def test_published_recipe_and_user_task_factory(tmp_path, monkeypatch):
@@ -91,7 +93,7 @@ def test_published_recipe_and_user_task_factory(tmp_path, monkeypatch):
         """))
     run = build_run(config)
     teacher = run["teacher"]
-    assert teacher.score == "loss" and teacher.refresh == "cycle" and teacher.plan.reselect_each_epoch
+    assert teacher.strategy.name == "soft" and teacher.refresh == "cycle" and teacher.plan.reselect_each_epoch
     assert run["model"].out_features == 2 and len(run["train_data"]) == 30 and teacher.plan.epochs == 4
 
 
@@ -105,6 +107,12 @@ def test_published_recipe_and_user_task_factory(tmp_path, monkeypatch):
     ("task: {name: digits, quick: true}\nlr_scheduler: step\n", "lr_scheduler must be one of"),
     ("task: {name: digits, quick: true}\nteacher: {ratio: {kind: cosine, start: 0.1}}\n", "must use the keys"),
     ("- task\n", "must hold a mapping"),
+    ("task: {name: digits, quick: true}\nteacher: {score: loss}\n", "write 'score: loss' at the top level"),
+    ("task: {name: digits, quick: true}\nteacher: {strategy: {name: soft, heat: 2}}\n", r"takes the options \['temperature', 'normalize'\]"),
+    ("task: {name: digits, quick: true}\nteacher: {strategy: {name: best}}\n", "strategy name must be one of"),
+    ("task: {name: digits, quick: true}\nteacher: {rate: 0.5}\n", "config teacher takes the keys"),
+    ("task: {name: digits, quick: true}\nscore: margin\n", "config score must be one of"),
+    ("task: {name: digits, quick: true}\nepochs: 3\nlr_scheduler: {warmup_epochs: 3}\n", r"warmup_epochs must be an integer in \[0, epochs=3\)"),
 ])
 def test_bad_configs_raise_value_errors(tmp_path, text, match):
     with pytest.raises(ValueError, match=match):

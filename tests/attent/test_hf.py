@@ -46,7 +46,7 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
     train, val = _data(0), _data(1, 5)
     model = _lora_gpt2()
     initial = copy.deepcopy(model)
-    teacher = Teacher(len(train), score="fgrad", strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
+    teacher = Teacher(len(train), strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
     observed, selected = [], {}
     observe, select = teacher.observe, teacher.select
     teacher.observe = lambda indices, scores, *, step=None: (observed.append((indices, scores, step)), observe(indices, scores, step=step))
@@ -56,7 +56,7 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
         learning_rate=5e-2, lr_scheduler_type="constant", logging_steps=1, eval_strategy="epoch", save_strategy="no",
         report_to=[], use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False, seed=0,
     )
-    trainer = AtteNTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, teacher=teacher)
+    trainer = AtteNTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, teacher=teacher, score="fgrad")
     assert trainer.objective.name == "lm"  # a causal LM under its peft wrapper
     trainer.train()
 
@@ -81,9 +81,10 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
 def test_compute_loss_is_the_weighted_mean_of_per_example_losses(tmp_path):
     train = _data(2)
     model = _lora_gpt2()
-    teacher = Teacher(len(train), score="loss", ratio=0.5, epochs=2, interval=1)
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
-    trainer = AtteNTTrainer(model=model, args=args, train_dataset=train, teacher=teacher)
+    teacher = Teacher(len(train), ratio=0.5, epochs=2, interval=1)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
+                                          num_train_epochs=2)
+    trainer = AtteNTTrainer(model=model, args=args, train_dataset=train, teacher=teacher, score="loss")
     picks = [3, 8, 0]
     batch = trainer.data_collator([trainer.train_dataset[i] for i in picks])
     assert batch[INDEX_KEY].tolist() == picks
@@ -99,8 +100,79 @@ def test_compute_loss_is_the_weighted_mean_of_per_example_losses(tmp_path):
 
 
 def test_bad_teachers_are_rejected(tmp_path):
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, num_train_epochs=3)
     with pytest.raises(ValueError, match="teacher was built for 5 examples"):
         AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(5, ratio=0.5))
-    with pytest.raises(ValueError, match="teacher score must be one of"):
-        AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(N_EXAMPLES, score="gradnorm", ratio=0.5))
+    with pytest.raises(ValueError, match="score must be one of .*'gradnorm' needs the probe"):
+        AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(N_EXAMPLES, ratio=0.5),
+                      score="gradnorm")
+    for epochs in (1, 5):  # fewer used to crash at the next epoch, more to cut the schedule silently
+        with pytest.raises(ValueError, match=f"teacher plans {epochs} epochs but the run is asked for 3"):
+            AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0),
+                          teacher=Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=epochs))
+    trainer = AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0),
+                            teacher=Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=3))
+    with pytest.raises(ValueError, match="cannot resume from a Trainer checkpoint"):
+        trainer.train(resume_from_checkpoint=str(tmp_path))
+
+
+def _args(tmp_path, **overrides):
+    options = dict(output_dir=str(tmp_path), per_device_train_batch_size=2, num_train_epochs=4, learning_rate=1e-2,
+                   logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                   dataloader_pin_memory=False, seed=0)
+    return transformers.TrainingArguments(**(options | overrides))
+
+
+def test_subset_epochs_count_as_epochs_and_the_lr_schedule_ends_at_the_last_step(tmp_path):
+    """4 epochs: 11 examples, then 5 (ratio 0.5) three times, batch 2, accumulation 2: the steps
+    are ceil(ceil(11/2)/2) + 3 * ceil(ceil(5/2)/2) = 3 + 3 * 2 = 9; the Trainer's epoch ends at 4.0
+    and a linear decay reaches 0 at the last step."""
+    teacher = Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=4)
+    trainer = AtteNTTrainer(model=_lora_gpt2(), args=_args(tmp_path, gradient_accumulation_steps=2,
+                                                           lr_scheduler_type="linear"),
+                            train_dataset=_data(0), teacher=teacher, score="loss")
+    trainer.train()
+    assert trainer.state.global_step == trainer.state.max_steps == 9
+    assert trainer.state.epoch == pytest.approx(4.0)
+    logged = [log for log in trainer.state.log_history if "learning_rate" in log]
+    assert len(logged) == 9 and [log["epoch"] for log in logged][2] == pytest.approx(1.0)
+    assert trainer.lr_scheduler.get_last_lr()[0] == 0.0
+    assert teacher.stats["observed"] == N_EXAMPLES + 3 * 5
+
+
+def test_the_hf_trainer_and_fit_make_the_same_selections(tmp_path):
+    """One protocol: with the model frozen (lr 0), both trainers feed the teacher the same loss
+    scores, so a teacher of the same seed selects the same examples at every epoch."""
+    from attent import fit
+    from attent.strategies import Soft
+
+    def make_teacher():
+        return Teacher(N_EXAMPLES, strategy=Soft(temperature=0.3), ratio=0.4, interval=1, epochs=4, refresh=0.5, seed=3)
+
+    def selections_of(teacher):
+        seen = {}
+        select = teacher.select
+        teacher.select = lambda epoch: seen.setdefault(epoch, select(epoch))
+        return seen
+
+    hf_teacher, fit_teacher = make_teacher(), make_teacher()
+    hf_seen, fit_seen = selections_of(hf_teacher), selections_of(fit_teacher)
+    trainer = AtteNTTrainer(model=_lora_gpt2(), args=_args(tmp_path, learning_rate=0.0, lr_scheduler_type="constant"),
+                            train_dataset=_data(0), teacher=hf_teacher, score="loss")
+    trainer.train()
+
+    class Frozen(torch.nn.Module):  # the same LoRA GPT-2, called with the batch mapping
+        def __init__(self):
+            super().__init__()
+            self.model = _lora_gpt2()
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    frozen = Frozen()
+    fit(frozen, _data(0), loss="lm", optimizer=torch.optim.SGD(frozen.parameters(), lr=0.0), teacher=fit_teacher,
+        score="loss", epochs=4, batch_size=2, progress=False)
+    assert sorted(hf_seen) == sorted(fit_seen) == [0, 1, 2, 3]
+    for epoch in range(4):
+        assert hf_seen[epoch].indices.tolist() == fit_seen[epoch].indices.tolist(), epoch
+    torch.testing.assert_close(hf_teacher.scores, fit_teacher.scores, rtol=1e-5, atol=1e-6, equal_nan=True)

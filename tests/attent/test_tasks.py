@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from attent.scores import Objective
 from attent.tasks import TASKS, Task, TrainDefaults, make_task
-from attent.tasks.compare import FULL_DATA, Method, format_table, summarize, time_to_target
+from attent.tasks.compare import FULL_DATA, PUBLISHED, Method, format_table, summarize, time_to_target
 from attent.tasks.icl_regression import make_prompts
 from attent.tasks.scb import ground_truth, next_token_distribution
 from attent.tasks.stdlib_lm import ByteTokenizer, WindowDataset, corpus_files
@@ -236,10 +236,12 @@ def test_summarize_measures_against_the_baselines_first_arrival_at_its_final_val
 
 def test_methods_build_their_teachers():
     assert FULL_DATA.teacher(10, epochs=3, seed=0) is None
-    teacher = Method("a", "teacher", {"score": "loss", "ratio": 0.5}).teacher(10, epochs=4, seed=2)
-    assert (teacher.num_examples, teacher.score, teacher.seed) == (10, "loss", 2)
-    published = Method("p", "published").teacher(10, epochs=12, seed=0)
-    assert published.score == "loss" and published.refresh == "cycle"
+    method = Method("a", "teacher", {"ratio": 0.5}, score="loss")
+    teacher = method.teacher(10, epochs=4, seed=2)
+    assert (teacher.num_examples, method.score, teacher.seed) == (10, "loss", 2)
+    assert PUBLISHED.score == "loss" and PUBLISHED.teacher(10, epochs=12, seed=0).refresh == "cycle"
+    with pytest.raises(ValueError, match="score must be one of"):
+        Method("x", "teacher", score="margin")
     with pytest.raises(ValueError, match="kind"):
         Method("x", "oracle")
     with pytest.raises(ValueError, match="options"):

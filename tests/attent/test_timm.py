@@ -6,7 +6,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
-from attent.integrations.timm import build_vit, train_vit, vit_optimizer, warmup_cosine
+from attent.integrations.timm import build_vit, train_vit
 from attent.teacher import Teacher
 
 TINY = dict(num_classes=10, img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1, num_heads=2)
@@ -20,8 +20,8 @@ def _digits(start, count):
 
 def test_train_vit_with_a_teacher_end_to_end(tmp_path):
     train, val = _digits(0, 61), _digits(100, 23)
-    teacher = Teacher(len(train), score="fgrad", ratio=0.5, interval=1, epochs=3)
-    model, result = train_vit(train, eval_data=val, teacher=teacher, epochs=3, batch_size=16, warmup_epochs=1,
+    teacher = Teacher(len(train), ratio=0.5, interval=1, epochs=3)
+    model, result = train_vit(train, eval_data=val, teacher=teacher, score="fgrad", epochs=3, batch_size=16, warmup_epochs=1,
                               progress=False, out_dir=tmp_path, **TINY)
     assert model.patch_embed.proj.kernel_size == (4, 4) and len(model.blocks) == 1 and model.head.out_features == 10
     assert [r["examples_seen"] for r in result.history] == [61, 61 + 30, 61 + 30 + 30]
@@ -34,30 +34,6 @@ def test_train_vit_is_reproducible_under_its_seed():
     first, _ = train_vit(train, epochs=2, batch_size=8, warmup_epochs=1, progress=False, seed=3, **TINY)
     second, _ = train_vit(train, epochs=2, batch_size=8, warmup_epochs=1, progress=False, seed=3, **TINY)
     assert all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters()))
-
-
-def test_vit_optimizer_decays_matrices_only():
-    model = build_vit(**TINY)
-    decay, no_decay = vit_optimizer(model, lr=1e-3, weight_decay=0.05).param_groups
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    assert {"pos_embed", "cls_token", "head.bias", "norm.weight"} <= {names[id(p)] for p in no_decay["params"]}
-    assert all(p.dim() >= 2 for p in decay["params"]) and "pos_embed" not in {names[id(p)] for p in decay["params"]}
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-
-
-def test_warmup_cosine_factors():
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = warmup_cosine(optimizer, epochs=6, warmup_epochs=2)
-    rates = []
-    for _ in range(6):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    expected = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 3)) for k in range(4)]
-    assert rates == pytest.approx(expected)
-    with pytest.raises(ValueError, match="warmup_epochs"):
-        warmup_cosine(optimizer, epochs=3, warmup_epochs=3)
 
 
 def test_build_vit_rejects_mismatched_sizes():

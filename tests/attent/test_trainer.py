@@ -317,6 +317,43 @@ def test_resume_with_a_teacher_mid_cycle_reproduces_the_uninterrupted_run(tmp_pa
     assert full.examples_scored == 4 * 37  # a refresh pass over every example before each subset epoch
 
 
+def test_an_lr_scheduler_factory_gets_the_planned_steps_and_the_rate_ends_at_zero(tmp_path):
+    """37 examples, batch 4, accumulation 2: a full epoch is ceil(10 / 2) = 5 steps, a subset of 18
+    (ratio 0.5) ceil(5 / 2) = 3; epochs full, subset, subset: 11 steps, the factory is told 11 and
+    a linear decay over them ends at 0; selection and eval records number the epochs alike."""
+    from attent.teacher import Teacher
+
+    model = _model()
+    planned = []
+
+    def linear(optimizer, steps):
+        planned.append(steps)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = fit(model, _data(), loss="cross_entropy", optimizer=optimizer, lr_scheduler=linear,
+                 teacher=Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=3), score="loss", epochs=3, batch_size=4,
+                 grad_accum=2, progress=False, eval_data=_data(4, 13), out_dir=tmp_path)
+    assert planned == [11] and result.steps == 11 and optimizer.param_groups[0]["lr"] == 0.0
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "selection"] == [1, 2, 3]
+    assert [e["epoch"] for e in events if e["event"] == "eval"] == [1.0, 2.0, 3.0]
+
+
+def test_fit_options_errors_name_the_option_and_a_detached_loss_is_explained():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for options, match in [(dict(epochs="two"), r"epochs must be a positive integer, got 'two' \(str\)"),
+                           (dict(epochs=2, score="margin"), "score must be one of"),
+                           (dict(epochs=2, max_time=-1), "max_time must be a positive number or None")]:
+        with pytest.raises(ValueError, match=match):
+            fit(model, _data(), loss="cross_entropy", optimizer=optimizer, **options)
+    with pytest.raises(TypeError, match=r"unknown options \['epoch'\]"):
+        fit(model, _data(), loss="cross_entropy", optimizer=optimizer, epoch=2)
+    with pytest.raises(ValueError, match="the loss does not depend on the model's trainable parameters"):
+        fit(model, _data(), loss=lambda logits, y: torch.ones(len(y)), optimizer=optimizer, epochs=1, progress=False)
+
+
 def test_teacher_must_match_the_run():
     from attent.teacher import Teacher
 
