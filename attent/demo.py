@@ -22,10 +22,10 @@ from typing import Any
 
 from .plots import plot_curves
 from .schedules import check_count
-from .tasks import digits
-from .tasks.compare import FULL_DATA, Method, RunSummary, format_table, run_method, summarize
 from .scores import SCORE_KINDS
 from .strategies import STRATEGIES
+from .tasks import digits
+from .tasks.compare import FULL_DATA, Method, RunSummary, format_table, run_method, summarize
 from .teacher import Teacher
 
 __all__ = ["PLOT_NAME", "RESULT_NAME", "TABLE_HEADER", "run_demo"]

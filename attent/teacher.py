@@ -93,46 +93,21 @@ import hashlib
 import math
 import numbers
 import warnings
-from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping, Sequence, Union
 
 import torch
 from torch.utils.data import Sampler
 
 from . import _distributed
-from .schedules import IntervalSchedule, RatioSchedule, TeachingPlan, check_count, check_fraction
+from ._teacher_state import COUNTERS, STATE_VERSION, Selection, checked_state, selection_state
+from .schedules import IntervalSchedule, RatioSchedule, check_count, check_fraction
 from .strategies import PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
 
 __all__ = ["Selection", "Teacher", "TeacherSampler"]
 
-_STATE_VERSION = 2
-_STATE_KEYS = (
-    "version", "num_examples", "scores", "score_steps", "observe_calls", "subset", "active", "active_epoch", "counters"
-)
-_COUNTERS = ("observed", "nonfinite_scores", "selections", "refreshes")
 
 IndexLike = Union[torch.Tensor, Sequence[int]]
 ScoreLike = Union[torch.Tensor, Sequence[float]]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The examples one epoch trains on.
-
-    indices: (m,) int64, ascending (an ``"importance"`` draw may repeat an index). weights: (m,)
-    float32 per-example loss weights aligned with ``indices``, or None when unweighted. ratio:
-    m / N. is_full: every example, unweighted. selected_at: the epoch of the selection point that
-    chose the subset (None for a full-data epoch). Treat the tensors as read-only.
-    """
-
-    indices: torch.Tensor
-    weights: torch.Tensor | None
-    ratio: float
-    is_full: bool
-    selected_at: int | None = None
-
-    def __len__(self) -> int:
-        return self.indices.numel()
 
 
 def _derived_generator(seed: int, epoch: int, purpose: str) -> torch.Generator:
@@ -183,27 +158,6 @@ def _mean_per_index(index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Te
     sums = torch.zeros(unique.numel(), dtype=values.dtype).index_add_(0, inverse, values)
     counts = torch.bincount(inverse, minlength=unique.numel()).to(values.dtype)
     return unique, sums / counts
-
-
-def _selection_state(selection: Selection | None) -> dict[str, Any] | None:
-    if selection is None:
-        return None
-    return {
-        "indices": selection.indices.clone(),
-        "weights": None if selection.weights is None else selection.weights.clone(),
-        "ratio": selection.ratio,
-        "is_full": selection.is_full,
-        "selected_at": selection.selected_at,
-    }
-
-
-def _state_int(state: Mapping[str, Any], key: str, minimum: int, allow_none: bool = False) -> int | None:
-    value = state[key]
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"state_dict[{key!r}] must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class Teacher:
@@ -263,7 +217,7 @@ class Teacher:
         self._active_epoch: int | None = None
         self._active_weights: torch.Tensor | None = None
         self._full: Selection | None = None
-        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._counters = dict.fromkeys(COUNTERS, 0)
 
     @classmethod
     def published(
@@ -489,78 +443,29 @@ class Teacher:
         """Everything a resumed run needs to select what an uninterrupted run selects (CPU tensors
         and plain Python values; the configuration itself is the constructor's)."""
         return {
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             "num_examples": self.num_examples,
             "scores": self._scores.clone(),
             "score_steps": self._score_steps.clone(),
             "observe_calls": self._observe_calls,
-            "subset": _selection_state(self._subset),
-            "active": _selection_state(self._active),
+            "subset": selection_state(self._subset),
+            "active": selection_state(self._active),
             "active_epoch": self._active_epoch,
             "counters": dict(self._counters),
         }
 
-    def _selection_from_state(self, state: Any, key: str) -> Selection | None:
-        if state is None:
-            return None
-        if not isinstance(state, Mapping) or set(state) != {"indices", "weights", "ratio", "is_full", "selected_at"}:
-            raise ValueError(f"state_dict[{key!r}] must be None or a selection mapping, got {state!r:.80}")
-        indices = state["indices"]
-        if not isinstance(indices, torch.Tensor) or indices.dim() != 1 or indices.is_floating_point() or indices.is_complex():
-            raise ValueError(f"state_dict[{key!r}]['indices'] must be a (m,) integer tensor, got {_shape(indices)}")
-        self._check_range(indices.to(torch.int64), f"state_dict[{key!r}]['indices']")
-        weights = state["weights"]
-        if weights is not None and (not isinstance(weights, torch.Tensor) or weights.shape != indices.shape
-                                    or not weights.is_floating_point()):
-            raise ValueError(f"state_dict[{key!r}]['weights'] must be None or a real tensor of the indices' shape "
-                             f"{tuple(indices.shape)}, got {_shape(weights)}")
-        return Selection(
-            indices=indices.to(torch.int64).clone(),
-            weights=None if weights is None else weights.to(torch.float32).clone(),
-            ratio=float(state["ratio"]),
-            is_full=bool(state["is_full"]),
-            selected_at=_state_int(state, "selected_at", 0, allow_none=True),
-        )
-
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a ``state_dict()`` taken from a teacher over the same number of examples; every
         field is checked before any is restored."""
-        if not isinstance(state_dict, Mapping):
-            raise ValueError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        missing = [key for key in _STATE_KEYS if key not in state_dict]
-        if missing:
-            raise ValueError(f"state_dict lacks {missing}; it is not a Teacher state_dict")
-        if state_dict["version"] != _STATE_VERSION:
-            raise ValueError(f"state_dict version must be {_STATE_VERSION}, got {state_dict['version']!r}")
-        if state_dict["num_examples"] != self.num_examples:
-            raise ValueError(
-                f"state_dict holds num_examples={state_dict['num_examples']} but this teacher has "
-                f"num_examples={self.num_examples}: the dataset length changed"
-            )
-        scores, steps = state_dict["scores"], state_dict["score_steps"]
-        for key, value in (("scores", scores), ("score_steps", steps)):
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (self.num_examples,):
-                raise ValueError(f"state_dict[{key!r}] must be a tensor of shape ({self.num_examples},), got {_shape(value)}")
-        if not scores.is_floating_point():
-            raise ValueError(f"state_dict['scores'] must hold real floating-point scores, got dtype {scores.dtype}")
-        if steps.is_floating_point() or steps.is_complex() or steps.dtype == torch.bool or bool((steps < -1).any()):
-            raise ValueError(f"state_dict['score_steps'] must hold integer steps >= -1, got dtype {steps.dtype}")
-        counters = state_dict["counters"]
-        if not isinstance(counters, Mapping) or set(counters) != set(_COUNTERS):
-            raise ValueError(f"state_dict['counters'] must have the keys {list(_COUNTERS)}, got {counters!r:.80}")
-        observe_calls = _state_int(state_dict, "observe_calls", 0)
-        active_epoch = _state_int(state_dict, "active_epoch", 0, allow_none=True)
-        subset = self._selection_from_state(state_dict["subset"], "subset")
-        active = self._selection_from_state(state_dict["active"], "active")
-        self._scores = scores.to(torch.float64).clone()
-        self._score_steps = steps.to(torch.int64).clone()
-        self._observe_calls = observe_calls
-        self._subset = subset
-        if active is not None and subset is not None and active.selected_at == subset.selected_at:
-            active = subset
+        state = checked_state(state_dict, self.num_examples)
+        self._scores, self._score_steps = state["scores"], state["score_steps"]
+        self._observe_calls, self._subset = state["observe_calls"], state["subset"]
+        active = state["active"]
+        if active is not None and self._subset is not None and active.selected_at == self._subset.selected_at:
+            active = self._subset
         self._active = None
-        self._activate(active, active_epoch)
-        self._counters = {key: _state_int(counters, key, 0) for key in _COUNTERS}
+        self._activate(active, state["active_epoch"])
+        self._counters = state["counters"]
 
     def __repr__(self) -> str:
         return (f"Teacher(num_examples={self.num_examples}, strategy={self.strategy!r}, refresh={self.refresh!r}, "

@@ -30,20 +30,20 @@ import json
 import math
 import numbers
 import os
-import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from . import _checkpoint
+from ._checkpoint import CHECKPOINT_NAME
 from ._distributed import rank_and_world_size
 from .scores import (
     AMP_MODES,
@@ -64,7 +64,6 @@ from .teaching import Teaching
 
 __all__ = ["FitOptions", "FitResult", "fit", "evaluate", "CHECKPOINT_NAME", "METRICS_NAME"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 Metric = Callable[[torch.Tensor, Any], torch.Tensor]
 
@@ -233,29 +232,6 @@ class _State:
     selections: list = field(default_factory=list)
 
 
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def evaluate(
     model: nn.Module,
     data: Dataset,
@@ -414,6 +390,11 @@ class _Run:
 
     # ------------------------------------------------------------ checkpoints
 
+    def parts(self) -> dict[str, Any]:
+        """The stateful objects a checkpoint holds."""
+        return {"model": self.model, "optimizer": self.optimizer, "lr_scheduler": self.lr_scheduler,
+                "scaler": self.scaler, "teacher": self.teacher}
+
     def save_checkpoint(self) -> None:
         """Write out_dir/checkpoint.pt (rank 0; under torch.distributed every rank must call it,
         since it gathers each rank's RNG state)."""
@@ -422,52 +403,18 @@ class _Run:
         start = self.clock.now()
         self.state.wall_time = self.wall()
         self.session_start, self.excluded = start, 0.0
-        rng = [_rng_state()]
+        rng = [_checkpoint.rng_state()]
         if self.world > 1:
             rng = [None] * self.world
-            dist.all_gather_object(rng, _rng_state())
-        if self.rank != 0:
-            self.excluded += self.clock.now() - start
-            return
-        payload = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-            "state": asdict(self.state),
-            "rng": rng,
-        }
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / CHECKPOINT_NAME
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+            dist.all_gather_object(rng, _checkpoint.rng_state())
+        if self.rank == 0:
+            _checkpoint.write(self.out_dir, self.parts(), asdict(self.state), rng)
         self.excluded += self.clock.now() - start
 
     def load_checkpoint(self, resume_from: str | os.PathLike) -> None:
-        path = Path(resume_from)
-        if path.is_dir():
-            path = path / CHECKPOINT_NAME
-        if not path.is_file():
-            raise ValueError(f"resume_from: no checkpoint at {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if (payload["teacher"] is None) != (self.teacher is None):
-            had = "with" if payload["teacher"] is not None else "without"
-            raise ValueError(f"resume_from: the checkpoint {path} was written by a run {had} a teacher; pass the same kind of run")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        if self.lr_scheduler is not None and payload["lr_scheduler"] is not None:
-            self.lr_scheduler.load_state_dict(payload["lr_scheduler"])
-        if self.scaler is not None and payload["scaler"] is not None:
-            self.scaler.load_state_dict(payload["scaler"])
-        if self.teacher is not None:
-            self.teacher.load_state_dict(payload["teacher"])
-        if len(payload["rng"]) != self.world:
-            raise ValueError(f"resume_from: the checkpoint {path} was written by {len(payload['rng'])} processes, "
-                             f"this run has {self.world}")
-        self.state = _State(**payload["state"])
-        _set_rng_state(payload["rng"][self.rank])
+        state, rng = _checkpoint.read(resume_from, self.parts(), self.world)
+        self.state = _State(**state)
+        _checkpoint.set_rng_state(rng[self.rank])
 
     # ------------------------------------------------------------ selection
 
@@ -561,7 +508,7 @@ class _Run:
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         else:
-            _seed_everything(self.options.seed)
+            _checkpoint.seed_everything(self.options.seed)
         state = self.state
         self.model.to(self.device)
         self.model.train()

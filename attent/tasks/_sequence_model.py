@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from .._extras import require
 
 Block = require("timm.models.vision_transformer", "tasks").Block
-from torch import nn
 
 __all__ = ["LastPositionTransformer"]
 

@@ -56,8 +56,8 @@ import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
 from attent.plots import plot_curves  # noqa: E402
-from attent.tasks import TASKS, Task, make_task  # noqa: E402
 from attent.strategies import InfoBatch  # noqa: E402
+from attent.tasks import TASKS, Task, make_task  # noqa: E402
 from attent.tasks.compare import FULL_DATA, PUBLISHED, Method, RunSummary, format_table, run_method, summarize  # noqa: E402
 from bench import record_info  # noqa: E402
 

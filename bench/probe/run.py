@@ -43,8 +43,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.kernels._memory import cuda_growth, rss_growth  # noqa: E402
 from bench import record_info  # noqa: E402
+from bench.kernels._memory import cuda_growth, rss_growth  # noqa: E402
 
 METHODS = ("plain step", "probe.score", "probe.backward", "probe.score (last block)", "torch.func", "opacus")
 MODELS = ("vit", "gpt2")

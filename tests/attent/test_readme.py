@@ -7,8 +7,6 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-import attent
-
 README = Path(__file__).resolve().parents[2] / "README.md"
 TEACHER_LINE = 'teacher = attent.Teacher(len(ds), epochs=E, strategy="hard")'
 

@@ -153,7 +153,7 @@ def test_score_pass_matches_single_example_forwards(kind):
         if kind == "loss":
             expected.append(F.cross_entropy(z, y[None]).detach())
         else:
-            expected.append(_output_grad_norms(lambda p, _: F.cross_entropy(p, y[None]), z)[0])
+            expected.append(_output_grad_norms(lambda p, _, y=y: F.cross_entropy(p, y[None]), z)[0])
     torch.testing.assert_close(scores, torch.stack(expected).float(), rtol=1e-5, atol=1e-7)
 
 

@@ -357,7 +357,9 @@ def assert_same_state(a: dict, b: dict, path: str = "state") -> None:
             assert isinstance(y, dict), where
             assert_same_state(x, y, where)
         elif isinstance(x, torch.Tensor):
-            assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y), where
+            assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape, where
+            same = (x == y) | (x.isnan() & y.isnan()) if x.is_floating_point() else x == y  # NaN: never scored
+            assert bool(same.all()), where
         else:
             assert x == y, where
 
@@ -515,6 +517,41 @@ def test_load_state_dict_from_a_dataset_of_another_length():
         Teacher(12, epochs=4).load_state_dict(state)
     with pytest.raises(ValueError, match="not a Teacher state_dict"):
         Teacher(10, epochs=4).load_state_dict({"scores": torch.ones(10)})
+
+
+def _corrupt(state, path, value):
+    state = {**state, "subset": None if state["subset"] is None else dict(state["subset"])}
+    target = state
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return state
+
+
+@pytest.mark.parametrize("path, value, match", [
+    (("subset", "indices"), torch.tensor([0, 3, 10]), r"state_dict\['subset'\]\['indices'\] must be in \[0, num_examples=10\), got \[10\]"),
+    (("subset", "indices"), torch.tensor([0.0, 3.0]), r"\['indices'\] must be a \(m,\) integer tensor"),
+    (("scores",), torch.ones(10, dtype=torch.complex64), "must hold real floating-point scores"),
+    (("score_steps",), torch.ones(10), "must hold integer steps >= -1, got dtype torch.float32"),
+    (("observe_calls",), 2.5, r"state_dict\['observe_calls'\] must be an integer >= 0, got 2.5"),
+    (("counters",), {"observed": 1}, r"state_dict\['counters'\] must have the keys"),
+])
+def test_load_state_dict_refuses_corrupt_fields_and_changes_nothing(path, value, match):
+    source = observed(Teacher(10, ratio=0.5, interval=2, warmup_epochs=0), torch.arange(10.0))
+    source.select(0)
+    target = Teacher(10, ratio=0.5, interval=2, warmup_epochs=0)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(_corrupt(source.state_dict(), path, value))
+    assert_same_state(target.state_dict(), before)
+
+
+def test_observe_keeps_scores_in_float64_and_averages_repeated_indices():
+    teacher = Teacher(4, epochs=4)
+    teacher.observe(torch.tensor([0, 1, 1, 2]), torch.tensor([1e300, 1.0, 1.0 + 1e-12, 3.0], dtype=torch.float64))
+    assert teacher.scores.dtype == torch.float64
+    assert teacher.scores[0].item() == 1e300 and teacher.scores[1].item() == 1.0 + 5e-13
+    assert teacher.stats["nonfinite_scores"] == 0 and teacher.stats["observed"] == 3
 
 
 def test_select_outside_the_run_and_loss_weights_out_of_range():
