@@ -9,6 +9,7 @@
 
 The scoring ops themselves (one per layer family, Triton on GPU) live in ``attent_kernels``.
 """
+from . import optim
 from .factors import Capture, Diag, Direct, Ids, Outer
 from .layers import register_layer
 from .probe import GradNormProbe
@@ -47,6 +48,7 @@ __all__ = [
     "score_pass",
     "fit",
     "FitOptions",
+    "optim",
     "evaluate",
     "FitResult",
     "GradNormProbe",

@@ -279,6 +279,23 @@ def test_published_recipes():
         Teacher.published(10, epochs=5, recipe="other")
 
 
+def test_the_documented_difference_from_the_published_loop_holds():
+    """The published loop runs each cycle's full 5-epoch interval even in 3-epoch cycles (E = 40):
+    51 passes; attent caps subset epochs at the cycle, so E epochs exactly. Digits: N = 1,437."""
+    import attent.teacher as module
+
+    n, epochs, cycles, interval = 1437, 40, 10, 5
+    teacher = Teacher.published(n, epochs=epochs)
+    ours = sum(teacher.planned_size(e) for e in range(epochs))
+    sizes = [max(1, int(n * RatioSchedule().value(c / (cycles - 1)))) for c in range(cycles)]
+    cycle = (epochs - 1) // cycles
+    passes = 1 + cycles * max(interval, cycle)
+    theirs = n + sum(interval * m + max(0, cycle - interval) * n for m in sizes)
+    assert (ours, passes, theirs) == (29008, 51, 37337)
+    for number in ("51 passes", "37,337 examples", "29,008 examples", "1,437"):
+        assert number in " ".join(module.__doc__.split())
+
+
 def test_new_scores_do_not_change_a_selection_until_the_next_selection_point():
     teacher = Teacher(10, ratio=0.3, interval=3, warmup_epochs=0)
     teacher.observe(torch.arange(10), torch.arange(10.0))
