@@ -261,7 +261,8 @@ class GradNormProbe:
             reason = None if entry is None else (entry.check(module) if entry.check else None)
             if entry is None or reason is not None:
                 for local, key in own.items():
-                    reasons.setdefault(key, f"{type(module).__name__}.{local}: {reason or 'no rule registered (attent.register_layer)'}")
+                    if reason is not None:
+                        reasons.setdefault(key, f"{type(module).__name__}.{local}: {reason}")
                 continue
             mine = {local: key for local, key in own.items() if local in entry.params}
             for local in entry.params:
@@ -285,17 +286,17 @@ class GradNormProbe:
             layout = self._layout_of(name)
             for local, p in module.named_parameters(recurse=False):
                 key = id(p)
-                if key not in self._params or key in covered:
-                    continue
+                if key not in self._params or key in covered or key in reasons:
+                    continue  # not probed, covered, or its module's rule refused it
                 if p.dim() >= 3 and not layout.flattened and p.dim() > layout.dim and p.shape[layout.dim] == 1:
                     loose.setdefault(module, (name, {}))[1][local] = key
                     covered[key] = ["direct"]
                     self._owner[key] = self._names[key]
                 else:
-                    reasons.setdefault(key, f"{type(module).__name__}.{local}: no rule registered for "
-                                            f"{type(module).__name__}, and a parameter of shape {tuple(p.shape)} is "
-                                            f"not provably broadcast over the batch (only a parameter of 3 or more "
-                                            f"dims with size 1 at the batch dimension is taken as one)")
+                    reasons.setdefault(key, f"{type(module).__name__}.{local}: no rule registered "
+                                            f"(attent.register_layer), and a parameter of shape {tuple(p.shape)} is "
+                                            f"not provably broadcast over the batch (only one of 3 or more dims with "
+                                            f"size 1 at the batch dimension is taken as such)")
 
         uncovered = [key for key in self._params if key not in covered]
         if uncovered and not allow_uncovered:
@@ -427,12 +428,14 @@ class GradNormProbe:
             raise ValueError("losses does not require grad: run the forward pass with gradients enabled, with the model attached to this probe")
         return losses.shape[0]
 
-    def _pending(self, losses: torch.Tensor) -> tuple[list[GradientEdge], list[_Record], bool]:
+    def _pending(self, losses: torch.Tensor) -> tuple[list[GradientEdge], list[_Record], bool, dict[int, int]]:
         """Walk the graph below ``losses`` once (post-order): the records waiting for a gradient, and the
         gradient edges ``score`` asks for, the hooked outputs with no other hooked output below them.
-        Also says whether records of this probe that were already consumed hang in the graph."""
+        Also says whether records of this probe that were already consumed hang in the graph, and how
+        many graph edges reach each probed parameter."""
         waiting: dict[Any, list[tuple[_Record, int]]] = {}
         below: dict[Any, bool] = {}  # node -> a waiting record at or below it
+        param_edges: dict[int, int] = {}
         consumed = False
         stack = [(losses.grad_fn, False)]
         while stack:
@@ -445,6 +448,10 @@ class GradNormProbe:
                 continue
             if node in below:
                 continue
+            for child in children:
+                key = id(getattr(child, "variable", None))
+                if key in self._params:
+                    param_edges[key] = param_edges.get(key, 0) + 1
             entries = []
             for ref, nr in getattr(node, "metadata", {}).get(_MARK, ()):
                 record = ref()
@@ -462,10 +469,10 @@ class GradNormProbe:
             records.extend(record for record, _ in entries)
             if not any(below[child] for child, _ in node.next_functions if child is not None):
                 edges.extend(GradientEdge(node, nr) for nr in sorted({nr for _, nr in entries}))
-        return edges, records, consumed
+        return edges, records, consumed, param_edges
 
     def _run(self, losses: torch.Tensor, batch: int, scale: float, pass_fn) -> torch.Tensor:
-        edges, records, consumed = self._pending(losses)
+        edges, records, consumed, param_edges = self._pending(losses)
         if not records and consumed:
             raise RuntimeError("GradNormProbe: this graph was already scored (a forward pass can be scored or "
                                "backpropagated once); run the forward pass again")
@@ -473,6 +480,13 @@ class GradNormProbe:
         for record in records:
             for key in record.params.values():
                 uses[key] = uses.get(key, 0) + 1
+        outside = [f"{self._names[key]} ({n} uses, {uses.get(key, 0)} in its layers' calls)"
+                   for key, n in param_edges.items() if n > uses.get(key, 0)]
+        if outside:
+            raise RuntimeError(f"GradNormProbe: parameters used outside the layer calls that record them (a functional "
+                               f"call such as F.linear(h, emb.weight), or a module whose forward was bypassed) would get "
+                               f"no per-example gradient there: {'; '.join(outside)}. Register a rule for the module "
+                               f"that uses them, or leave them out with params=")
         shared = self._shared | {key for key, n in uses.items() if n > 1}
         self._call = _Call(self, batch, shared)
         try:

@@ -1,0 +1,121 @@
+"""Whole models built from small configs (nothing downloaded) against each example's own gradient:
+OPT (learned positions from the attention mask, MLP on flattened rows), BART (offset learned
+positions, scaled embeddings shared three ways), T5 (relative attention bias shared by the layers,
+T5LayerNorm), Mistral, Qwen2, HF ViT, and timm ViTs with LayerScale, register tokens and qk-norm.
+Batch and sequence sizes coincide on purpose (T == B)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+transformers = pytest.importorskip("transformers")
+
+B = 3
+
+
+def padded(vocab: int, lengths: list[int], width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, width) ids with right padding (id 1) and the attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (len(lengths), width), generator=g)
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids.masked_fill(mask == 0, 1), mask
+
+
+def token_mean(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) mean cross-entropy over each example's labelled (label != -100) positions."""
+    token = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none", ignore_index=-100)
+    valid = (labels != -100).float()
+    return (token.view(labels.shape) * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def check_causal_lm(exact, model, vocab: int, seed: int, mode: str = "score"):
+    torch.manual_seed(seed)
+    ids, mask = padded(vocab, [B, 2, B], B, seed)  # T == B
+    labels = ids.masked_fill(mask == 0, -100)[:, 1:]
+
+    def loss(m, rows):
+        return token_mean(m(input_ids=ids[rows], attention_mask=mask[rows]).logits[:, :-1], labels[rows])
+
+    return exact(model.eval(), lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, mode=mode, rtol=1e-4)
+
+
+def check_seq2seq(exact, model, vocab: int, seed: int, mode: str = "score"):
+    torch.manual_seed(seed)
+    ids, mask = padded(vocab, [B, 1, 2], B, seed)
+    target, target_mask = padded(vocab, [2, B, 1], B, seed + 1)
+    labels = target.masked_fill(target_mask == 0, -100)
+
+    def loss(m, rows):
+        out = m(input_ids=ids[rows], attention_mask=mask[rows], decoder_input_ids=target[rows],
+                decoder_attention_mask=target_mask[rows])
+        return token_mean(out.logits, labels[rows])
+
+    return exact(model.eval(), lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, mode=mode, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_opt(exact, mode):
+    torch.manual_seed(0)
+    config = transformers.OPTConfig(vocab_size=40, hidden_size=B, ffn_dim=B, num_hidden_layers=2, num_attention_heads=1,
+                                    max_position_embeddings=16, word_embed_proj_dim=B, dropout=0.0, attention_dropout=0.0)
+    probe = check_causal_lm(exact, transformers.OPTForCausalLM(config), 40, seed=1, mode=mode)
+    assert probe.coverage["model.decoder.embed_positions.weight"] == "embedding"
+    assert probe.coverage["model.decoder.layers.0.fc1.weight"] == "linear"
+
+
+def test_bart(exact):
+    torch.manual_seed(0)
+    config = transformers.BartConfig(vocab_size=40, d_model=8, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                     decoder_attention_heads=2, encoder_ffn_dim=B, decoder_ffn_dim=12, max_position_embeddings=16,
+                                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1)
+    probe = check_seq2seq(exact, transformers.BartForConditionalGeneration(config), 40, seed=2)
+    assert probe.coverage["model.encoder.embed_positions.weight"] == "embedding"
+
+
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_t5(exact, mode):
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=40, d_model=8, d_kv=4, d_ff=B, num_layers=2, num_decoder_layers=1, num_heads=2,
+                                   relative_attention_num_buckets=8, relative_attention_max_distance=6, dropout_rate=0.0,
+                                   decoder_start_token_id=0, pad_token_id=1)
+    model = transformers.T5ForConditionalGeneration(config)
+    probe = check_seq2seq(exact, model, 40, seed=3, mode=mode)
+    assert probe.coverage["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] == "t5-relative-bias"
+    assert probe.coverage["encoder.final_layer_norm.weight"] == "rmsnorm"
+
+
+@pytest.mark.parametrize("family", ["Mistral", "Qwen2"])
+def test_mistral_and_qwen2(exact, family):
+    config = getattr(transformers, f"{family}Config")(vocab_size=40, hidden_size=8, intermediate_size=B, num_hidden_layers=2,
+                                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    check_causal_lm(exact, getattr(transformers, f"{family}ForCausalLM")(config), 40, seed=4)
+
+
+def check_images(exact, model, image: int, seed: int):
+    torch.manual_seed(seed)
+    x, y = torch.randn(B, 3, image, image), torch.randint(0, 4, (B,))
+
+    def loss(m, rows):
+        out = m(x[rows])
+        return F.cross_entropy(getattr(out, "logits", out), y[rows], reduction="none")
+
+    return exact(model.eval(), lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, rtol=1e-4)
+
+
+def test_hf_vit(exact):
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=8, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=B, num_labels=4)
+    probe = check_images(exact, transformers.ViTForImageClassification(config), 8, seed=5)
+    assert probe.coverage["vit.embeddings.cls_token"] == "direct"
+
+
+@pytest.mark.parametrize("options", [{"init_values": 0.1}, {"reg_tokens": 2, "no_embed_class": True},
+                                     {"qk_norm": True, "init_values": 0.1, "class_token": False, "global_pool": "avg"}])
+def test_timm_vit_layer_scale_registers_qk_norm(exact, options):
+    timm = pytest.importorskip("timm")
+    model = timm.models.vision_transformer.VisionTransformer(img_size=8, patch_size=4, embed_dim=8, depth=1, num_heads=2,
+                                                              mlp_ratio=1.0, num_classes=4, **options)
+    probe = check_images(exact, model, 8, seed=6)
+    if "init_values" in options:
+        assert probe.coverage["blocks.0.ls1.gamma"] == "layerscale"
