@@ -1,21 +1,40 @@
 """The probe's layer registry: one small rule per layer type, each family in its own module.
 
-Built-in rules: ``nn.Linear`` (any leading dims, and subclasses) and Hugging Face ``Conv1D``
-(``_linear``), ``nn.Embedding`` (``_embedding``), ``nn.LayerNorm`` and RMSNorm variants
-(``_norm``), ``nn.Conv2d`` whose stride equals its kernel (``_conv``), and
-``nn.MultiheadAttention``'s packed ``in_proj_weight`` through a re-implemented forward that exposes
-the projections (``_attention``; ``out_proj`` is then an ordinary ``nn.Linear`` call). Loose
-parameters (``cls_token``, ``pos_embed``) are handled by the probe itself.
+Built-in rules (all exact, tested against per-example gradients):
+- ``_linear``: ``nn.Linear`` (any leading dims, and subclasses); Hugging Face ``Conv1D``; the
+  flattened (B·T, d) rows inside OPT's decoder layer (a declared layout).
+- ``_embedding``: ``nn.Embedding`` and subclasses that override ``forward`` (the ids are read where
+  ``F.embedding`` uses them: OPT's and BART's learned positions), ids shared by the batch (GPT-2's
+  (1, T) positions), ``padding_idx``, ``max_norm``; ``nn.EmbeddingBag`` (sum/mean, offsets,
+  per_sample_weights, padding_idx). Refused: ``scale_grad_by_freq``, 1-D ids, EmbeddingBag mode="max".
+- ``_norm``: ``nn.LayerNorm`` (any ``normalized_shape``), ``nn.GroupNorm``, RMSNorm variants
+  (``nn.RMSNorm``, Llama's, T5LayerNorm, timm's).
+- ``_conv``: ``nn.Conv1d`` / ``nn.Conv2d``, any stride, padding (and padding mode), dilation, groups.
+- ``_scale``: ``nn.PReLU``; timm's ``LayerScale`` / ``LayerScale2d`` (refused with inplace=True).
+- ``_attention``: ``nn.MultiheadAttention`` through a re-implemented forward that exposes every
+  projection (packed or kdim/vdim, bias_k/bias_v, add_zero_attn, out_proj); the batch layout inside
+  torch's Transformer modules, from their ``batch_first``.
+- ``_position_bias``: T5's (and MT5's) relative attention bias, shared by the batch and the layers.
+Loose parameters (``cls_token``, ``pos_embed``: 3+ dims, size 1 at the batch dim) are handled by the
+probe itself. Rules for transformers/timm classes register only once those libraries are imported.
 
 A rule is ``rule(module, args, output) -> Capture | [Capture]`` (see :mod:`attent.factors`),
 registered with :func:`register_layer`; ``check(module) -> reason | None`` refuses configurations
-the rule does not support, and ``forward=`` replaces the module's forward while the probe is
-attached (for parameters used inside one functional call).
+the rule does not support, and ``forward=`` (or :func:`register_forward`) replaces the module's
+forward while the probe is attached (for parameters used inside one functional call).
 """
 from ..factors import Capture, Diag, Direct, Factor, Ids, LayerRule, Layout, Outer
 from . import _attention, _conv, _embedding, _linear, _norm, _position_bias, _scale  # noqa: F401  (each registers its rules)
-from ._registry import (find_layout, find_rule, register_forward, register_layer, register_layer_matcher,
-                        register_layout, register_loaded_integrations, register_when_loaded)
+from ._registry import (
+    find_layout,
+    find_rule,
+    register_forward,
+    register_layer,
+    register_layer_matcher,
+    register_layout,
+    register_loaded_integrations,
+    register_when_loaded,
+)
 
 __all__ = ["register_layer", "register_layer_matcher", "register_forward", "register_layout", "register_when_loaded", "find_rule",
            "find_layout", "register_loaded_integrations", "Capture", "Outer", "Ids", "Diag", "Direct", "Factor",
