@@ -7,9 +7,10 @@ Built-in rules (all exact, tested against per-example gradients):
   ``F.embedding`` uses them: OPT's and BART's learned positions), ids shared by the batch (GPT-2's
   (1, T) positions), ``padding_idx``, ``max_norm``; ``nn.EmbeddingBag`` (sum/mean, offsets,
   per_sample_weights, padding_idx). Refused: ``scale_grad_by_freq``, 1-D ids, EmbeddingBag mode="max".
-- ``_norm``: ``nn.LayerNorm`` (any ``normalized_shape``), ``nn.GroupNorm``, RMSNorm variants
-  (``nn.RMSNorm``, Llama's, T5LayerNorm, timm's).
-- ``_conv``: ``nn.Conv1d`` / ``nn.Conv2d``, any stride, padding (and padding mode), dilation, groups.
+- ``_norm``: ``nn.LayerNorm`` (any ``normalized_shape``), ``nn.GroupNorm``, ``nn.InstanceNorm*d``,
+  ``nn.BatchNorm*d`` in eval mode (refused in training mode), RMSNorm variants (``nn.RMSNorm``,
+  Llama's, T5LayerNorm, timm's).
+- ``_conv``: ``nn.Conv1d`` / ``2d`` / ``3d``, any stride, padding (and padding mode), dilation, groups.
 - ``_scale``: ``nn.PReLU``; timm's ``LayerScale`` / ``LayerScale2d`` (refused with inplace=True).
 - ``_attention``: ``nn.MultiheadAttention`` through a re-implemented forward that exposes every
   projection (packed or kdim/vdim, bias_k/bias_v, add_zero_attn, out_proj); the batch layout inside

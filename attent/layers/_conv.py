@@ -1,8 +1,8 @@
-"""Rules for ``nn.Conv1d`` and ``nn.Conv2d`` with any stride, padding (and padding mode), dilation and
-groups: the convolution is a linear map on the unfolded input, output position l reading the
-receptive field l (Conv1d as a Conv2d of height 1). With one group the weight gradient is the Outer
-of the output gradient and the unfolded patches (ghost or direct path by cost); with several groups
-it is formed per example (B × weight size, small for convolutions) as a Direct factor."""
+"""Rules for ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d`` with any stride, padding (and padding
+mode), dilation and groups: the convolution is a linear map on the unfolded input, output position l
+reading the receptive field l. With one group the weight gradient is the Outer of the output
+gradient and the unfolded patches (ghost or direct path by cost); with several groups it is formed
+per example (B × weight size, small for convolutions) as a Direct factor."""
 from __future__ import annotations
 
 import torch
@@ -12,23 +12,24 @@ from torch import nn
 from ..factors import Capture, Direct, Factor, Outer
 from ._registry import first_tensor, register_layer
 
+Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 
-def _patches(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """(B, L, C*k) receptive fields of a batched input, in the weight's (C, *kernel) order."""
+
+def _patches(module: Conv, x: torch.Tensor) -> torch.Tensor:
+    """(B, L, C*k) receptive fields of a batched input (B, C, *spatial), in the weight's (C, *kernel) order."""
     mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    padded = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-    if isinstance(module, nn.Conv1d):
-        padded = padded.unsqueeze(2)
-        kernel, stride, dilation = (1, *module.kernel_size), (1, *module.stride), (1, *module.dilation)
-    else:
-        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
-    return F.unfold(padded, kernel, dilation=dilation, stride=stride).transpose(1, 2)
+    fields = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    n = len(module.kernel_size)
+    for i, (k, s, d) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
+        fields = fields.unfold(2 + i, d * (k - 1) + 1, s)[..., ::d]  # window dims appended last
+    B, C = x.shape[:2]
+    fields = fields.permute(0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))  # (B, *L, C, *kernel)
+    return fields.reshape(B, -1, C * module.weight[0, 0].numel())
 
 
-def _conv(module: nn.Conv1d | nn.Conv2d, args: tuple, output: torch.Tensor) -> Capture:
+def _conv(module: Conv, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, type(module).__name__)
-    spatial = 1 if isinstance(module, nn.Conv1d) else 2
-    if x.dim() != spatial + 2:
+    if x.dim() != len(module.kernel_size) + 2:
         raise ValueError(f"{type(module).__name__}: unbatched input of shape {tuple(x.shape)}; pass a batch "
                          f"(B, C, ...) of examples")
 
@@ -48,5 +49,5 @@ def _conv(module: nn.Conv1d | nn.Conv2d, args: tuple, output: torch.Tensor) -> C
     return Capture(output, factors)
 
 
-register_layer(nn.Conv1d, params=("weight", "bias"), name="conv")(_conv)
-register_layer(nn.Conv2d, params=("weight", "bias"), name="conv")(_conv)
+for _conv_type in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register_layer(_conv_type, params=("weight", "bias"), name="conv")(_conv)

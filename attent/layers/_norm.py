@@ -1,13 +1,18 @@
-"""Rules for normalization layers: ``nn.LayerNorm`` (any ``normalized_shape``), ``nn.GroupNorm``, and
-RMSNorm variants (``nn.RMSNorm``, and any class named ``*RMSNorm``/``*RmsNorm``/``*T5LayerNorm`` with a
-``weight`` and ``eps`` or ``variance_epsilon``: Hugging Face Llama's, T5's, timm's). The weight's
-per-example gradient is ``sum_t x_hat_t * g_t`` (:class:`Diag`, over the parameter's shape)."""
+"""Rules for normalization layers: ``nn.LayerNorm`` (any ``normalized_shape``), ``nn.GroupNorm``,
+``nn.InstanceNorm*d``, ``nn.BatchNorm*d`` in eval mode (training mode, which mixes the examples
+through the batch statistics, is refused when it runs), and RMSNorm variants (``nn.RMSNorm``, and
+any class named ``*RMSNorm``/``*RmsNorm``/``*T5LayerNorm`` with a ``weight`` and ``eps`` or
+``variance_epsilon``: Hugging Face Llama's, T5's, timm's). The weight's per-example gradient is
+``sum_t x_hat_t * g_t`` (:class:`Diag`, over the parameter's shape)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..factors import Capture, Diag, Direct
 from ._registry import first_tensor, register_layer, register_layer_matcher
@@ -51,16 +56,43 @@ def _rms_norm(module: nn.Module, args: tuple, output: torch.Tensor) -> Capture:
     return _norm_capture(output, lambda: _normalized(x, dims, _rms_eps(module, x), center=False))
 
 
+def _channel_capture(output: torch.Tensor, x_hat: Callable[[], torch.Tensor]) -> Capture:
+    """The per-channel weight and bias of a norm on (N, C, *) inputs (the channel at dim 1)."""
+    return Capture(output, lambda g: {"weight": Diag(x_hat().movedim(1, -1), g.movedim(1, -1), batch_dim=0),
+                                      "bias": Direct(g.movedim(1, -1), batch_dim=0)})
+
+
 @register_layer(nn.GroupNorm, params=("weight", "bias"), name="groupnorm")
 def _group_norm(module: nn.GroupNorm, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, "nn.GroupNorm")
+    return _channel_capture(output, lambda: _normalized(x.reshape(x.shape[0], module.num_groups, -1), 1, module.eps,
+                                                        center=True).reshape(x.shape))
+
+
+@register_layer(_InstanceNorm, params=("weight", "bias"), name="instancenorm")
+def _instance_norm(module: _InstanceNorm, args: tuple, output: torch.Tensor) -> Capture:
+    x = first_tensor(args, type(module).__name__)
+    if x.dim() != module._get_no_batch_dim() + 1:
+        raise ValueError(f"{type(module).__name__}: unbatched input of shape {tuple(x.shape)}; pass (N, C, ...)")
+    own_stats = module.training or not module.track_running_stats
 
     def x_hat() -> torch.Tensor:
-        grouped = _normalized(x.reshape(x.shape[0], module.num_groups, -1), 1, module.eps, center=True)
-        return grouped.reshape(x.shape).movedim(1, -1)
+        stats = (None, None) if own_stats else (module.running_mean, module.running_var)
+        return F.instance_norm(x, *stats, use_input_stats=own_stats, eps=module.eps)
 
-    return Capture(output, lambda g: {"weight": Diag(x_hat(), g.movedim(1, -1), batch_dim=0),
-                                      "bias": Direct(g.movedim(1, -1), batch_dim=0)})
+    return _channel_capture(output, x_hat)
+
+
+@register_layer(_BatchNorm, params=("weight", "bias"), name="batchnorm-eval")
+def _batch_norm(module: _BatchNorm, args: tuple, output: torch.Tensor) -> Capture:
+    x = first_tensor(args, type(module).__name__)
+    if module.training or module.running_mean is None:
+        raise ValueError(f"{type(module).__name__} normalizes with the batch's statistics (training mode or no "
+                         f"running stats), so examples are not independent; call eval() on it, or leave its "
+                         f"parameters out with params=")
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return _channel_capture(output, lambda: (x - module.running_mean.view(shape))
+                            * torch.rsqrt(module.running_var.view(shape) + module.eps))
 
 
 if hasattr(nn, "RMSNorm"):

@@ -70,17 +70,18 @@ def test_group_norm(exact, data, mode):
 
 @FEW
 @given(data=st.data(), mode=MODES)
-def test_conv1d_and_conv2d_any_stride_padding_dilation_groups(exact, data, mode):
+def test_conv_any_stride_padding_dilation_groups(exact, data, mode):
     torch.manual_seed(data.draw(st.integers(0, 99)))
-    B, dims = data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 2]))
+    B, dims = data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 2, 3]))
     groups = data.draw(st.integers(1, 2))
     c_in, c_out = groups * data.draw(sizes(B)), groups * data.draw(st.integers(1, 3))
     kernel, dilation = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
     stride = data.draw(st.integers(1, 3))
     padding = data.draw(st.sampled_from(["same", 0, 1, 2])) if stride == 1 else data.draw(st.integers(0, 2))
     padding_mode = data.draw(st.sampled_from(["zeros", "reflect", "circular", "replicate"]))
-    length = data.draw(st.integers(dilation * (kernel - 1) + 3, 8))
-    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation,
+    reach = dilation * (kernel - 1) + 1
+    length = data.draw(st.integers(reach + 2, reach + (4 if dims < 3 else 2)))
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation,
                                                    groups=groups, bias=data.draw(st.booleans()), padding_mode=padding_mode)
     x = torch.randn(B, c_in, *([length] * dims), dtype=torch.float64)
     probe = check_layer(exact, conv.double(), (x,), mode)
@@ -197,3 +198,30 @@ def test_embedding_bag(exact, data, mode):
 def bag_readout(bag: nn.EmbeddingBag) -> nn.Module:
     """(B,) losses from the bags (one per example) through a fixed random readout."""
     return Readout(bag, (bag.embedding_dim,)).double()
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_instance_norm_and_eval_batch_norm(exact, data, mode):
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    B, C, dims = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 2]))
+    spatial = (data.draw(st.integers(2, 4)),) * dims
+    kind = data.draw(st.sampled_from(["instance", "instance-running", "batch"]))
+    if kind == "batch":
+        layer = (nn.BatchNorm1d, nn.BatchNorm2d)[dims - 1](C)
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2)
+        layer.eval()
+    else:
+        layer = (nn.InstanceNorm1d, nn.InstanceNorm2d)[dims - 1](C, affine=True, track_running_stats=kind != "instance")
+        layer.train(data.draw(st.booleans()) or kind == "instance")
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.bias.normal_()
+    check_layer(exact, layer.double(), (torch.randn(B, C, *spatial, dtype=torch.float64),), mode)
+
+
+def test_batch_norm_in_training_mode_is_refused_by_name():
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    with GradNormProbe(model), pytest.raises(ValueError, match=r"BatchNorm1d normalizes with the batch's statistics"):
+        model(torch.randn(4, 2))
