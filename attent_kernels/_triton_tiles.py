@@ -30,8 +30,8 @@ Conventions the families' kernels keep with these helpers:
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, NamedTuple
+import contextlib
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import triton
@@ -78,6 +78,32 @@ PAIR_CONFIGS = autotune_configs(
         ({"BLOCK_T": 128, "BLOCK_K": 64}, 8, 2),
     ],
 )
+
+
+# Largest dynamic shared memory one block may use on sm_90 (CUDA programming guide, "Technical
+# Specifications per Compute Capability"): 227 KiB.
+SHARED_MEMORY_BYTES = 227 * 1024
+
+
+def shared_memory_pruning(operand_elements: Callable[[dict[str, int]], int]) -> dict[str, Any]:
+    """``prune_configs_by`` of a dot kernel's autotuner: before tuning, drop the configurations
+    whose pipelined operand tiles, num_stages * operand_elements(blocks) elements of the call's
+    OPERAND dtype, exceed SHARED_MEMORY_BYTES. That bounds the compiler's shared allocation (a
+    launch above the limit fails), so float64 and TF32 calls skip their largest tiles; every
+    list keeps tiles that fit for every dtype (``bench/tools/compile_check.py`` checks it)."""
+
+    def estimate(config: triton.Config, element_bytes: int) -> int:
+        return config.num_stages * operand_elements(config.kwargs) * element_bytes
+
+    def prune(configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
+        element_bytes = kwargs["OPERAND"].primitive_bitwidth // 8
+        return [c for c in configs if estimate(c, element_bytes) <= SHARED_MEMORY_BYTES]
+
+    return {"early_config_prune": prune}
+
+
+# Operand elements of one pipeline stage of the pair kernels: two row blocks of BLOCK_K features.
+PAIR_PRUNING = shared_memory_pruning(lambda b: 2 * b["BLOCK_T"] * b["BLOCK_K"])
 
 
 def tune_key(n: int) -> int:
@@ -162,6 +188,18 @@ def dot_types(*tensors: torch.Tensor | None) -> DotTypes:
     dot = torch.float32 if operand == torch.bfloat16 and interpreter_on() else operand
     tf32 = operand == torch.float32 and torch.backends.cuda.matmul.allow_tf32
     return DotTypes(TL_DTYPES[operand], TL_DTYPES[dot], TL_DTYPES[accum_dtype(*tensors)], "tf32" if tf32 else "ieee")
+
+
+@contextlib.contextmanager
+def tf32_allowed(allowed: bool) -> Iterator[None]:
+    """``torch.backends.cuda.matmul.allow_tf32``, which ``dot_types`` follows for float32 calls,
+    set to ``allowed`` while open."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def mask_args(mask: torch.Tensor | None, stand_in: torch.Tensor) -> tuple[torch.Tensor, int, int]:

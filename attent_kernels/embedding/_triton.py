@@ -21,6 +21,7 @@ from .. import _cost
 from .._checks import accum_dtype
 from .._triton_tiles import (
     PAIR_CONFIGS,
+    PAIR_PRUNING,
     autotune_configs,
     block_count,
     block_pair,
@@ -32,6 +33,7 @@ from .._triton_tiles import (
     pair_slots,
     partials,
     rows_valid,
+    shared_memory_pruning,
     smallest_block,
     tune_key,
 )
@@ -47,9 +49,11 @@ _SORTED_CONFIGS = autotune_configs(
         ({"BLOCK_T": 128, "BLOCK_D": 128}, 8, 2),
     ],
 )
+# Operand elements of one chunk: the run-equality matrix and the g tile.
+_SORTED_PRUNING = shared_memory_pruning(lambda b: b["BLOCK_T"] * (b["BLOCK_T"] + b["BLOCK_D"]))
 
 
-@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d"], reset_to_zero=["partial_ptr"])
+@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d"], prune_configs_by=PAIR_PRUNING, reset_to_zero=["partial_ptr"])
 @triton.jit
 def _embedding_norm_kernel(
     ids_ptr, stride_ib, stride_it,
@@ -94,7 +98,9 @@ def _embedding_norm_kernel(
     tl.store(partial_ptr + b * stride_partial + pair, weight * tl.sum(tl.sum(tl.where(same_id, g_gram, 0.0), axis=1)))
 
 
-@triton.autotune(configs=_SORTED_CONFIGS, key=["tune_T", "tune_d"], reset_to_zero=["partial_ptr"])
+@triton.autotune(
+    configs=_SORTED_CONFIGS, key=["tune_T", "tune_d"], prune_configs_by=_SORTED_PRUNING, reset_to_zero=["partial_ptr"]
+)
 @triton.jit
 def _sorted_embedding_norm_kernel(
     run_ptr, stride_rb, stride_rt,

@@ -18,6 +18,7 @@ from .. import _cost
 from .._checks import accum_dtype
 from .._triton_tiles import (
     PAIR_CONFIGS,
+    PAIR_PRUNING,
     TILE_GROUP,
     autotune_configs,
     block_pair,
@@ -34,6 +35,7 @@ from .._triton_tiles import (
     pair_slots,
     partials,
     rows_valid,
+    shared_memory_pruning,
     tune_key,
 )
 from . import _reference
@@ -50,6 +52,8 @@ _FEATURE_CONFIGS = autotune_configs(
         ({"BLOCK_P": 128, "BLOCK_D": 256, "BLOCK_T": 32}, 8, 3),
     ],
 )
+# Operand elements of one pipeline stage: BLOCK_T rows of g (BLOCK_P) and of x (BLOCK_D).
+_FEATURE_PRUNING = shared_memory_pruning(lambda b: b["BLOCK_T"] * (b["BLOCK_P"] + b["BLOCK_D"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +99,9 @@ def _example_weight_grad_tile(
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], reset_to_zero=["partial_ptr"])
+@triton.autotune(
+    configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=PAIR_PRUNING, reset_to_zero=["partial_ptr"]
+)
 @triton.jit
 def _ghost_norm_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,
@@ -150,7 +156,10 @@ def _ghost_norm_kernel(
     tl.store(partial_ptr + b * stride_partial + pair, weight * tl.sum(tl.sum(x_gram * g_gram, axis=1) + bias_sums))
 
 
-@triton.autotune(configs=_FEATURE_CONFIGS, key=["tune_T", "tune_d", "tune_p"], reset_to_zero=["partial_ptr"])
+@triton.autotune(
+    configs=_FEATURE_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=_FEATURE_PRUNING,
+    reset_to_zero=["partial_ptr"],
+)
 @triton.jit
 def _direct_norm_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,
@@ -186,7 +195,10 @@ def _direct_norm_kernel(
     tl.store(partial_ptr + b * stride_partial + pid, tl.sum(tl.sum(grad * grad, axis=1) + g_sum * g_sum))
 
 
-@triton.autotune(configs=_FEATURE_CONFIGS, key=["tune_B", "tune_T", "tune_d", "tune_p"], reset_to_zero=["partial_ptr"])
+@triton.autotune(
+    configs=_FEATURE_CONFIGS, key=["tune_B", "tune_T", "tune_d", "tune_p"], prune_configs_by=_FEATURE_PRUNING,
+    reset_to_zero=["partial_ptr"],
+)
 @triton.jit
 def _weight_grad_and_norm_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,
@@ -242,7 +254,7 @@ def _weight_grad_and_norm_kernel(
     tl.store(out, total, mask=(p_cols[:, None] < p) & (d_cols[None, :] < d))
 
 
-@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"])
+@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=PAIR_PRUNING)
 @triton.jit
 def _gradient_gram_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,
@@ -382,6 +394,14 @@ def linear_grad_norm_sq(
     return grouped_linear_grad_norm_sq(x, [g], [bias], mask, path)
 
 
+def batch_slices(B: int, d: int, p: int) -> tuple[int, int]:
+    """(examples per slice, slices) of the fused kernel: enough (tile, slice) programs to fill the
+    device (the cost model's target) at the largest tiles, at most one slice per example."""
+    largest = {name: largest_block(_FEATURE_CONFIGS, name) for name in ("BLOCK_P", "BLOCK_D")}
+    per_slice = triton.cdiv(B, _cost.splits(feature_tiles(p, d, largest), B))
+    return per_slice, triton.cdiv(B, per_slice)
+
+
 def linear_weight_grad_and_norm_sq(
     x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,9 +410,7 @@ def linear_weight_grad_and_norm_sq(
     dtype = accum_dtype(x, g)
     if B == 0:
         return torch.zeros(p, d, dtype=dtype, device=x.device), torch.zeros(0, dtype=dtype, device=x.device)
-    largest = {name: largest_block(_FEATURE_CONFIGS, name) for name in ("BLOCK_P", "BLOCK_D")}
-    per_slice = triton.cdiv(B, _cost.splits(feature_tiles(p, d, largest), B))
-    n_slices = triton.cdiv(B, per_slice)
+    per_slice, n_slices = batch_slices(B, d, p)
     grad = torch.empty(n_slices, p, d, dtype=dtype, device=x.device)
     partial = partials(B, feature_slots(p, d, _FEATURE_CONFIGS), dtype, x.device)
     _weight_grad_and_norm_kernel[feature_grid(p, d, n_slices)](

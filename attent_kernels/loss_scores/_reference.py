@@ -4,10 +4,11 @@ Rows are processed in chunks of rows x vocabulary with an online softmax, so no 
 tensor is ever allocated. For each row with logits z and target y the running state is
   m = max_v z_v,  r = sum_{v != y} exp(z_v - m),  q = sum_{v != y} exp(2 (z_v - m)),  z_y,
 and at the end, with s = r + exp(z_y - m) the softmax denominator,
-  loss = m + log s - z_y,
+  loss = m + log s - z_y = log1p(r exp(m - z_y)),
   ||p - e_y||^2 = sum_{v != y} p_v^2 + (1 - p_y)^2 = q / s^2 + (r / s)^2.
-Every term of the last sum is non-negative: no cancellation, so the score keeps its relative
-accuracy when p_y is close to 1 (the form sum_v p_v^2 - 2 p_y + 1 loses it and can go negative).
+Every term of the last sum is non-negative and the log1p form subtracts nothing: no
+cancellation, so both scores keep their relative accuracy when p_y is close to 1 (the forms
+sum_v p_v^2 - 2 p_y + 1 and log s - (z_y - m) lose it; the first can go negative).
 Inputs arrive validated: targets (N,) int64 already checked to lie in [0, V) or equal ignore_index.
 """
 from __future__ import annotations
@@ -57,11 +58,31 @@ def _token_scores(
             rest = rest * scale + e.sum(dim=1)
             q = q * scale.square() + e.square().sum(dim=1)
             m = m_new
-        s = rest + torch.exp(z_y - m)
-        v = valid[rows]
-        loss[rows] = torch.where(v, m + torch.log(s) - z_y, zero)
-        fgrad[rows] = torch.where(v, q / s.square() + (rest / s).square(), zero)
+        loss[rows], fgrad[rows] = scores_from_state(m, rest, q, z_y, valid[rows])
     return loss, fgrad, valid
+
+
+# Below this margin m - z_y the loss is computed as log1p(rest e^(m - z_y)) (exp cannot overflow).
+LOG1P_MARGIN = 30.0
+
+
+def scores_from_state(
+    m: torch.Tensor, rest: torch.Tensor, q: torch.Tensor, z_y: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, ||p - e_y||^2) of rows from their online-softmax state, 0 on invalid rows.
+
+    loss = -log p_y = log(s) - (z_y - m) with s = rest + e^(z_y - m): when the target is nearly
+    certain, s is 1 + (a tiny rest) and the subtraction would cancel, so while the margin
+    m - z_y < LOG1P_MARGIN the loss is log1p(rest e^(m - z_y)), which keeps its relative
+    accuracy; beyond it the loss exceeds the margin and the direct form is exact. The shift is 0
+    while a row has seen only -inf, so no -inf - -inf arises."""
+    shift = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    margin = shift - z_y
+    s = rest + torch.exp(-margin)
+    near = margin < LOG1P_MARGIN
+    loss = torch.where(near, torch.log1p(rest * torch.exp(torch.where(near, margin, 0.0))), margin + torch.log(s))
+    zero = torch.zeros((), dtype=m.dtype, device=m.device)
+    return torch.where(valid, loss, zero), torch.where(valid, q / s.square() + (rest / s).square(), zero)
 
 
 def cross_entropy_token_scores(

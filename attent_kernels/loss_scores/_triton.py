@@ -7,9 +7,9 @@ update it one vocabulary tile at a time with one shared helper, and write it as 
 The vocabulary is split into slices (enough (row block, slice) programs to fill the device, the
 count from ``attent_kernels/_cost.py``); the host merges the slices' states by log-sum-exp,
   m = max_s m_s,  r = sum_s r_s exp(m_s - m),  q = sum_s q_s exp(2 (m_s - m)),  z_y = sum_s z_y,s,
-in a fixed order (deterministic, no atomics), and finishes with
-  loss = m + log s - z_y,  ||p - e_y||^2 = q / s^2 + (r / s)^2,  s = r + exp(z_y - m),
-a sum of non-negative terms (no cancellation when p_y is close to 1). No probability tensor, and
+in a fixed order (deterministic, no atomics), and finishes as the reference does
+(``_reference.scores_from_state``): ||p - e_y||^2 = q / s^2 + (r / s)^2, s = r + exp(z_y - m), a
+sum of non-negative terms, and loss = log1p(r exp(m - z_y)) (no cancellation when p_y is close to 1). No probability tensor, and
 for the fused head no logits tensor, is ever written: each (row, slice) writes four numbers.
 
 Conventions (those of ``attent_kernels/_triton_tiles.py``, whose helpers these share): an
@@ -28,7 +28,17 @@ import triton.language as tl
 
 from .. import _cost
 from .._checks import accum_dtype
-from .._triton_tiles import TL_DTYPES, autotune_configs, block_count, dot_types, gram_tile, largest_block, tune_key
+from .._triton_tiles import (
+    TL_DTYPES,
+    autotune_configs,
+    block_count,
+    dot_types,
+    gram_tile,
+    largest_block,
+    shared_memory_pruning,
+    tune_key,
+)
+from . import _reference
 
 # (row block, vocabulary tile) of the cross-entropy kernel: few rows and wide tiles for large V.
 _CE_CONFIGS = autotune_configs(
@@ -52,6 +62,8 @@ _HEAD_CONFIGS = autotune_configs(
         ({"BLOCK_N": 64, "BLOCK_V": 256, "BLOCK_K": 64}, 8, 3),
     ],
 )
+# Operand elements of one pipeline stage: BLOCK_K features of the hidden rows and weight rows.
+_HEAD_PRUNING = shared_memory_pruning(lambda b: (b["BLOCK_N"] + b["BLOCK_V"]) * b["BLOCK_K"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +155,7 @@ def _cross_entropy_kernel(
     _store_state(state_ptr, stride_field, stride_slice, rows, N, m, rest, q, z_y)
 
 
-@triton.autotune(configs=_HEAD_CONFIGS, key=["tune_N", "tune_V", "tune_d"])
+@triton.autotune(configs=_HEAD_CONFIGS, key=["tune_N", "tune_V", "tune_d"], prune_configs_by=_HEAD_PRUNING)
 @triton.jit
 def _linear_cross_entropy_kernel(
     hidden_ptr, stride_hn, stride_hd,
@@ -218,14 +230,10 @@ def _merged_scores(
     m = m_s.max(dim=0).values
     shift = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
     scale = torch.exp(m_s - shift)
-    rest = (rest_s * scale).sum(dim=0)
-    q = (q_s * scale.square()).sum(dim=0)
-    z_y = z_y_s.sum(dim=0)
-    s = rest + torch.exp(z_y - shift)
     valid = targets != ignore_index
-    zero = torch.zeros((), dtype=state.dtype, device=state.device)
-    loss = torch.where(valid, shift + torch.log(s) - z_y, zero)
-    fgrad = torch.where(valid, q / s.square() + (rest / s).square(), zero)
+    loss, fgrad = _reference.scores_from_state(
+        m, (rest_s * scale).sum(dim=0), (q_s * scale.square()).sum(dim=0), z_y_s.sum(dim=0), valid
+    )
     return loss, fgrad, valid
 
 

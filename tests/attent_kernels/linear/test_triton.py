@@ -9,11 +9,11 @@ import torch
 
 pytest.importorskip("triton")
 
-import attent_kernels as ak  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+import attent_kernels as ak  # noqa: E402
 from attent_kernels import _cost, _dispatch  # noqa: E402
-from attent_kernels._triton_tiles import dot_types  # noqa: E402
+from attent_kernels._triton_tiles import dot_types, tf32_allowed  # noqa: E402
 from attent_kernels.linear import _triton  # noqa: E402
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -354,14 +354,10 @@ def test_gram_unknown_path_is_a_value_error():
 
 def test_float32_dot_follows_the_tf32_setting():
     x = torch.ones(2, 3)
-    setting = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    with tf32_allowed(False):
         assert dot_types(x, x).PRECISION == "ieee"
-        torch.backends.cuda.matmul.allow_tf32 = True
+    with tf32_allowed(True):
         assert dot_types(x, x).PRECISION == "tf32"
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = setting
     mixed = dot_types(x, x.to(torch.bfloat16))
     assert mixed.OPERAND == tl.bfloat16 and mixed.ACC == tl.float32
     assert dot_types(x.double(), x.half()).OPERAND == tl.float64

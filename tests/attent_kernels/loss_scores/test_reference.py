@@ -95,6 +95,18 @@ def test_fgrad_keeps_its_relative_accuracy_when_the_target_is_nearly_certain():
     torch.testing.assert_close(out.fgrad_sq.double(), expected, rtol=1e-4, atol=0.0)
 
 
+def test_loss_keeps_its_relative_accuracy_when_the_target_is_nearly_certain():
+    """A loss of 1e-4 ... 1e-12 (log s - (z_y - m) would cancel to 0 or to a few ulps of 1):
+    each matches the oracle relatively, and a large margin past LOG1P_MARGIN stays exact."""
+    gen = torch.Generator().manual_seed(7)
+    logits, targets = randn(gen, 7, 1, 17), torch.randint(0, 17, (7, 1), generator=gen)
+    margins = torch.tensor([8.0, 12.0, 16.0, 20.0, 24.0, 28.0, -45.0])
+    logits.scatter_add_(2, targets[..., None], margins[:, None, None])
+    out = cross_entropy_scores(logits, targets, backend="reference")
+    assert bool((out.loss > 0).all())
+    torch.testing.assert_close(out.loss.double(), _ce_oracle(logits, targets).loss, rtol=1e-5, atol=0.0)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     B=st.integers(1, 5),

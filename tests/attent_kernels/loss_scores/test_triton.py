@@ -151,9 +151,9 @@ def test_leading_vocabulary_tiles_of_minus_infinity(device):
     _assert_same_scores(got, cross_entropy_scores(logits[:, 150:], targets - 150, backend="reference"))
 
 
-def test_fgrad_keeps_its_relative_accuracy_when_the_target_is_nearly_certain(device):
-    """||p - e_y||^2 for targets of probability 1 - 1e-4 ... 1 - 1e-12 is tiny but positive, and
-    matches the oracle relatively, token by token."""
+def test_scores_keep_their_relative_accuracy_when_the_target_is_nearly_certain(device):
+    """||p - e_y||^2 and the loss for targets of probability 1 - 1e-4 ... 1 - 1e-12 are tiny but
+    positive, and match the oracle relatively, token by token."""
     gen = torch.Generator().manual_seed(6)
     logits, targets = randn(gen, 6, 1, 131), torch.randint(0, 131, (6, 1), generator=gen)
     margins = torch.tensor([13.0, 15.0, 17.0, 19.0, 21.0, 23.0])
@@ -162,6 +162,8 @@ def test_fgrad_keeps_its_relative_accuracy_when_the_target_is_nearly_certain(dev
     assert bool((got.fgrad_sq > 0).all())
     expected = _autograd_oracle(logits, targets).fgrad_sq
     torch.testing.assert_close(got.fgrad_sq.cpu().double(), expected, rtol=1e-4, atol=0.0)
+    assert bool((got.loss > 0).all())
+    torch.testing.assert_close(got.loss.cpu().double(), _autograd_oracle(logits, targets).loss, rtol=1e-4, atol=0.0)
 
 
 def test_custom_ignore_index_inside_the_vocabulary(device):
