@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ._extras import require
-from .optim import adamw, warmup_cosine
+from .optim import adamw, warmup_cosine, warmup_cosine_steps
 from .schedules import IntervalSchedule, RatioSchedule
 from .strategies import STRATEGIES
 from .teacher import Teacher
@@ -235,11 +235,7 @@ def _lr_scheduler(spec: Any, optimizer: torch.optim.Optimizer, options: FitOptio
         raise ValueError(f"config lr_scheduler warmup_epochs must be an integer in [0, epochs={epochs}), got {warmup!r}")
     if options.lr_scheduler_interval == "epoch":
         return warmup_cosine(optimizer, total=epochs, warmup=warmup)
-
-    def per_step(optimizer: torch.optim.Optimizer, steps: int) -> Any:
-        return warmup_cosine(optimizer, total=steps, warmup=min(steps - 1, round(steps * warmup / epochs)))
-
-    return per_step
+    return warmup_cosine_steps(warmup / epochs)
 
 
 def build_run(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,16 +2,17 @@
 
     optimizer = attent.optim.adamw(model, lr=1e-3, weight_decay=0.05)
     scheduler = attent.optim.warmup_cosine(optimizer, total=epochs, warmup=2)        # step once per epoch
-    fit(..., lr_scheduler=lambda opt, steps: warmup_cosine(opt, total=steps, warmup=steps // 20))  # per step
+    fit(..., lr_scheduler=warmup_cosine_steps(0.05))    # per step, over the steps the run will take
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["adamw", "warmup_cosine"]
+__all__ = ["adamw", "warmup_cosine", "warmup_cosine_steps"]
 
 
 def adamw(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -44,3 +45,16 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, *, total: int, warmup: int,
         return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_cosine_steps(warmup_fraction: float, min_factor: float = 0.0) -> Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LambdaLR]:
+    """A ``fit`` scheduler factory: given the run's optimizer steps, :func:`warmup_cosine` over them,
+    warming up for ``round(warmup_fraction * steps)`` of them (at most all but one), stepped per step."""
+    if isinstance(warmup_fraction, bool) or not isinstance(warmup_fraction, (int, float)) or not 0 <= warmup_fraction < 1:
+        raise ValueError(f"warmup_fraction must be a number in [0, 1), got {warmup_fraction!r}")
+
+    def factory(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+        return warmup_cosine(optimizer, total=steps, warmup=min(steps - 1, round(warmup_fraction * steps)),
+                             min_factor=min_factor)
+
+    return factory

@@ -41,11 +41,13 @@ __all__ = [
     "PHASES",
     "PUBLISHED_CYCLES",
     "RatioSchedule",
+    "ScaledRatio",
     "IntervalSchedule",
     "EpochPlan",
     "TeachingPlan",
     "check_count",
     "check_fraction",
+    "budget_epochs",
     "progress_of",
 ]
 
@@ -69,6 +71,12 @@ def check_count(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def budget_epochs(epochs: int, budget: float) -> int:
+    """The full-data schedule at a budget: ``max(1, round(budget * epochs))`` epochs (the shortened
+    recipe a user would otherwise run)."""
+    return max(1, round(check_fraction("budget", budget) * check_count("epochs", epochs, 1)))
 
 
 def progress_of(index: int, count: int) -> float:
@@ -131,6 +139,31 @@ class RatioSchedule:
         shape = progress if self.kind == "incremental" else (1.0 - math.cos(math.pi * progress)) / 2.0
         ratio = self.initial + (self.final - self.initial) * shape
         return min(max(ratio, min(self.initial, self.final)), max(self.initial, self.final))
+
+
+@dataclass(frozen=True)
+class ScaledRatio:
+    """A ratio schedule's shape times ``scale``, capped at 1: what a teacher given a budget runs
+    (the scale is solved so the plan spends the budget). Behaves as a :class:`RatioSchedule`."""
+
+    shape: RatioSchedule
+    scale: float
+
+    @property
+    def kind(self) -> str:
+        return self.shape.kind
+
+    @property
+    def initial(self) -> float:
+        return self.value(0.0)
+
+    @property
+    def final(self) -> float:
+        return self.value(1.0)
+
+    def value(self, progress: float) -> float:
+        """``min(1, scale * shape.value(progress))``."""
+        return min(1.0, self.scale * self.shape.value(progress))
 
 
 @dataclass(frozen=True)
@@ -220,7 +253,7 @@ class TeachingPlan:
         warmup_epochs: int = 1,
         anneal_epochs: int = 0,
         cycles: int | None = None,
-        ratio: RatioSchedule | None = RatioSchedule(),
+        ratio: RatioSchedule | ScaledRatio | None = RatioSchedule(),
         interval: IntervalSchedule = IntervalSchedule(),
         reselect_each_epoch: bool = False,
     ):

@@ -31,7 +31,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from .schedules import IntervalSchedule, RatioSchedule, TeachingPlan, check_count, check_fraction
+from .schedules import IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
 
 __all__ = [
     "ScoreView",
@@ -74,7 +74,7 @@ class PlanRequest:
     warmup_epochs: int
     anneal_epochs: int
     cycles: int | None
-    ratio: float | RatioSchedule | None
+    ratio: float | RatioSchedule | ScaledRatio | None
     interval: int | IntervalSchedule | None
     reselect_each_epoch: bool
 
@@ -139,7 +139,7 @@ def strategy_from(spec: "str | Strategy") -> Strategy:
     raise ValueError(f"strategy must be one of {tuple(STRATEGIES)} or a Strategy instance, got {spec!r}")
 
 
-def _ratio_schedule(ratio: float | RatioSchedule | None, epochs: int | None) -> RatioSchedule:
+def _ratio_schedule(ratio: float | RatioSchedule | ScaledRatio | None, epochs: int | None) -> RatioSchedule | ScaledRatio:
     if ratio is None:
         if epochs is None:
             raise ValueError(
@@ -147,7 +147,7 @@ def _ratio_schedule(ratio: float | RatioSchedule | None, epochs: int | None) -> 
                 "epochs=... or a constant ratio such as ratio=0.5"
             )
         return RatioSchedule()
-    if isinstance(ratio, RatioSchedule):
+    if isinstance(ratio, (RatioSchedule, ScaledRatio)):
         return ratio
     return RatioSchedule.constant(check_fraction("ratio", ratio))
 
@@ -184,10 +184,23 @@ def _gumbel(n: int, generator: torch.Generator) -> torch.Tensor:
 @register_strategy("hard", aliases=("greedy",))
 @dataclass(frozen=True)
 class Hard(Strategy):
-    """The m largest scores, the paper's Algorithm 1; ties broken by a permutation from the seed."""
+    """The m largest scores, the paper's Algorithm 1; ties broken by a permutation from the seed.
+
+    ``random_share``: the fraction of the m drawn uniformly from the examples the top-k left out
+    instead (0: pure top-k; score-based pruning loses to random at high compression unless it is
+    randomized, Ayed & Hayou 2023)."""
+
+    random_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "random_share", _check_real("random_share", self.random_share, 0.0, 1.0,
+                                                             low_open=False, high_open=False))
 
     def select(self, scores: ScoreView, m: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
-        return _top_m(scores.values.masked_fill(scores.unknown, math.inf), m, generator), None
+        uniform = round(self.random_share * m)
+        ranked = _top_m(scores.values.masked_fill(scores.unknown, math.inf), scores.num_examples, generator)
+        top, rest = ranked[: m - uniform], ranked[m - uniform:]
+        return torch.cat([top, rest[torch.randperm(rest.numel(), generator=generator)[:uniform]]]), None
 
 
 @register_strategy("soft")

@@ -89,6 +89,7 @@ collective; an empty batch is fine).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import numbers
@@ -100,7 +101,7 @@ from torch.utils.data import Sampler
 
 from . import _distributed
 from ._teacher_state import COUNTERS, STATE_VERSION, Selection, checked_state, selection_state
-from .schedules import IntervalSchedule, RatioSchedule, check_count, check_fraction
+from .schedules import IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
 from .strategies import PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
 
 __all__ = ["Selection", "Teacher", "TeacherSampler"]
@@ -170,6 +171,7 @@ class Teacher:
             carrying its options (``Soft(temperature=0.5)``, ``InfoBatch(prune_ratio=0.7)``).
         ratio: the fraction selected at a selection point: a float in (0, 1] (constant), a
             ``RatioSchedule``, or None for the published cosine 0.2 -> 0.8 (needs ``epochs``).
+            With ``budget``, the shape of the ratios, scaled to spend the budget.
         interval: subset epochs per selection point: an int (fixed), an ``IntervalSchedule``, or
             None for the published fixed 5.
         warmup_epochs: full-data epochs before teaching starts (published: 1).
@@ -180,6 +182,11 @@ class Teacher:
             epochs otherwise.
         refresh: None (online scores only), ``"cycle"`` (re-score every example at each
             selection point) or a fraction in (0, 1] (re-score the stalest fraction).
+        budget: None, or a fraction b in (0, 1] of the recipe's full-data total ``epochs * N``
+            training examples: the subset ratios are the ``ratio`` shape times the largest scale
+            whose plan trains at most ``floor(b * epochs * N)`` examples (needs ``epochs``; full-data
+            epochs of the plan count too). Not for strategies that size their own subsets
+            (InfoBatch: set its prune ratio instead).
         reselect_each_epoch: make every subset epoch its own selection point (published soft).
         seed: seeds every random draw.
     """
@@ -197,6 +204,7 @@ class Teacher:
         cycles: int | None = None,
         refresh: None | Literal["cycle"] | float = None,
         reselect_each_epoch: bool = False,
+        budget: float | None = None,
         seed: int = 0,
     ):
         if isinstance(num_examples, bool) or not isinstance(num_examples, numbers.Integral) or num_examples < 1:
@@ -205,10 +213,10 @@ class Teacher:
         self.strategy = strategy_from(strategy)
         self.refresh = self._check_refresh(refresh)
         self.seed = check_count("seed", seed, 0)
-        self.plan = self.strategy.plan(PlanRequest(
-            epochs=epochs, warmup_epochs=warmup_epochs, anneal_epochs=anneal_epochs, cycles=cycles, ratio=ratio,
-            interval=interval, reselect_each_epoch=bool(reselect_each_epoch),
-        ))
+        request = PlanRequest(epochs=epochs, warmup_epochs=warmup_epochs, anneal_epochs=anneal_epochs, cycles=cycles,
+                              ratio=ratio, interval=interval, reselect_each_epoch=bool(reselect_each_epoch))
+        self.budget = None if budget is None else check_fraction("budget", budget)
+        self.plan = self.strategy.plan(request) if budget is None else self._budget_plan(request)
         self._scores = torch.full((self.num_examples,), math.nan, dtype=torch.float64)
         self._score_steps = torch.full((self.num_examples,), -1, dtype=torch.int64)
         self._observe_calls = 0
@@ -250,6 +258,43 @@ class Teacher:
             return cls(num_examples, strategy="hard", epochs=epochs, ratio=0.7, cycles=1 if epochs > 1 else None,
                        interval=max(1, epochs - 1), seed=seed)
         raise ValueError(f"recipe must be 'complex' or 'simple', got {recipe!r}")
+
+    def _budget_plan(self, request: PlanRequest) -> TeachingPlan:
+        """The plan whose ratios are the requested shape times the largest scale that spends at
+        most ``floor(budget * epochs * N)`` examples (bisection: the spend grows with the scale)."""
+        if request.epochs is None:
+            raise ValueError("budget needs epochs: it is a fraction of the recipe's epochs * N training examples")
+        if self.strategy.sizes_own_subsets:
+            raise ValueError(f"strategy {self.strategy.name!r} sizes its subsets from the scores, so a budget cannot "
+                             f"be planned; set its own options (InfoBatch(prune_ratio=...)) instead")
+        if isinstance(request.ratio, numbers.Real):
+            raise ValueError(f"ratio={request.ratio} and budget={self.budget} both fix the subset sizes; pass a "
+                             "RatioSchedule (the shape the budget scales) or ratio=None")
+        shape = RatioSchedule() if request.ratio is None else request.ratio
+        allowed = math.floor(self.budget * request.epochs * self.num_examples + 1e-9)
+
+        def plan_at(scale: float) -> tuple[TeachingPlan, int]:
+            plan = self.strategy.plan(dataclasses.replace(request, ratio=ScaledRatio(shape, scale)))
+            sizes = [self.num_examples if p.is_full else
+                     min(self.num_examples, max(1, fraction_count(p.ratio, self.num_examples)))
+                     for p in map(plan.at, range(request.epochs))]
+            return plan, sum(sizes)
+
+        low, high = 0.0, 1.0 / min(shape.value(0.0), shape.value(1.0), shape.value(0.5))
+        plan, spent = plan_at(low)
+        if spent > allowed:
+            raise ValueError(f"budget={self.budget} allows {allowed} training examples, but this plan's full-data epochs "
+                             f"and one-example subsets already take {spent}; lower warmup_epochs / anneal_epochs or "
+                             f"shorten the intervals' full-data remainder")
+        if plan_at(high)[1] <= allowed:
+            return plan_at(high)[0]
+        for _ in range(60):
+            middle = (low + high) / 2
+            if plan_at(middle)[1] <= allowed:
+                low = middle
+            else:
+                high = middle
+        return plan_at(low)[0]
 
     @staticmethod
     def _check_refresh(refresh: None | str | float) -> None | str | float:
@@ -469,7 +514,7 @@ class Teacher:
 
     def __repr__(self) -> str:
         return (f"Teacher(num_examples={self.num_examples}, strategy={self.strategy!r}, refresh={self.refresh!r}, "
-                f"seed={self.seed}, plan={self.plan!r})")
+                f"budget={self.budget}, seed={self.seed}, plan={self.plan!r})")
 
 
 class TeacherSampler(Sampler[int]):

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from . import _checkpoint
 from ._checkpoint import CHECKPOINT_NAME
 from ._distributed import rank_and_world_size
+from .schedules import budget_epochs
 from .scores import (
     AMP_MODES,
     SCORE_KINDS,
@@ -127,7 +128,11 @@ def _is_real(value: Any) -> bool:
 class FitOptions:
     """The scalar options of :func:`fit` (and of ``attent train --config``), checked on creation.
 
-    epochs: number of epochs (a teacher's epoch trains on its selected subset only).
+    epochs: number of epochs of the recipe (a teacher's epoch trains on its selected subset only).
+    budget: the fraction of the recipe's ``epochs * N`` training examples the run may process.
+        Without a teacher the run is the shortened schedule, ``max(1, round(budget * epochs))``
+        epochs; a teacher must have been built with the same budget (``Teacher(..., budget=)``),
+        which it spends by shrinking its subsets over the recipe's epochs.
     score: what training steps feed the teacher: ``"loss"``, ``"fgrad"`` (||dl/dlogits||, the
         paper's rule) or ``"gradnorm"`` (||dl/dtheta||: the probe runs the training backward).
     batch_size: examples per micro-batch; ``grad_accum`` micro-batches make an optimizer step.
@@ -159,6 +164,7 @@ class FitOptions:
     """
 
     epochs: int
+    budget: float = 1.0
     score: str = "fgrad"
     batch_size: int = 64
     device: Any = None
@@ -183,6 +189,7 @@ class FitOptions:
     def __post_init__(self) -> None:
         positive = "a positive integer"
         _expect("epochs", self.epochs, _is_int(self.epochs) and self.epochs >= 1, positive)
+        _expect("budget", self.budget, _is_real(self.budget) and 0 < self.budget <= 1, "a number in (0, 1]")
         _expect("batch_size", self.batch_size, _is_int(self.batch_size) and self.batch_size >= 1, positive)
         _expect("grad_accum", self.grad_accum, _is_int(self.grad_accum) and self.grad_accum >= 1, positive)
         for name in ("checkpoint_every", "eval_every", "max_steps", "eval_batch_size"):
@@ -325,14 +332,18 @@ class _Run:
         self.scorer = Scorer(o.score, self.objective, probe_params=o.gradnorm_params)
         self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed)
         self.teaching.check_epochs(o.epochs)
+        if teacher is not None and o.budget != 1.0 and teacher.budget != o.budget:
+            raise ValueError(f"fit budget={o.budget} but the teacher was built with budget={teacher.budget}; build it "
+                             f"with Teacher(..., epochs={o.epochs}, budget={o.budget})")
         self.teacher = teacher
-        self.epochs, self.batch_size, self.grad_accum = o.epochs, o.batch_size, o.grad_accum
+        self.epochs = o.epochs if teacher is not None else budget_epochs(o.epochs, o.budget)
+        self.batch_size, self.grad_accum = o.batch_size, o.grad_accum
         self.eval_batch_size = o.eval_batch_size or o.batch_size
         self.device = torch.device(o.device) if o.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.out_dir = Path(o.out_dir) if o.out_dir is not None else None
         self.rank, self.world = rank_and_world_size()
         self.step_scheduler_per_epoch = o.lr_scheduler_interval == "epoch"
-        self.planned_steps = self.teaching.planned_steps(o.epochs, self.steps_of)
+        self.planned_steps = self.teaching.planned_steps(self.epochs, self.steps_of)
         if callable(lr_scheduler) and not hasattr(lr_scheduler, "step"):
             lr_scheduler = lr_scheduler(optimizer, self.planned_steps)
         self.lr_scheduler = lr_scheduler

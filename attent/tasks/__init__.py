@@ -5,26 +5,30 @@ a model factory, the loss, the metric runs are compared on and a default trainin
 ``quick=True`` gives a tiny version for smoke tests.
 
 - ``digits``: a timm ViT from scratch on scikit-learn's 8x8 handwritten digits (``val_accuracy``).
+- ``digits_augmented``: the same, its training set expanded tenfold by small random rotations,
+  shifts and noise: large and redundant data, the regime data pruning targets (``val_accuracy``).
 - ``stdlib_lm``: a tiny GPT-2 on the Python standard library's source, byte-level (``val_loss``).
 - ``scb``: the Sparse Contextual Bigram task, with its ground truth in ``info`` (``val_loss``).
 - ``icl_regression``: in-context linear regression (``val_loss``, the MSE).
 
-:mod:`attent.tasks.compare` runs training methods on a task and compares their time to a target.
+:mod:`attent.tasks.compare` runs training methods on a task at a budget; :mod:`attent.tasks.frontier`
+compares them by the quality each reaches for its wall time.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from ._task import METRIC_GOALS, Task, TrainDefaults, higher_is_better
-from .digits import digits
+from .digits import digits, digits_augmented
 from .icl_regression import icl_regression
 from .scb import scb
 from .stdlib_lm import stdlib_lm
 
 __all__ = ["METRIC_GOALS", "TASKS", "Task", "TrainDefaults", "higher_is_better", "make_task",
-           "digits", "stdlib_lm", "scb", "icl_regression"]
+           "digits", "digits_augmented", "stdlib_lm", "scb", "icl_regression"]
 
-TASKS: dict[str, Callable[..., Task]] = {"digits": digits, "stdlib_lm": stdlib_lm, "scb": scb, "icl_regression": icl_regression}
+TASKS: dict[str, Callable[..., Task]] = {"digits": digits, "digits_augmented": digits_augmented, "stdlib_lm": stdlib_lm,
+                                         "scb": scb, "icl_regression": icl_regression}
 
 
 def make_task(name: str, *, seed: int = 0, quick: bool = False) -> Task:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..optim import adamw, warmup_cosine
+from ..optim import adamw, warmup_cosine_steps
 
 __all__ = ["METRIC_GOALS", "TrainDefaults", "Task", "higher_is_better"]
 
@@ -26,7 +26,9 @@ def higher_is_better(metric: str) -> bool:
 @dataclass(frozen=True)
 class TrainDefaults:
     """A task's default training recipe: AdamW (no decay on biases, norms, position embeddings),
-    ``warmup_epochs`` of linear warm-up then a per-epoch cosine decay to 0, gradient clipping at
+    a linear warm-up over the first ``warmup_epochs / epochs`` of the run's optimizer steps, then
+    a cosine decay to 0 at its last step (over the steps the run really takes, a teacher's shorter
+    subset epochs and a budget's shorter schedule included), gradient clipping at
     ``max_grad_norm``, an evaluation every ``eval_every`` optimizer steps (and at every epoch end)."""
 
     epochs: int
@@ -77,6 +79,7 @@ class Task:
         parameters nor on those the model's ``no_weight_decay()`` names)."""
         return adamw(model, lr=self.defaults.lr, weight_decay=self.defaults.weight_decay)
 
-    def lr_scheduler(self, optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
-        """The recipe's per-epoch warm-up + cosine schedule over ``epochs`` epochs (step it once per epoch)."""
-        return warmup_cosine(optimizer, total=epochs, warmup=min(self.defaults.warmup_epochs, epochs - 1))
+    def lr_schedule(self, epochs: int) -> Any:
+        """The recipe's warm-up + cosine schedule as a :func:`attent.fit` factory: per optimizer
+        step over the steps the run takes, warming up for the recipe's share of a run of ``epochs``."""
+        return warmup_cosine_steps(min(self.defaults.warmup_epochs, epochs - 1) / epochs)

@@ -1,26 +1,29 @@
-"""Run training methods on a task and compare them by the wall time they need to reach a target.
+"""Run training methods on a task at a budget, and compare them the way a user decides: by the
+quality each reaches for the wall time it spends.
 
 A :class:`Method` is a way to pick what each epoch trains on: full data, an ``attent.Teacher``
 built from options, or the published AtteNT recipe (``Teacher.published``). :func:`run_method`
-trains a task's model with one of them under the task's recipe (every method gets the same model
-initialization, data, optimizer, schedule, epochs and evaluation points for a given seed), and
-:func:`summarize` turns the runs into rows: final metric, wall time to reach the baseline's final
-metric (:func:`time_to_target`), time saved, examples seen and selection overhead. Wall time is the
-trainer's: training steps plus every scoring pass and selection, evaluation excluded.
+trains a task's model with one of them at a budget b (the fraction of the recipe's ``epochs * N``
+training examples it may process: full data runs the shortened schedule of ``round(b * epochs)``
+epochs, a teacher shrinks its subsets over the recipe's epochs) under the task's recipe (the same
+model initialization, data, optimizer, step-exact learning-rate schedule and evaluation points for
+a given seed). :mod:`attent.tasks.frontier` turns the runs into quality-vs-time frontiers.
 """
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from ..scores import SCORE_KINDS
 from ..teacher import Teacher
 from ..trainer import FitResult, fit
-from ._task import Task, higher_is_better
+from ._task import Task
 
-__all__ = ["Method", "FULL_DATA", "PUBLISHED", "RunSummary", "run_method", "time_to_target", "summarize", "format_table"]
+__all__ = ["Method", "FULL_DATA", "PUBLISHED", "run_method", "final_metric", "format_table", "FINAL_EVALUATIONS"]
+
+FINAL_EVALUATIONS = 3  # a run's quality: the mean of its last three evaluations (less noise than the last one)
 
 
 @dataclass(frozen=True)
@@ -28,16 +31,21 @@ class Method:
     """A way to train on a task.
 
     name: the label in tables and plots. kind: ``"full"`` (every example every epoch, no teacher),
-    ``"teacher"`` (``Teacher(N, epochs=E, seed=s, **options)``) or ``"published"``
-    (``Teacher.published(N, epochs=E, seed=s, **options)``). options: keyword arguments of that
-    constructor (besides the example count, epochs and seed). score: what the training steps feed
-    the teacher (``fit``'s ``score``; the published recipe's is ``"loss"``).
+    ``"teacher"`` (``Teacher(N, epochs=E, seed=s, budget=b, **options)``) or ``"published"``
+    (``Teacher.published(N, epochs=E, seed=s, **options)``, which has no budget: it runs at b = 1
+    only). options: keyword arguments of that constructor. score: what the training steps feed
+    the teacher (``fit``'s ``score``; the published recipe's is ``"loss"``). extra: options that
+    depend on the run, ``extra(epochs, budget) -> options`` (e.g. one cycle per epoch). budgeted:
+    False for strategies that size their own subsets (InfoBatch): the teacher gets no ``budget=``
+    (``extra`` then sets options that approach it; the run records what it really spent).
     """
 
     name: str
     kind: Literal["full", "teacher", "published"] = "teacher"
     options: Mapping[str, Any] = field(default_factory=dict)
     score: str = "fgrad"
+    extra: Callable[[int, float], Mapping[str, Any]] | None = None
+    budgeted: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ("full", "teacher", "published"):
@@ -47,19 +55,30 @@ class Method:
         if self.score not in SCORE_KINDS:
             raise ValueError(f"score must be one of {SCORE_KINDS}, got {self.score!r}")
 
-    def teacher(self, num_examples: int, *, epochs: int, seed: int) -> Teacher | None:
-        """The teacher of a run over ``num_examples`` examples and ``epochs`` epochs (None for full data)."""
+    def budgets(self, budgets: Sequence[float]) -> list[float]:
+        """The budgets this method runs at, of those asked (the published recipe: 1.0 only)."""
+        return [b for b in budgets if b == 1.0] if self.kind == "published" else list(budgets)
+
+    def teacher(self, num_examples: int, *, epochs: int, seed: int, budget: float = 1.0) -> Teacher | None:
+        """The teacher of a run over ``num_examples`` examples, ``epochs`` epochs and ``budget``
+        (None for full data)."""
         if self.kind == "full":
             return None
         if self.kind == "published":
+            if budget != 1.0:
+                raise ValueError(f"the published recipe has no budget: it runs at budget 1.0, not {budget}")
             return Teacher.published(num_examples, epochs=epochs, seed=seed, **self.options)
-        return Teacher(num_examples, epochs=epochs, seed=seed, **self.options)
+        options = {**self.options, **(self.extra(epochs, budget) if self.extra is not None else {})}
+        if self.budgeted:
+            options["budget"] = budget
+        return Teacher(num_examples, epochs=epochs, seed=seed, **options)
 
     def describe(self) -> dict[str, Any]:
         """The method as plain values (schedules and strategies by their repr), for JSON records."""
         plain = (str, int, float, bool, type(None))
         return {"name": self.name, "kind": self.kind, "score": self.score,
-                "options": {k: v if isinstance(v, plain) else repr(v) for k, v in self.options.items()}}
+                "options": {k: v if isinstance(v, plain) else repr(v) for k, v in self.options.items()},
+                "extra": None if self.extra is None else self.extra.__doc__, "budgeted": self.budgeted}
 
 
 FULL_DATA = Method("full data", "full")
@@ -71,85 +90,43 @@ def run_method(
     method: Method,
     *,
     seed: int = 0,
+    budget: float = 1.0,
     epochs: int | None = None,
     device: str | None = None,
     progress: bool = False,
     out_dir: str | os.PathLike | None = None,
 ) -> FitResult:
-    """Train a fresh model of ``task`` with ``method`` under the task's recipe.
+    """Train a fresh model of ``task`` with ``method`` at ``budget`` under the task's recipe.
 
-    The model is initialized from ``seed`` (:meth:`Task.model`), trained for ``epochs`` epochs
-    (default: the task's) with the task's optimizer, per-epoch warm-up + cosine schedule,
-    gradient clipping, batch size and evaluation interval, and ``fit`` runs with ``seed``.
+    The model is initialized from ``seed`` (:meth:`Task.model`), the recipe has ``epochs`` epochs
+    (default: the task's) with the task's optimizer, its warm-up + cosine schedule over the
+    optimizer steps the run takes, gradient clipping, batch size and evaluation interval; ``fit``
+    runs with ``seed`` and ``budget``.
 
     Returns:
         The :class:`attent.trainer.FitResult`; its ``history`` holds ``task.metric`` at every evaluation.
     """
     recipe = task.defaults
     epochs = recipe.epochs if epochs is None else epochs
+    teacher = method.teacher(len(task.train), epochs=epochs, seed=seed, budget=budget)
     model = task.model(seed)
-    optimizer = task.optimizer(model)
     return fit(
-        model, task.train, loss=task.loss, optimizer=optimizer,
-        teacher=method.teacher(len(task.train), epochs=epochs, seed=seed), score=method.score, epochs=epochs,
-        batch_size=recipe.batch_size, eval_data=task.val, lr_scheduler=task.lr_scheduler(optimizer, epochs),
-        lr_scheduler_interval="epoch", max_grad_norm=recipe.max_grad_norm, eval_every=recipe.eval_every,
-        device=device, progress=progress, out_dir=out_dir, seed=seed,
+        model, task.train, loss=task.loss, optimizer=task.optimizer(model), teacher=teacher, score=method.score,
+        epochs=epochs, budget=budget if teacher is None or teacher.budget is not None else 1.0,
+        batch_size=recipe.batch_size, eval_data=task.val, lr_scheduler=task.lr_schedule(epochs),
+        max_grad_norm=recipe.max_grad_norm, eval_every=recipe.eval_every, device=device, progress=progress,
+        out_dir=out_dir, seed=seed,
     )
 
 
-def time_to_target(history: Sequence[Mapping[str, Any]], metric: str, target: float, *, time_key: str = "wall_time") -> float | None:
-    """The first ``time_key`` at which ``metric`` reaches ``target``, or None if it never does.
-
-    "Reaches" follows the metric's direction: ``>= target`` for accuracy, ``<= target`` for losses
-    and perplexity (see ``attent.tasks.METRIC_GOALS``). Records without a finite ``metric`` are skipped.
-    """
-    upward = higher_is_better(metric)
-    for record in history:
-        value = record.get(metric)
-        if value is None or not math.isfinite(value):
-            continue
-        if (value >= target) if upward else (value <= target):
-            return float(record[time_key])
-    return None
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """One run against a baseline's final metric (the target).
-
-    final: the run's last ``metric``. time_to_target: wall seconds to reach the target (None: never
-    reached). time_saved: 1 - time_to_target / the baseline's time_to_target (None when either is
-    None). wall_time: the run's total wall seconds. examples_seen: training examples forwarded.
-    selection_overhead: selection seconds / wall seconds.
-    """
-
-    method: str
-    final: float
-    time_to_target: float | None
-    time_saved: float | None
-    wall_time: float
-    examples_seen: int
-    selection_overhead: float
-
-
-def summarize(results: Mapping[str, FitResult], *, metric: str, baseline: str) -> list[RunSummary]:
-    """One :class:`RunSummary` per run, in ``results`` order; the target is the final ``metric`` of
-    ``results[baseline]`` (the baseline's own time to target is when it first reached its final value)."""
-    if baseline not in results:
-        raise ValueError(f"baseline {baseline!r} is not among the runs {list(results)}")
-    for name, result in results.items():
-        if not result.history or metric not in result.final:
-            raise ValueError(f"run {name!r} recorded no {metric!r}: give the runs evaluation data")
-    target = results[baseline].final[metric]
-    reference = time_to_target(results[baseline].history, metric, target)
-    rows = []
-    for name, result in results.items():
-        reached = time_to_target(result.history, metric, target)
-        saved = None if reached is None or not reference else 1.0 - reached / reference
-        rows.append(RunSummary(name, float(result.final[metric]), reached, saved, result.wall_time, result.examples_seen,
-                               result.selection_overhead))
-    return rows
+def final_metric(history: Sequence[Mapping[str, Any]], metric: str, last: int = FINAL_EVALUATIONS) -> float:
+    """The mean of ``metric`` over the last ``last`` evaluations that hold a finite value (fewer
+    when the run made fewer); a ValueError when none does."""
+    values = [float(r[metric]) for r in history if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    if not values:
+        raise ValueError(f"the history holds no finite {metric!r}: give the run evaluation data")
+    tail = values[-last:]
+    return sum(tail) / len(tail)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -1,5 +1,5 @@
 """The testbeds: shapes, determinism under a seed, disjoint splits, model forwards, the synthetic
-tasks' ground truth, and the time-to-target comparison shared by the demo and the benchmark."""
+tasks' ground truth, and the methods and final metric shared by the demo and the benchmark."""
 import math
 from pathlib import Path
 
@@ -9,11 +9,10 @@ from torch.utils.data import DataLoader
 
 from attent.scores import Objective
 from attent.tasks import TASKS, Task, TrainDefaults, make_task
-from attent.tasks.compare import FULL_DATA, PUBLISHED, Method, format_table, summarize, time_to_target
+from attent.tasks.compare import FULL_DATA, PUBLISHED, Method, final_metric, format_table
 from attent.tasks.icl_regression import make_prompts
 from attent.tasks.scb import ground_truth, next_token_distribution
 from attent.tasks.stdlib_lm import ByteTokenizer, WindowDataset, corpus_files
-from attent.trainer import FitResult
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +32,7 @@ def _rows(dataset) -> set[bytes]:
 EXPECTED = {
     # name: (train size, val size, input shape, input dtype, target shape, target dtype, prediction shape per example)
     "digits": (1437, 360, (1, 8, 8), torch.float32, (), torch.int64, (10,)),
+    "digits_augmented": (14370, 360, (1, 8, 8), torch.float32, (), torch.int64, (10,)),
     "stdlib_lm": (3072, 512, (64,), torch.int64, (64,), torch.int64, (64, 257)),
     "scb": (6144, 1024, (12,), torch.int64, (), torch.int64, (16,)),
     "icl_regression": (8192, 1024, (12, 7), torch.float32, (1,), torch.float32, (1,)),
@@ -78,10 +78,26 @@ def test_another_seed_draws_other_training_data(name):
     assert not torch.equal(a.train[0][0], b.train[0][0])
 
 
-@pytest.mark.parametrize("name", ["digits", "scb", "icl_regression"])
+@pytest.mark.parametrize("name", ["digits", "digits_augmented", "scb", "icl_regression"])
 def test_no_validation_input_appears_in_training(tasks, name):
     task = tasks[name]
     assert not _rows(task.train) & _rows(task.val)
+
+
+def test_digits_augmented_holds_each_training_image_and_nine_jittered_copies(tasks):
+    digits, augmented = tasks["digits"], tasks["digits_augmented"]
+    n = len(digits.train)
+    originals = torch.stack([augmented.train[i][0] for i in range(n)])
+    assert torch.allclose(originals, digits.train.tensors[0], atol=1e-6)
+    labels = augmented.train.tensors[1]
+    assert torch.equal(labels, digits.train.tensors[1].repeat(10))
+    copy = augmented.train.tensors[0][n:2 * n]
+    difference = (copy - originals).abs().mean(dim=(1, 2, 3))
+    assert bool((difference > 0.05).all())  # every copy moved or noised
+    assert torch.equal(augmented.val.tensors[0], digits.val.tensors[0])
+    other = make_task("digits_augmented", seed=4)
+    assert torch.equal(other.train.tensors[0][:n], augmented.train.tensors[0][:n])
+    assert not torch.equal(other.train.tensors[0][n:], augmented.train.tensors[0][n:])
 
 
 def test_digits_split_is_fixed_stratified_and_covers_the_dataset(tasks):
@@ -196,49 +212,25 @@ def test_unknown_task_and_metric_are_rejected():
         Task("t", [], [], lambda: None, "mse", "val_f1", defaults)
 
 
-def test_time_to_target_follows_the_metric_direction():
-    history = [{"wall_time": 1.0, "val_accuracy": 0.5, "val_loss": 2.0},
-               {"wall_time": 2.0, "val_accuracy": float("nan"), "val_loss": float("nan")},
-               {"wall_time": 3.5, "val_accuracy": 0.81, "val_loss": 0.9},
-               {"wall_time": 5.0, "val_accuracy": 0.79, "val_loss": 1.1}]
-    assert time_to_target(history, "val_accuracy", 0.8) == 3.5
-    assert time_to_target(history, "val_accuracy", 0.5) == 1.0
-    assert time_to_target(history, "val_accuracy", 0.9) is None
-    assert time_to_target(history, "val_loss", 1.0) == 3.5
-    assert time_to_target(history, "val_loss", 2.5) == 1.0
-    assert time_to_target(history, "val_loss", 0.5) is None
+def test_final_metric_is_the_mean_of_the_last_three_finite_evaluations():
+    history = [{"val_loss": 4.0}, {"val_loss": 3.0}, {"val_loss": float("nan")}, {"val_loss": 2.0}, {"val_loss": 1.0},
+               {"train_loss": 0.5}]
+    assert final_metric(history, "val_loss") == pytest.approx(2.0)  # 3, 2, 1
+    assert final_metric(history[:2], "val_loss") == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="no finite 'val_accuracy'"):
+        final_metric(history, "val_accuracy")
 
 
-def _result(history, selection_time=0.0):
-    return FitResult(history=history, selections=[], wall_time=history[-1]["wall_time"], train_time=0.0,
-                     selection_time=selection_time, eval_time=0.0, examples_seen=int(history[-1]["examples_seen"]),
-                     examples_scored=0, steps=len(history), epochs_completed=len(history), stopped_early=False, out_dir=None)
-
-
-def test_summarize_measures_against_the_baselines_first_arrival_at_its_final_value():
-    full = _result([{"wall_time": 2.0, "val_loss": 1.0, "examples_seen": 10},
-                    {"wall_time": 4.0, "val_loss": 0.5, "examples_seen": 20},
-                    {"wall_time": 6.0, "val_loss": 0.5, "examples_seen": 30}])
-    fast = _result([{"wall_time": 1.0, "val_loss": 0.7, "examples_seen": 5},
-                    {"wall_time": 3.0, "val_loss": 0.4, "examples_seen": 10}], selection_time=0.3)
-    slow = _result([{"wall_time": 7.0, "val_loss": 0.6, "examples_seen": 9}])
-    rows = summarize({"full": full, "fast": fast, "slow": slow}, metric="val_loss", baseline="full")
-    assert [r.method for r in rows] == ["full", "fast", "slow"]
-    assert rows[0].time_to_target == 4.0 and rows[0].time_saved == 0.0
-    assert rows[1].time_to_target == 3.0 and math.isclose(rows[1].time_saved, 0.25)
-    assert math.isclose(rows[1].selection_overhead, 0.1) and rows[1].examples_seen == 10 and rows[1].final == 0.4
-    assert rows[2].time_to_target is None and rows[2].time_saved is None
-    with pytest.raises(ValueError, match="baseline"):
-        summarize({"fast": fast}, metric="val_loss", baseline="full")
-    with pytest.raises(ValueError, match="val_accuracy"):
-        summarize({"full": full}, metric="val_accuracy", baseline="full")
-
-
-def test_methods_build_their_teachers():
+def test_methods_build_their_teachers_at_a_budget():
     assert FULL_DATA.teacher(10, epochs=3, seed=0) is None
-    method = Method("a", "teacher", {"ratio": 0.5}, score="loss")
-    teacher = method.teacher(10, epochs=4, seed=2)
-    assert (teacher.num_examples, method.score, teacher.seed) == (10, "loss", 2)
+    method = Method("a", "teacher", {"warmup_epochs": 0}, score="loss", extra=lambda epochs, budget: {"cycles": epochs})
+    teacher = method.teacher(10, epochs=4, seed=2, budget=0.5)
+    assert (teacher.num_examples, method.score, teacher.seed, teacher.budget, teacher.plan.cycles) == (10, "loss", 2, 0.5, 4)
+    unbudgeted = Method("b", "teacher", {"strategy": "infobatch"}, budgeted=False).teacher(10, epochs=4, seed=0, budget=0.5)
+    assert unbudgeted.budget is None
+    assert PUBLISHED.budgets([0.25, 0.5, 1.0]) == [1.0] and method.budgets([0.25, 1.0]) == [0.25, 1.0]
+    with pytest.raises(ValueError, match="no budget"):
+        PUBLISHED.teacher(10, epochs=12, seed=0, budget=0.5)
     assert PUBLISHED.score == "loss" and PUBLISHED.teacher(10, epochs=12, seed=0).refresh == "cycle"
     with pytest.raises(ValueError, match="score must be one of"):
         Method("x", "teacher", score="margin")

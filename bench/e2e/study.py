@@ -1,0 +1,129 @@
+"""The teacher study: teacher variants at equal budget against full data's shortened schedule and a
+random subset, on the same seeds. Quality only (the mean of each run's last three evaluations);
+wall times are recorded but the study reads quality at equal budget, which does not depend on the
+machine's load.
+
+    python -m bench.e2e.study --tasks digits,digits_augmented --budgets 0.25,0.5 --seeds 2 [--record]
+
+Writes ``teacher_study.json`` (runs/bench/, or bench/results/ with --record): every run, and per
+(task, budget, variant) the paired advantage over full data and over random (mean, std, n).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from attent.schedules import RatioSchedule  # noqa: E402
+from attent.strategies import Hard, Importance, Soft  # noqa: E402
+from attent.tasks import make_task  # noqa: E402
+from attent.tasks.compare import FULL_DATA, Method, final_metric, format_table, run_method  # noqa: E402
+from attent.tasks.frontier import Point, equal_budget  # noqa: E402
+from bench import record_info  # noqa: E402
+from bench.e2e.run import CONSTANT, every_epoch, infobatch_near  # noqa: E402
+
+DECREASING = RatioSchedule.incremental(1.0, 0.2)  # near full data first, pruned as examples are learned
+VARIANTS: dict[str, Method] = {
+    "full": FULL_DATA,
+    "random-each": Method("random, every epoch", options={"strategy": "random", "ratio": CONSTANT},
+                          extra=every_epoch, score="loss"),
+    "default-v0": Method("Teacher() defaults (hard, cosine 0.2->0.8, 5-epoch intervals)", score="fgrad"),
+    "hard-each": Method("hard, every epoch", options={"ratio": CONSTANT, "warmup_epochs": 0}, extra=every_epoch),
+    "hard-mix30-each": Method("hard + 30% random, every epoch",
+                              options={"strategy": Hard(random_share=0.3), "ratio": CONSTANT},
+                              extra=every_epoch),
+    "soft-each": Method("soft, every epoch", options={"strategy": "soft", "ratio": CONSTANT},
+                        extra=every_epoch),
+    "soft-loss-each": Method("soft (loss), every epoch", options={"strategy": "soft", "ratio": CONSTANT},
+                             extra=every_epoch, score="loss"),
+    "importance-each": Method("importance (fgrad), every epoch",
+                              options={"strategy": Importance(), "ratio": CONSTANT}, extra=every_epoch),
+    "soft-decreasing": Method("soft, every epoch, ratio 1.0 -> 0.2 shape",
+                              options={"strategy": "soft", "ratio": DECREASING}, extra=every_epoch),
+    "hard-mix30-decreasing": Method("hard + 30% random, every epoch, ratio 1.0 -> 0.2 shape",
+                                    options={"strategy": Hard(random_share=0.3), "ratio": DECREASING},
+                                    extra=every_epoch),
+    "soft-hot-each": Method("soft at temperature 4, every epoch",
+                            options={"strategy": Soft(temperature=4.0), "ratio": CONSTANT},
+                            extra=every_epoch),
+    "infobatch": Method("InfoBatch (prune ratio set for the budget)", budgeted=False, extra=infobatch_near, score="loss"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e.study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="digits,digits_augmented")
+    parser.add_argument("--budgets", default="0.25,0.5")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    record_info.add_output_options(parser)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args = parser.parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    budgets = [float(b) for b in args.budgets.split(",") if b]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    variants = ["full", *dict.fromkeys(v for v in variants if v != "full")]
+    device = record_info.device()
+    record: dict[str, Any] = {
+        "benchmark": "teacher study", "date": datetime.date.today().isoformat(), "argv": argv,
+        "device": device.type, "machine": record_info.machine(device), "versions": record_info.versions(),
+        "variants": {name: VARIANTS[name].describe() for name in variants}, "tasks": {},
+    }
+    out = args.json or record_info.output_dir(args) / "teacher_study.json"
+    for name in tasks:
+        points: list[Point] = []
+        infeasible: dict[str, str] = {}
+        for seed in range(args.seeds):
+            task = make_task(name, seed=seed, quick=args.quick)
+            for budget in budgets:
+                for variant in variants:
+                    try:
+                        result = run_method(task, VARIANTS[variant], seed=seed, budget=budget)
+                    except ValueError as error:  # a plan that cannot spend this budget (its full epochs exceed it)
+                        infeasible[f"{variant}@{budget}"] = str(error)
+                        print(f"[{name}] budget {budget}: {variant} infeasible: {error}", flush=True)
+                        continue
+                    points.append(Point(variant, budget, seed, final_metric(result.history, task.metric),
+                                        result.wall_time, result.examples_seen, result.selection_overhead))
+                    print(f"[{name}] seed {seed} budget {budget}: {variant} {points[-1].quality:.4f} "
+                          f"({points[-1].examples} examples, {points[-1].wall_time:.1f} s)", flush=True)
+        higher = task.higher_is_better
+        readings = {str(b): {v: {"vs_full": equal_budget(points, method=v, baseline="full", budget=b, higher_is_better=higher),
+                                 "vs_random": equal_budget(points, method=v, baseline="random-each", budget=b,
+                                                           higher_is_better=higher)}
+                             for v in variants} for b in budgets}
+        record["tasks"][name] = {"metric": task.metric, "higher_is_better": higher, "epochs": task.defaults.epochs,
+                                 "train_examples": len(task.train), "points": [p.as_dict() for p in points],
+                                 "infeasible": infeasible,
+                                 "advantage": readings}
+        def cell(stat: dict) -> str:
+            return "-" if stat["n"] == 0 else f"{stat['mean']:+.4f} ± {stat['std']:.4f}"
+
+        rows = [[v, *(cell(readings[str(b)][v]["vs_full"]) for b in budgets)] for v in variants]
+        print(f"\n{name}: advantage over full data at the same budget ({task.metric}, positive = better)")
+        print(format_table(["variant", *(f"b={b}" for b in budgets)], rows), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Budgets: a teacher spends the fraction of the recipe's epochs * N it is given, full data at a
+budget is the shortened schedule, and the learning-rate schedule runs over the steps taken."""
+import math
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from attent import Teacher, fit
+from attent.optim import warmup_cosine_steps
+from attent.schedules import IntervalSchedule, RatioSchedule, budget_epochs
+from attent.strategies import Importance, InfoBatch, Soft
+
+
+def spent(teacher: Teacher) -> int:
+    return sum(teacher.planned_size(e) for e in range(teacher.plan.epochs))
+
+
+@pytest.mark.parametrize("n, epochs", [(37, 12), (1437, 40), (10, 10), (5, 3)])
+@pytest.mark.parametrize("budget", [0.25, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("options", [
+    {},
+    {"strategy": Soft(), "ratio": RatioSchedule.incremental(1.0, 0.2), "interval": IntervalSchedule.fixed(50),
+     "reselect_each_epoch": True, "warmup_epochs": 0},
+    {"strategy": Importance(), "ratio": RatioSchedule.constant(0.5), "warmup_epochs": 0},
+])
+def test_a_teacher_spends_its_budget_and_never_more(n, epochs, budget, options):
+    """floor(b * E * N) at most, and within one epoch's subset-size step of it (the sizes are
+    whole examples, the scale is the largest that fits)."""
+    try:
+        teacher = Teacher(n, epochs=epochs, budget=budget, **options)
+    except ValueError as error:  # only when the plan's full-data epochs alone exceed the budget
+        assert "already take" in str(error)
+        return
+    allowed = math.floor(budget * epochs * n + 1e-9)
+    assert spent(teacher) <= allowed
+    assert allowed - spent(teacher) <= max(epochs, n)  # a finer scale would overspend by at least one example
+    if budget == 1.0:
+        assert spent(teacher) == allowed
+
+
+def test_budget_scales_the_ratio_shape_and_keeps_it():
+    teacher = Teacher(1000, epochs=11, budget=0.5, ratio=RatioSchedule.incremental(0.2, 0.8), warmup_epochs=1,
+                      cycles=10, interval=1)
+    sizes = [teacher.planned_size(e) for e in range(11)]
+    assert sizes[0] == 1000 and sizes[1:] == sorted(sizes[1:]) and sizes[1] < sizes[-1]
+    assert teacher.plan.ratio.shape == RatioSchedule.incremental(0.2, 0.8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(budget=0.5), "budget needs epochs"),
+    (dict(budget=0.5, epochs=4, ratio=0.3), "both fix the subset sizes"),
+    (dict(budget=0.5, epochs=8, strategy=InfoBatch()), "sizes its subsets from the scores"),
+    (dict(budget=0.1, epochs=4, warmup_epochs=1), r"budget=0.1 allows 4 training examples, but .* already take 13"),
+    (dict(budget=0.0, epochs=4), r"budget must be in \(0, 1\]"),
+    (dict(budget=1.5, epochs=4), r"budget must be in \(0, 1\]"),
+])
+def test_budget_errors_name_what_conflicts(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Teacher(10, **kwargs)
+
+
+def test_budget_epochs_is_the_shortened_schedule():
+    assert [budget_epochs(40, b) for b in (0.25, 0.5, 0.75, 1.0)] == [10, 20, 30, 40]
+    assert budget_epochs(3, 0.1) == 1 and budget_epochs(6, 0.25) == 2
+    with pytest.raises(ValueError, match="budget"):
+        budget_epochs(4, 0)
+
+
+def _data(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    return TensorDataset(x, (x[:, 0] > 0).long())
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(5, 2)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_fit_at_a_budget_processes_it_and_the_schedule_ends_at_the_last_step(teacher):
+    """Full data at b = 0.5 of 8 epochs runs 4; a teacher at b = 0.5 runs 8 epochs of smaller
+    subsets; both process at most half of 8 * 24 examples and the rate reaches 0 at their last step."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    options = dict(loss="cross_entropy", optimizer=optimizer, epochs=8, budget=0.5, batch_size=5, score="loss",
+                   lr_scheduler=warmup_cosine_steps(0.1), progress=False)
+    if teacher:
+        options["teacher"] = Teacher(24, epochs=8, budget=0.5, warmup_epochs=0, interval=IntervalSchedule.fixed(8),
+                                     reselect_each_epoch=True)
+    result = fit(model, _data(), **options)
+    assert result.epochs_completed == (8 if teacher else 4)
+    assert result.examples_seen <= 96 and (teacher or result.examples_seen == 96)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fit_refuses_a_teacher_built_for_another_budget():
+    model = _model()
+    with pytest.raises(ValueError, match=r"fit budget=0.5 but the teacher was built with budget=None"):
+        fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=4,
+            budget=0.5, teacher=Teacher(24, epochs=4), progress=False)
