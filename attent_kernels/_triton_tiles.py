@@ -256,7 +256,8 @@ def gram_tile(
 @triton.jit
 def block_pair(k):
     """The k-th (tb, sb) block pair with sb <= tb, in row-major order of the lower triangle:
-    tb = floor((sqrt(8 k + 1) - 1) / 2), corrected by one where float32 rounding misses."""
+    tb = floor((sqrt(8 k + 1) - 1) / 2), corrected by one where float32 rounding misses (from
+    a few thousand row blocks on). Exact while tb (tb + 1) fits int32: below 46341 row blocks."""
     tb = ((tl.sqrt(8.0 * k.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int32)
     tb = tl.where(tb * (tb + 1) // 2 > k, tb - 1, tb)
     tb = tl.where((tb + 1) * (tb + 2) // 2 <= k, tb + 1, tb)
