@@ -17,6 +17,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import attent_kernels as ak
+from attent_kernels import _cost
+from attent_kernels.linear._reference import prefers_ghost
 
 Tensor = torch.Tensor
 Sizes = dict[str, int]
@@ -35,8 +37,10 @@ METHODS = {
     "equivalent module, then normed; includes the module forward and backward this method needs",
     "opacus": "opacus.GradSampleModule on the equivalent module (nn.Linear, nn.Embedding, nn.LayerNorm): "
     "forward, backward, then the norms of p.grad_sample",
-    "pytorch": "the plain PyTorch computation the fused op replaces: the weight-gradient matmul alone "
-    "(linear_weight_grad_and_norm_sq), or logits then F.cross_entropy, loss only (cross-entropy ops)",
+    "gemm": "the weight-gradient GEMM g^T x of the batch in the inputs' dtype (cuBLAS on CUDA): the yardstick "
+    "of the linear ops (the x gemm column)",
+    "pytorch": "the plain PyTorch computation the fused op replaces: logits then F.cross_entropy, loss only "
+    "(cross-entropy ops)",
 }
 
 
@@ -79,7 +83,9 @@ class Case:
 
 
 def _linear_flops(B: int, T: int, d: int, p: int, path: str) -> float:
-    ghost, direct = 2.0 * B * T * T * (d + p), 2.0 * B * T * d * p
+    """The ghost kernels form the lower triangle of the Grams (t >= s): T (T + 1) / 2 entries of
+    d + p multiply-adds per example; the direct path 2 T d p."""
+    ghost, direct = 1.0 * B * T * (T + 1) * (d + p), 2.0 * B * T * d * p
     return {"ghost": ghost, "direct": direct}.get(path, min(ghost, direct))
 
 
@@ -94,7 +100,8 @@ class Work:
 
 WORK: dict[str, Work] = {
     "linear_grad_norm_sq": Work(
-        "flops: ghost 2 B T^2 (d + p), direct 2 B T d p, else the smaller; bytes: B T (d + p) e + 4 B",
+        "flops: ghost B T (T + 1) (d + p) (the lower-triangle Grams), direct 2 B T d p, else the smaller; "
+        "bytes: B T (d + p) e + 4 B",
         lambda s, path, e: (
             _linear_flops(s["B"], s["T"], s["d"], s["p"], path),
             s["B"] * s["T"] * (s["d"] + s["p"]) * e + 4 * s["B"],
@@ -108,9 +115,9 @@ WORK: dict[str, Work] = {
         ),
     ),
     "linear_grad_gram": Work(
-        "flops: min(2 B^2 T^2 (d + p), 2 B d p (T + B)); bytes: B T (d + p) e + 4 B^2",
+        "flops: min(B (B + 1) T^2 (d + p) (the lower triangle of pairs), 2 B d p (T + B)); bytes: B T (d + p) e + 4 B^2",
         lambda s, path, e: (
-            min(2.0 * s["B"] ** 2 * s["T"] ** 2 * (s["d"] + s["p"]), 2.0 * s["B"] * s["d"] * s["p"] * (s["T"] + s["B"])),
+            min(1.0 * s["B"] * (s["B"] + 1) * s["T"] ** 2 * (s["d"] + s["p"]), 2.0 * s["B"] * s["d"] * s["p"] * (s["T"] + s["B"])),
             s["B"] * s["T"] * (s["d"] + s["p"]) * e + 4 * s["B"] ** 2,
         ),
     ),
@@ -189,6 +196,12 @@ def per_example_grads(module: nn.Module, inputs: Tensor, out_grads: Tensor) -> d
         return (functional_call(module, params, (inp[None],)) * out_grad[None]).sum()
 
     return vmap(grad(example_loss), in_dims=(None, 0, 0))(params, inputs, out_grads)
+
+
+def gemm(x: Tensor, g: Tensor) -> Call:
+    """The batch's weight-gradient GEMM g^T x in the inputs' dtype: the yardstick of the linear ops."""
+    x2, g2 = x.flatten(0, 1), g.flatten(0, 1)
+    return lambda: {"grad_weight": g2.T @ x2}
 
 
 def _sq_norms(per_example: list[Tensor]) -> Tensor:
@@ -294,6 +307,7 @@ def _linear_methods() -> dict[str, Method]:
     return {
         "reference": kernel,
         "triton": kernel,
+        "gemm": lambda i, c: gemm(i["x"], i["g"]),
         "func": lambda i, c: func_norms(module(i), i["x"], i["g"]),
         "opacus": lambda i, c: opacus_norms(module(i), i["x"], i["g"]),
     }
@@ -313,6 +327,7 @@ def _grouped_methods() -> dict[str, Method]:
     return {
         "reference": kernel,
         "triton": kernel,
+        "gemm": lambda i, c: gemm(i["x"], out_grads(i)),
         "func": lambda i, c: func_norms(module(i), i["x"], out_grads(i)),
         "opacus": lambda i, c: opacus_norms(module(i), i["x"], out_grads(i)),
     }
@@ -331,7 +346,7 @@ def _gram_methods() -> dict[str, Method]:
 
         return call
 
-    return {"reference": kernel, "triton": kernel, "func": func}
+    return {"reference": kernel, "triton": kernel, "gemm": lambda i, c: gemm(i["x"], i["g"]), "func": func}
 
 
 def _weight_grad_methods() -> dict[str, Method]:
@@ -342,10 +357,6 @@ def _weight_grad_methods() -> dict[str, Method]:
 
         return call
 
-    def matmul(i: Inputs, c: Case) -> Call:
-        x2, g2 = i["x"].flatten(0, 1), i["g"].flatten(0, 1)
-        return lambda: {"grad_weight": g2.T @ x2}
-
     def func(i: Inputs, c: Case) -> Call:
         layer = _on(nn.Linear(i["x"].shape[-1], i["g"].shape[-1], bias=False), i["x"])
 
@@ -355,7 +366,7 @@ def _weight_grad_methods() -> dict[str, Method]:
 
         return call
 
-    return {"reference": kernel, "triton": kernel, "pytorch": matmul, "func": func}
+    return {"reference": kernel, "triton": kernel, "gemm": lambda i, c: gemm(i["x"], i["g"]), "func": func}
 
 
 def _embedding_methods() -> dict[str, Method]:
@@ -542,6 +553,29 @@ def cases(case_set: str, device: str, ops: list[str] | None = None) -> list[Case
                     for path in paths:
                         selected.append(Case(op, method, tuple(sizes.items()), dtype, device, path))
     return selected
+
+
+def chosen_path(case: Case) -> str:
+    """The algorithm the case's call runs: its explicit path, else what its backend's rule picks
+    (the Triton cost model of attent_kernels/_cost.py, or the reference's flop count)."""
+    if case.method not in ("reference", "triton"):
+        return "-"
+    s, triton = case.size, case.method == "triton"
+    if case.op in ("linear_grad_norm_sq", "grouped_linear_grad_norm_sq"):
+        widths = [s["p"]] * (3 if case.op.startswith("grouped") else 1)
+        if case.path not in ("", "auto"):
+            return case.path
+        if triton:
+            return _cost.linear_path(s["B"], s["T"], s["d"], widths)
+        return "ghost" if prefers_ghost(s["T"], s["d"], sum(widths)) else "direct"
+    if case.op == "linear_grad_gram":
+        pairs = triton and not _cost.gram_materializes(s["B"], s["T"], s["B"], s["T"], s["d"], s["p"], True)
+        return "pairs" if pairs else "materialize"
+    if case.op == "embedding_grad_norm_sq":
+        if not triton:
+            return "index_add"
+        return "sorted" if _cost.embedding_sorts(s["B"], s["T"], s["d"]) else "pairs"
+    return "-"
 
 
 @dataclass

@@ -24,10 +24,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from bench import record_info  # noqa: E402
-from bench.kernels import _memory, _roofline  # noqa: E402
+from bench.kernels import _memory, _roofline, _timing  # noqa: E402
 from bench.kernels._cases import METHODS, OPS, WORK, Case, cases, work  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
@@ -73,7 +72,10 @@ def _shapes(selected: list[Case]) -> dict[str, list[dict]]:
 
 
 def _row(case: Case, stats: dict | None, extra: dict | None, failure: str | None, roofline: dict) -> dict:
+    """One case's record; on CUDA the do_bench statistics replace pytest-benchmark's single round."""
     flops, nbytes = work(case)
+    if stats and extra and "cuda_time_s" in extra:
+        stats = extra["cuda_time_s"]
     row = {
         "case": case.id,
         "op": case.op,
@@ -93,6 +95,8 @@ def _row(case: Case, stats: dict | None, extra: dict | None, failure: str | None
         time_s={key: stats[key] for key in ("median", "min", "mean", "stddev")},
         rounds=stats["rounds"],
         peak_extra_bytes=extra["peak_extra_bytes"],
+        path=extra["path"],
+        config=extra["config"],
         achieved_GBps=nbytes / median / 1e9,
         achieved_TFLOPs=flops / median / 1e12,
         roofline_floor_s=floor,
@@ -101,34 +105,38 @@ def _row(case: Case, stats: dict | None, extra: dict | None, failure: str | None
     return row
 
 
-def _baseline(rows: list[dict]) -> dict | None:
-    """The reference backend's row of a group (its default path for linear ops)."""
+def _baseline(rows: list[dict], methods: tuple[str, ...]) -> dict | None:
+    """The first measured row of a group whose method is one of ``methods``."""
     for row in rows:
-        if row["method"] in ("reference", "reference.auto") and row["status"] == "ok":
+        if row["method"] in methods and row["status"] == "ok":
             return row
     return None
 
 
 def _table(rows: list[dict], roofline: dict) -> str:
     """One table: a block per (op, shape, dtype), one line per method, time and memory side by side."""
-    header = ["op", "shape", "dtype", "method", "median ms", "+-%", "x ref time", "peak extra MiB", "x ref mem", "GB/s", "TFLOP/s", "% roofline"]
+    header = ["op", "shape", "dtype", "method", "path", "median ms", "+-%", "x ref time", "x gemm", "peak extra MiB", "x ref mem",
+              "GB/s", "TFLOP/s", "% roofline"]
     lines: list[list[str]] = []
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["op"], tuple(row["sizes"].items()), row["dtype"]), []).append(row)
     for (op, sizes, dtype), members in groups.items():
-        base = _baseline(members)
+        base = _baseline(members, ("reference", "reference.auto"))
+        gemm = _baseline(members, ("gemm",))
         shape = "x".join(f"{name}{n}" for name, n in sizes)
         for row in members:
             cells = [op, shape, dtype, row["method"]]
             if row["status"] != "ok":
-                lines.append(cells + ["failed"] + [""] * 7)
+                lines.append(cells + ["", "failed"] + [""] * 8)
                 continue
             t, mem = row["time_s"], row["peak_extra_bytes"]
             cells += [
+                row["path"],
                 f"{t['median'] * 1e3:.3f}",
                 f"{100 * t['stddev'] / t['median']:.0f}" if t["median"] else "-",
                 f"{t['median'] / base['time_s']['median']:.2f}" if base else "-",
+                f"{t['median'] / gemm['time_s']['median']:.2f}" if gemm else "-",
                 f"{mem / 2**20:.1f}",
                 f"{mem / base['peak_extra_bytes']:.2f}" if base and base["peak_extra_bytes"] else "-",
                 f"{row['achieved_GBps']:.2f}",
@@ -140,11 +148,12 @@ def _table(rows: list[dict], roofline: dict) -> str:
     widths = [max(len(header[i]), *(len(line[i]) for line in lines if line)) for i in range(len(header))]
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(width) if i < 4 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths)))
+        return "  ".join(cell.ljust(width) if i < 5 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths)))
 
     rule = "-" * len(fmt(header))
     matmul = ", ".join(f"{dtype} {value:.3f}" for dtype, value in roofline["matmul_TFLOPs"].items())
-    title = f"roofline: copy {roofline['copy_GBps']:.1f} GB/s, matmul TFLOP/s {matmul}; x ref = ratio to the reference backend's row; +-% = stddev / median"
+    title = (f"roofline: copy {roofline['copy_GBps']:.1f} GB/s, matmul TFLOP/s {matmul}; x ref = ratio to the reference "
+             "backend's row; x gemm = ratio to the weight-gradient GEMM g^T x (cuBLAS on CUDA); +-% = stddev / median")
     return "\n".join([title, rule, fmt(header), rule] + [fmt(line) if line else "" for line in lines[:-1]] + [rule])
 
 
@@ -204,9 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "roofline": roofline,
         "methods": METHODS,
         "work_formulas": {op: WORK[op].formula for op in OPS},
-        "timing": "pytest-benchmark rounds (iterations per round from its calibration) after an untimed call that also "
-        f"checks the results against the reference backend; options {' '.join(TIMING[case_set])}; "
-        "on CUDA every call ends with torch.cuda.synchronize()",
+        "timing": "CPU: pytest-benchmark rounds (iterations per round from its calibration) after an untimed call that "
+        f"also checks the results against the reference backend; options {' '.join(TIMING[case_set])}. CUDA: "
+        f"{_timing.METHOD}, after the same untimed, checked call",
         "memory_method": _memory.memory_method(device.type),
         "rates": "achieved GB/s and TFLOP/s = the op's useful bytes and flops (work_formulas, the same for every method) "
         "/ median time; % roofline = max(flops / matmul peak, bytes / copy bandwidth) / median time",

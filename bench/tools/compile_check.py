@@ -1,7 +1,7 @@
 """Offline compile check: build every Triton kernel of ``attent_kernels`` for an NVIDIA GPU on a
 machine without one, and print one table of what compiled, with its resource use.
 
-    python bench/tools/compile_check.py                      # sm_90 (H100): every kernel, config, dtype
+    python bench/tools/compile_check.py                      # sm_90 (H100): every kernel, config, dtype policy
     python bench/tools/compile_check.py --arch 80            # sm_80 (A100)
     python bench/tools/compile_check.py --kernel _norm_grad_norm_kernel --dtype float32
 
@@ -13,8 +13,9 @@ How it works:
   tensors while every autotuned kernel's launch is recorded instead of run. The recorded arguments
   are those of a real call (pointer dtypes, constexpr flags, the dot and accumulator dtypes), and
   the kernel is compiled with them for every configuration of its autotune list
-  (``JITFunction.warmup``), once per input dtype and per variant (the set of constexpr flags the
-  calls produce, e.g. with and without a mask).
+  (``JITFunction.warmup``), once per dtype policy (float32 IEEE and TF32, bfloat16, float16,
+  float64, and mixed float32 / bfloat16 as under autocast) and per variant (the set of constexpr
+  flags the calls produce, e.g. with and without a mask).
 - Compilation goes to a fresh cache directory, so ptxas runs for every row and its report gives
   the registers and spill bytes; the shared memory is Triton's dynamic allocation, checked against
   the GPU's per-block limit (a launch above it fails with OutOfResources).
@@ -22,7 +23,9 @@ How it works:
 It must run without ``TRITON_INTERPRET=1``: each family picks its autotune list when imported, and
 under the interpreter that list is one small configuration. Sizes are multiples of 16, so the
 kernels are specialized as for typical GPU shapes (aligned pointers and strides, unit inner
-strides). Exit status: 0 when every row compiled and fits, 1 otherwise.
+strides). Configurations the autotuner prunes before tuning (their shared-memory estimate is
+above the limit, e.g. the largest float64 tiles) are listed as PRUNED and not compiled. Exit
+status: 0 when every other row compiled and fits, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -52,11 +55,28 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 from triton.runtime.autotuner import Autotuner, Config  # noqa: E402
 
+from attent_kernels._triton_tiles import tf32_allowed  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class InputTypes:
+    """The dtypes of a call: ``first`` for x / x_hat / logits / hidden, ``second`` for g / the head
+    weight, and whether float32 dots may use TF32 (``torch.backends.cuda.matmul.allow_tf32``)."""
+
+    first: torch.dtype
+    second: torch.dtype
+    tf32: bool = False
+
+
+# Every dtype policy of ``attent_kernels._triton_tiles.dot_types``: IEEE and TF32 float32, the
+# 16-bit types, float64, and a mixed call as under autocast (float32 x, bfloat16 g).
 DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
+    "float32": InputTypes(torch.float32, torch.float32),
+    "tf32": InputTypes(torch.float32, torch.float32, tf32=True),
+    "bfloat16": InputTypes(torch.bfloat16, torch.bfloat16),
+    "float16": InputTypes(torch.float16, torch.float16),
+    "float64": InputTypes(torch.float64, torch.float64),
+    "mixed": InputTypes(torch.float32, torch.bfloat16),
 }
 # Largest dynamic shared memory a block may opt into (CUDA programming guide, "Technical
 # Specifications per Compute Capability"): 227 KiB on 9.0, 163 KiB on 8.0.
@@ -140,8 +160,8 @@ def _mask(*shape: int) -> torch.Tensor:
 B, T, D, P, V, N = 2, 64, 64, 48, 512, 64
 
 
-def _exercise_linear(module: ModuleType, dtype: torch.dtype) -> None:
-    x, g, g_k = _randn(B, T, D, dtype=dtype), _randn(B, T, P, dtype=dtype), _randn(B, T, 16, dtype=dtype)
+def _exercise_linear(module: ModuleType, types: InputTypes) -> None:
+    x, g, g_k = _randn(B, T, D, dtype=types.first), _randn(B, T, P, dtype=types.second), _randn(B, T, 16, dtype=types.second)
     mask = _mask(B, T)
     module.grouped_linear_grad_norm_sq(x, [g, g_k], [True, False], mask, "ghost")
     module.linear_grad_norm_sq(x, g, False, None, "ghost")
@@ -149,31 +169,32 @@ def _exercise_linear(module: ModuleType, dtype: torch.dtype) -> None:
     module.linear_grad_norm_sq(x, g, False, None, "direct")
     module.linear_weight_grad_and_norm_sq(x, g, mask)
     module.linear_weight_grad_and_norm_sq(x, g, None)
-    module.linear_grad_gram(x, g, mask, x, g, mask, True)
-    module.linear_grad_gram(x, g, None, x[:1], g[:1], mask[:1], False)
+    module.linear_grad_gram(x, g, mask, x, g, mask, True, "pairs")
+    module.linear_grad_gram(x, g, None, x[:1], g[:1], mask[:1], False, "pairs")
 
 
-def _exercise_embedding(module: ModuleType, dtype: torch.dtype) -> None:
-    ids, g = torch.randint(0, 100, (B, T)), _randn(B, T, D, dtype=dtype)
-    module.embedding_grad_norm_sq(ids, g, _mask(B, T))
-    module.embedding_grad_norm_sq(ids, g, None)
+def _exercise_embedding(module: ModuleType, types: InputTypes) -> None:
+    ids, g = torch.randint(0, 100, (B, T)), _randn(B, T, D, dtype=types.second)
+    for path in ("pairs", "sorted"):
+        module.embedding_grad_norm_sq(ids, g, _mask(B, T), path)
+        module.embedding_grad_norm_sq(ids, g, None, path)
 
 
-def _exercise_norm(module: ModuleType, dtype: torch.dtype) -> None:
-    x_hat, g = _randn(B, T, D, dtype=dtype), _randn(B, T, D, dtype=dtype)
+def _exercise_norm(module: ModuleType, types: InputTypes) -> None:
+    x_hat, g = _randn(B, T, D, dtype=types.first), _randn(B, T, D, dtype=types.second)
     module.norm_grad_norm_sq(x_hat, g, True, _mask(B, T))
     module.norm_grad_norm_sq(x_hat, g, False, None)
 
 
-def _exercise_loss_scores(module: ModuleType, dtype: torch.dtype) -> None:
+def _exercise_loss_scores(module: ModuleType, types: InputTypes) -> None:
     targets = torch.randint(0, V, (N,))
-    module.cross_entropy_token_scores(_randn(N, V, dtype=dtype), targets, -100)
-    hidden, weight = _randn(N, D, dtype=dtype), _randn(V, D, dtype=dtype)
-    module.linear_cross_entropy_token_scores(hidden, weight, _randn(V, dtype=dtype), targets, -100)
+    module.cross_entropy_token_scores(_randn(N, V, dtype=types.first), targets, -100)
+    hidden, weight = _randn(N, D, dtype=types.first), _randn(V, D, dtype=types.second)
+    module.linear_cross_entropy_token_scores(hidden, weight, _randn(V, dtype=types.second), targets, -100)
     module.linear_cross_entropy_token_scores(hidden, weight, None, targets, -100)
 
 
-EXERCISES: dict[str, Callable[[ModuleType, torch.dtype], None]] = {
+EXERCISES: dict[str, Callable[[ModuleType, InputTypes], None]] = {
     "linear": _exercise_linear,
     "embedding": _exercise_embedding,
     "norm": _exercise_norm,
@@ -211,9 +232,12 @@ class Row:
     spill_bytes: int | None = None
     shared_bytes: int | None = None
     error: str | None = None
+    pruned: bool = False
 
     @property
     def status(self) -> str:
+        if self.pruned:
+            return "PRUNED: the autotuner skips it (shared-memory estimate above the limit)"
         return "OK" if self.error is None else f"FAILED: {_headline(self.error)}"
 
 
@@ -240,6 +264,13 @@ def _ptxas_report(log: str) -> tuple[int | None, int | None]:
     registers = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores", log)
     return (int(registers.group(1)) if registers else None, int(spills.group(1)) if spills else None)
+
+
+def kept_configs(launch: Launch) -> list[Config]:
+    """The configurations the autotuner tunes over for this call: its list, less those its
+    early_config_prune (``attent_kernels._triton_tiles.shared_memory_pruning``) drops."""
+    prune = launch.kernel.early_config_prune
+    return prune(launch.kernel.configs, {}, **launch.kwargs) if prune else launch.kernel.configs
 
 
 def compile_row(launch: Launch, config: Config, capability: int) -> Row:
@@ -286,7 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel", action="append", default=[], metavar="NAME",
                         help="compile only this kernel (repeatable; default: every kernel)")
     parser.add_argument("--dtype", action="append", default=[], choices=list(DTYPES),
-                        help="compile only for this input dtype (repeatable; default: all four)")
+                        help="compile only for these input dtypes (repeatable; default: all of them)")
     return parser
 
 
@@ -313,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         for dtype in dtypes:
             recorded: list[Launch] = []
-            with recording(kernels[family], dtype, recorded):
+            with recording(kernels[family], dtype, recorded), tf32_allowed(DTYPES[dtype].tf32):
                 EXERCISES[family](module, DTYPES[dtype])
             for launch in recorded:
                 launches.setdefault((launch.name, launch.variant, dtype), launch)
@@ -333,17 +364,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         knobs.nvidia.dump_ptxas_log = True
         for launch in launches.values():
             if launch.name in selected:
+                kept = kept_configs(launch)
                 for config in launch.kernel.configs:
-                    rows.append(compile_row(launch, config, args.arch))
+                    if config in kept:
+                        rows.append(compile_row(launch, config, args.arch))
+                    else:
+                        rows.append(Row(launch.name, launch.variant, launch.dtype, _config_label(config), pruned=True))
+                    _print_row(rows[-1])
+                if not kept:
+                    rows.append(Row(launch.name, launch.variant, launch.dtype, "-", error="the autotuner prunes every configuration"))
                     _print_row(rows[-1])
     for name in sorted(selected - launched):
         rows.append(Row(name, "-", "-", "-", error="not exercised: no host call of its family launches it"))
         _print_row(rows[-1])
 
     failed = [row for row in rows if row.error is not None]
+    pruned = [row for row in rows if row.pruned]
     spilling = [row for row in rows if row.error is None and row.spill_bytes]
-    print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s: {len(rows) - len(failed)} OK "
-          f"({len(spilling)} of them spill registers), {len(failed)} FAILED")
+    print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s: {len(rows) - len(failed) - len(pruned)} OK "
+          f"({len(spilling)} of them spill registers), {len(pruned)} PRUNED, {len(failed)} FAILED")
     errors = sorted({row.error for row in failed if row.error is not None})
     for error in errors:
         print(f"\n--- {sum(row.error == error for row in failed)} row(s) failed with:\n"
