@@ -140,6 +140,21 @@ def test_subset_epochs_count_as_epochs_and_the_lr_schedule_ends_at_the_last_step
     assert teacher.stats["observed"] == N_EXAMPLES + 3 * 5
 
 
+def test_a_budgeted_teacher_spends_its_budget_and_the_schedule_ends_at_its_last_step(tmp_path):
+    """Budget 0.5 of 4 epochs x 11 examples: at most 22 examples over the 4 epochs, the Trainer's
+    max_steps is the plan's step count, and a linear decay ends at 0."""
+    from attent.schedules import IntervalSchedule
+
+    teacher = Teacher(N_EXAMPLES, epochs=4, budget=0.5, warmup_epochs=0, interval=IntervalSchedule.fixed(4),
+                      reselect_each_epoch=True)
+    sizes = [teacher.planned_size(e) for e in range(4)]
+    trainer = AtteNTTrainer(model=_lora_gpt2(), args=_args(tmp_path, lr_scheduler_type="linear"),
+                            train_dataset=_data(0), teacher=teacher, score="loss")
+    trainer.train()
+    assert sum(sizes) <= 22 and trainer.state.global_step == trainer.state.max_steps == sum((m + 1) // 2 for m in sizes)
+    assert teacher.stats["observed"] == sum(sizes) and trainer.lr_scheduler.get_last_lr()[0] == 0.0
+
+
 def test_the_hf_trainer_and_fit_make_the_same_selections(tmp_path):
     """One protocol: with the model frozen (lr 0), both trainers feed the teacher the same loss
     scores, so a teacher of the same seed selects the same examples at every epoch."""
