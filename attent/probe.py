@@ -30,10 +30,14 @@ declares it for the layers inside it (``nn.TransformerEncoderLayer``'s ``batch_f
 layer, which flattens its rows to (B·T, d)), and elsewhere it is the probe's ``batch_dim`` (0 unless
 told). A tensor without B examples there is refused with an error that names the layer.
 
-Loose parameters owned by a module without a rule, with at least 3 dims and size 1 in the batch
-dimension (``cls_token``, ``pos_embed``, register tokens: activations broadcast over the batch) are
-expanded to the batch while the owner runs, so their per-example gradient is read off directly;
-any other uncovered parameter (a scalar gain, a (1, d) weight) is refused, naming it.
+Parameters owned by a module without a rule: loose ones, with at least 3 dims and size 1 in the
+batch dimension (``cls_token``, ``pos_embed``, register tokens: activations broadcast over the batch)
+are expanded to the batch while the owner runs, so their per-example gradient is read off directly;
+gains, 0-D or 1-D parameters of modules outside torch.nn (a ReZero scalar, CaiT's ``gamma_1``), are
+covered where the owner's forward multiplies them elementwise (``p * x``, see
+``attent.layers.GainProducts``). Any other parameter is refused at attach time, and any use of a
+probed parameter that no layer call records (a tied weight in a functional ``F.linear``, a gain used
+other than as a product) is refused when the graph is scored, naming the parameter.
 
 Works under autocast, ``model.eval()``/``train()`` (with dropout on, the norms are those of that
 forward pass) and gradient checkpointing (``score`` needs ``use_reentrant=False``; ``backward``
@@ -51,7 +55,7 @@ from torch.autograd.graph import GradientEdge
 
 from . import _factor_norms
 from .factors import Capture, Direct, Factor, Layout
-from .layers import find_layout, find_rule, register_loaded_integrations
+from .layers import GainProducts, find_layout, find_rule, register_loaded_integrations
 
 __all__ = ["GradNormProbe"]
 
@@ -144,10 +148,14 @@ class _Call:
         probe = self.probe
         for key, factors in self.stashed.items():
             shape = probe._params[key].shape
-            total = sum(_factor_norms.norm_sq(f) for f in factors)
-            for i in range(len(factors)):
-                for j in range(i + 1, len(factors)):
-                    total = total + 2 * _factor_norms.inner(factors[i], factors[j], shape)
+            try:
+                total = sum(_factor_norms.norm_sq(f) for f in factors)
+                for i in range(len(factors)):
+                    for j in range(i + 1, len(factors)):
+                        total = total + 2 * _factor_norms.inner(factors[i], factors[j], shape)
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise type(error)(f"GradNormProbe: layer {probe._owner[key]!r}, parameter {probe._names[key]!r} "
+                                  f"(used {len(factors)} times): {error}") from error
             self.add(probe._owner[key], total)
 
 
@@ -282,6 +290,7 @@ class GradNormProbe:
                 rule_modules.append((name, module, entry, mine))
 
         loose: dict[nn.Module, tuple[str, dict[str, int]]] = {}
+        gains: dict[nn.Module, tuple[str, dict[str, int]]] = {}
         for name, module in self.model.named_modules():
             layout = self._layout_of(name)
             for local, p in module.named_parameters(recurse=False):
@@ -292,11 +301,15 @@ class GradNormProbe:
                     loose.setdefault(module, (name, {}))[1][local] = key
                     covered[key] = ["direct"]
                     self._owner[key] = self._names[key]
+                elif p.dim() <= 1 and not type(module).__module__.startswith("torch.nn"):
+                    gains.setdefault(module, (name, {}))[1][local] = key
+                    covered[key] = ["gain"]
+                    self._owner[key] = name
                 else:
                     reasons.setdefault(key, f"{type(module).__name__}.{local}: no rule registered "
                                             f"(attent.register_layer), and a parameter of shape {tuple(p.shape)} is "
-                                            f"not provably broadcast over the batch (only one of 3 or more dims with "
-                                            f"size 1 at the batch dimension is taken as such)")
+                                            f"neither provably broadcast over the batch (3 or more dims, size 1 at the "
+                                            f"batch dimension) nor a 0-D/1-D gain of a module outside torch.nn")
 
         uncovered = [key for key in self._params if key not in covered]
         if uncovered and not allow_uncovered:
@@ -315,6 +328,8 @@ class GradNormProbe:
             self._hook_layer(_Recorder(self, name, mine, self._layout_of(name)), module, entry)
         for module, (name, params) in loose.items():
             self._hook_loose(module, _Recorder(self, name, params, self._layout_of(name)))
+        for module, (name, params) in gains.items():
+            self._hook_gains(module, _Recorder(self, name, params, self._layout_of(name)))
 
     def _layout_of(self, name: str) -> Layout:
         """Where the layer ``name`` keeps its examples: the deeper of the longest ``batch_dim`` prefix
@@ -369,7 +384,10 @@ class GradNormProbe:
         def on_output(mod: nn.Module, args: tuple, output: Any) -> None:
             if self._removed or not self._recording(output):
                 return
-            captures = entry.rule(mod, args, output)
+            try:
+                captures = entry.rule(mod, args, output)
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"GradNormProbe: layer {recorder.layer!r}: {error}") from error
             for capture in [captures] if isinstance(captures, Capture) else captures:
                 recorder(capture)
 
@@ -397,6 +415,19 @@ class GradNormProbe:
 
         self._handles.append(module.register_forward_pre_hook(expand))
         self._handles.append(module.register_forward_hook(restore, always_call=True))
+
+    def _hook_gains(self, module: nn.Module, recorder: _Recorder) -> None:
+        """Run the owner's forward under a mode that captures its products ``p * x`` with its gains."""
+        previous = module.__dict__.get("forward")
+        original = module.forward
+        gains = {key: local for local, key in recorder.params.items()}
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            with GainProducts(gains, recorder):
+                return original(*args, **kwargs)
+
+        module.forward = forward
+        self._forwards.append((module, previous))
 
     def _restore_swapped(self, module: nn.Module | None = None) -> None:
         """Put the loose parameters expanded for a forward pass back (those of ``module``, or all)."""
@@ -484,9 +515,10 @@ class GradNormProbe:
                    for key, n in param_edges.items() if n > uses.get(key, 0)]
         if outside:
             raise RuntimeError(f"GradNormProbe: parameters used outside the layer calls that record them (a functional "
-                               f"call such as F.linear(h, emb.weight), or a module whose forward was bypassed) would get "
-                               f"no per-example gradient there: {'; '.join(outside)}. Register a rule for the module "
-                               f"that uses them, or leave them out with params=")
+                               f"call such as F.linear(h, emb.weight), a gain used other than as p * x, or a module "
+                               f"whose forward was bypassed) would get no per-example gradient there: "
+                               f"{'; '.join(outside)}. Register a rule for the module that uses them, or leave them "
+                               f"out with params=")
         shared = self._shared | {key for key, n in uses.items() if n > 1}
         self._call = _Call(self, batch, shared)
         try:

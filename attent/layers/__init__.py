@@ -17,7 +17,8 @@ Built-in rules (all exact, tested against per-example gradients):
   torch's Transformer modules, from their ``batch_first``.
 - ``_position_bias``: T5's (and MT5's) relative attention bias, shared by the batch and the layers.
 Loose parameters (``cls_token``, ``pos_embed``: 3+ dims, size 1 at the batch dim) are handled by the
-probe itself. Rules for transformers/timm classes register only once those libraries are imported.
+probe itself, and so are gains (``_gain``: 0-D/1-D parameters of modules without a rule, where the
+forward multiplies them, ``p * x``). Rules for transformers/timm classes register only once those libraries are imported.
 
 A rule is ``rule(module, args, output) -> Capture | [Capture]`` (see :mod:`attent.factors`),
 registered with :func:`register_layer`; ``check(module) -> reason | None`` refuses configurations
@@ -26,6 +27,7 @@ forward while the probe is attached (for parameters used inside one functional c
 """
 from ..factors import Capture, Diag, Direct, Factor, Ids, LayerRule, Layout, Outer
 from . import _attention, _conv, _embedding, _linear, _norm, _position_bias, _scale  # noqa: F401  (each registers its rules)
+from ._gain import GainProducts
 from ._registry import (
     find_layout,
     find_rule,
@@ -39,4 +41,4 @@ from ._registry import (
 
 __all__ = ["register_layer", "register_layer_matcher", "register_forward", "register_layout", "register_when_loaded", "find_rule",
            "find_layout", "register_loaded_integrations", "Capture", "Outer", "Ids", "Diag", "Direct", "Factor",
-           "LayerRule", "Layout"]
+           "LayerRule", "Layout", "GainProducts"]

@@ -61,27 +61,44 @@ def test_flattened_rows_without_a_declared_layout_are_refused_by_name():
 
 
 class Gains(nn.Module):
-    """A ReZero scalar gain and a (1, d) weight used with F.linear: neither is broadcast over the batch."""
+    """A ReZero scalar gain, a per-channel gain (products: exact) and a (1, d) weight used with F.linear."""
 
     def __init__(self, d: int):
         super().__init__()
         self.alpha = nn.Parameter(torch.full((1,), 0.5))
+        self.scale = nn.Parameter(torch.randn(d))
         self.w = nn.Parameter(torch.randn(1, d))
         self.body = nn.Linear(d, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x + self.alpha * self.body(x), self.w).squeeze(-1)
+        h = x + self.alpha * self.body(x)
+        return (h * self.scale).sum(-1) + F.linear(h, self.w).squeeze(-1)
 
 
-def test_uncovered_size_one_parameters_are_refused_by_name_and_the_model_is_unchanged():
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_scalar_and_per_channel_gains_with_width_equal_to_B(exact, mode):
+    torch.manual_seed(2)
+    model, x = Gains(3).double(), torch.randn(3, 3, dtype=torch.float64)  # B == width
+    probe = exact(model, lambda m: m(x), lambda m, i: m(x[i:i + 1]), 3, mode=mode, params=["alpha", "scale", "body.weight"])
+    assert probe.coverage == {"alpha": "gain", "scale": "gain", "body.weight": "linear"}
+
+
+def test_a_2d_size_one_weight_is_refused_by_name_and_the_model_is_unchanged():
     torch.manual_seed(2)
     model, x = Gains(3), torch.randn(3, 3)  # B == width
-    with pytest.raises(ValueError, match=r"alpha \(Gains\.alpha: .*\(1,\).*not provably broadcast.*w \(Gains\.w: .*\(1, 3\)"):
+    with pytest.raises(ValueError, match=r"w \(Gains\.w: .*\(1, 3\) is neither provably broadcast"):
         GradNormProbe(model)
     want = model(x)
     with GradNormProbe(model, allow_uncovered=True) as probe:
         assert model(x).shape == want.shape == (3,)
-        assert probe.coverage["alpha"].startswith("uncovered") and probe.coverage["body.weight"] == "linear"
+        assert probe.coverage["w"].startswith("uncovered") and probe.coverage["alpha"] == "gain"
+
+
+def test_a_gain_used_other_than_as_a_product_is_refused_by_name():
+    model = Gains(3)
+    model.forward = lambda x: (x + model.alpha).sum(-1)
+    with GradNormProbe(model, params=["alpha"]) as probe, pytest.raises(RuntimeError, match=r"alpha \(1 uses, 0 in"):
+        probe.score(model(torch.randn(2, 3)))
 
 
 def test_batch_from_every_input_not_from_a_shared_keyword_tensor_passed_first(exact):

@@ -119,3 +119,11 @@ def test_timm_vit_layer_scale_registers_qk_norm(exact, options):
     probe = check_images(exact, model, 8, seed=6)
     if "init_values" in options:
         assert probe.coverage["blocks.0.ls1.gamma"] == "layerscale"
+
+
+def test_timm_cait_raw_layer_scale_gains_and_class_attention(exact):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("cait_xxs24_224", pretrained=False, img_size=8, patch_size=4, embed_dim=8, depth=1,
+                              num_heads=2, num_classes=4)
+    probe = check_images(exact, model, 8, seed=7)
+    assert probe.coverage["blocks.0.gamma_1"] == "gain" and probe.coverage["cls_token"] == "direct"

@@ -223,5 +223,5 @@ def test_instance_norm_and_eval_batch_norm(exact, data, mode):
 
 def test_batch_norm_in_training_mode_is_refused_by_name():
     model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
-    with GradNormProbe(model), pytest.raises(ValueError, match=r"BatchNorm1d normalizes with the batch's statistics"):
+    with GradNormProbe(model), pytest.raises(ValueError, match=r"layer '1': BatchNorm1d normalizes with the batch's statistics"):
         model(torch.randn(4, 2))
