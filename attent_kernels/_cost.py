@@ -104,3 +104,12 @@ def splits(work_programs: int, most: int) -> int:
     """How many slices to split a call into so that ``work_programs`` programs per slice reach
     TARGET_PROGRAMS: at least one, at most ``most``."""
     return max(1, min(most, math.ceil(TARGET_PROGRAMS / max(work_programs, 1))))
+
+
+def aligned_slices(n: int, work_programs: int, align: int) -> tuple[int, int]:
+    """(length, count): the range [0, n) cut into ``count`` slices of ``length``, a multiple of
+    ``align`` (the largest tile, so that no tile of any configuration crosses a slice), enough
+    slices for ``work_programs`` programs per slice to reach TARGET_PROGRAMS."""
+    wanted = splits(work_programs, _blocks(n, align))
+    length = _blocks(_blocks(n, wanted), align) * align
+    return length, _blocks(n, length)

@@ -263,8 +263,8 @@ def _gradient_gram_kernel(
     x2_ptr, stride_x2b, stride_x2t, stride_x2d,
     g2_ptr, stride_g2b, stride_g2t, stride_g2p,
     mask2_ptr, stride_m2b, stride_m2t,
-    out_ptr, stride_out,
-    T, T2, d, p, tune_T, tune_d, tune_p,
+    partial_ptr, stride_ps, stride_pi,
+    T, T2, d, p, slice_rows, tune_T, tune_d, tune_p,
     SYMMETRIC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_MASK2: tl.constexpr,
     OPERAND: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -272,19 +272,24 @@ def _gradient_gram_kernel(
     """<grad_i, grad2_j> = sum_{t,s} (x_it . x2_js)(g_it . g2_js) (+ sum_{t,s} g_it . g2_js with a
     bias): the ghost tiling across two examples.
 
-    Tiling: program (i, j) loops over the (t, s) block pairs of example i of the first set and
-    example j of the second, forms the x and g cross-Gram tiles in registers (tl.dot over d- and
-    p-chunks), multiplies and reduces, and writes out[i, j]. When the second set is the first
-    (SYMMETRIC) only j <= i is computed (the other programs run no iteration and store nothing)
-    and the host mirrors the lower triangle. At small T the host materializes the per-example
-    gradients instead (``_cost.gram_materializes``).
-    Cost per pair: 2 T T2 (d + p) flops, halved over the pairs when symmetric; reads about
-    T T2 (d + p) / BLOCK_T elements; no memory beyond the (B, B2) result.
+    Tiling: grid (slice, j, i), example i slowest. Program (slice, j, i) owns the rows
+    [slice * slice_rows, (slice + 1) * slice_rows) of example i of the first set (slice_rows a
+    multiple of every BLOCK_T) and loops over their (t, s) block pairs with all of example j of
+    the second set, forms the x and g cross-Gram tiles in registers (tl.dot over d- and
+    p-chunks), multiplies and reduces, and writes partial[slice, i, j]; the host sums the
+    slices (their count is the cost model's: enough programs at small B). When the second set is
+    the first (SYMMETRIC) only j <= i is computed (the other programs run no iteration and store
+    nothing) and the host mirrors the lower triangle. At small T the host materializes the
+    per-example gradients instead (``_cost.gram_materializes``).
+    Cost per pair: 2 T T2 (d + p) flops (T, T2 padded to BLOCK_T), halved over the pairs when
+    symmetric; reads about T T2 (d + p) / BLOCK_T elements; extra memory slices * B * B2.
     """
-    i = tl.program_id(0).to(tl.int64)
+    part = tl.program_id(0)
     j = tl.program_id(1).to(tl.int64)
+    i = tl.program_id(2).to(tl.int64)
     computed = (j <= i) | (not SYMMETRIC)
-    T_run = tl.where(computed, T, 0)
+    t_start = part * slice_rows
+    t_end = tl.where(computed, tl.minimum(T, t_start + slice_rows), t_start)
     x_base = x_ptr + i * stride_xb
     g_base = g_ptr + i * stride_gb
     mask_base = mask_ptr + i * stride_mb
@@ -292,7 +297,7 @@ def _gradient_gram_kernel(
     g2_base = g2_ptr + j * stride_g2b
     mask2_base = mask2_ptr + j * stride_m2b
     row_sums = tl.zeros((BLOCK_T,), ACC)
-    for t0 in range(0, T_run, BLOCK_T):
+    for t0 in range(t_start, t_end, BLOCK_T):
         t_rows = t0 + tl.arange(0, BLOCK_T)
         t_valid = rows_valid(mask_base, stride_mt, t_rows, T, HAS_MASK)
         for s0 in range(0, T2, BLOCK_T):
@@ -311,7 +316,7 @@ def _gradient_gram_kernel(
             if HAS_BIAS:
                 products += g_gram
             row_sums += tl.sum(products, axis=1)
-    tl.store(out_ptr + i * stride_out + j, tl.sum(row_sums), mask=computed)
+    tl.store(partial_ptr + part.to(tl.int64) * stride_ps + i * stride_pi + j, tl.sum(row_sums), mask=computed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,20 +452,37 @@ def linear_grad_gram(
     if path == "materialize":
         out = _reference.linear_grad_gram(x, g, mask, x2, g2, mask2, bias)
     else:
-        out = torch.zeros(B, B2, dtype=accum_dtype(x, g, x2, g2), device=x.device)
-        if B > 0 and B2 > 0:
-            _gradient_gram_kernel[(B, B2)](
-                x, *x.stride(),
-                g, *g.stride(),
-                *mask_args(mask, x),
-                x2, *x2.stride(),
-                g2, *g2.stride(),
-                *mask_args(mask2, x2),
-                out, out.stride(0),
-                T, T2, d, p, tune_key(max(T, T2)), tune_key(d), tune_key(p),
-                SYMMETRIC=symmetric, HAS_BIAS=bias, HAS_MASK=mask is not None, HAS_MASK2=mask2 is not None,
-                **dot_types(x, g, x2, g2)._asdict(),
-            )
+        out = _pair_gram((x, g, mask), (x2, g2, mask2), bias, symmetric)
     if symmetric:
         return out.tril() + out.tril(-1).T
     return out
+
+
+GramSet = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def _pair_gram(first: GramSet, second: GramSet, bias: bool, symmetric: bool) -> torch.Tensor:
+    """The pair kernel's (B, B2) result for the sets (x, g, mask) and (x2, g2, mask2): the rows of
+    the first set cut into slices when the (i, j) pairs alone would not fill the device, the
+    slices' partials summed in order."""
+    (x, g, mask), (x2, g2, mask2) = first, second
+    B, T, d = x.shape
+    B2, T2, _ = x2.shape
+    p = g.shape[-1]
+    pairs = B * (B + 1) // 2 if symmetric else B * B2
+    slice_rows, n_slices = _cost.aligned_slices(T, pairs, largest_block(PAIR_CONFIGS, "BLOCK_T"))
+    partial = torch.zeros(n_slices, B, B2, dtype=accum_dtype(x, g, x2, g2), device=x.device)
+    if B > 0 and B2 > 0:
+        _gradient_gram_kernel[(n_slices, B2, B)](
+            x, *x.stride(),
+            g, *g.stride(),
+            *mask_args(mask, x),
+            x2, *x2.stride(),
+            g2, *g2.stride(),
+            *mask_args(mask2, x2),
+            partial, partial.stride(0), partial.stride(1),
+            T, T2, d, p, slice_rows, tune_key(max(T, T2)), tune_key(d), tune_key(p),
+            SYMMETRIC=symmetric, HAS_BIAS=bias, HAS_MASK=mask is not None, HAS_MASK2=mask2 is not None,
+            **dot_types(x, g, x2, g2)._asdict(),
+        )
+    return partial.sum(dim=0)

@@ -209,11 +209,8 @@ def _vocab_slices(N: int, V: int, configs: list[triton.Config]) -> tuple[int, in
     """(columns per slice, slices): enough (row block, slice) programs to fill the device (the
     cost model's target), each slice a whole number of the largest vocabulary tiles, so of the
     tiles of every configuration (powers of two)."""
-    align = largest_block(configs, "BLOCK_V")
     row_blocks = block_count(N, largest_block(configs, "BLOCK_N"))
-    wanted = _cost.splits(row_blocks, block_count(V, align))
-    slice_cols = block_count(block_count(V, wanted), align) * align
-    return slice_cols, block_count(V, slice_cols)
+    return _cost.aligned_slices(V, row_blocks, largest_block(configs, "BLOCK_V"))
 
 
 def _state(n_slices: int, N: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

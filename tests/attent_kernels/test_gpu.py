@@ -61,7 +61,7 @@ def _fused(first: torch.dtype, second: torch.dtype) -> Pairs:
 
 
 def _gram(first: torch.dtype, second: torch.dtype) -> Pairs:
-    x, g, mask = _randn(B, 61, D, dtype=first), _randn(B, 61, P, dtype=second), _mask(B, 61)
+    x, g, mask = _randn(B, 300, D, dtype=first), _randn(B, 300, P, dtype=second), _mask(B, 300)
     return [_both(ak.linear_grad_gram, x, g, mask=mask, bias=True, path="pairs")]
 
 

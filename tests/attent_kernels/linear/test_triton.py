@@ -362,3 +362,15 @@ def test_float32_dot_follows_the_tf32_setting():
     assert mixed.OPERAND == tl.bfloat16 and mixed.ACC == tl.float32
     assert dot_types(x.double(), x.half()).OPERAND == tl.float64
     assert dot_types(x.half(), x).OPERAND == tl.float16
+
+
+@pytest.mark.parametrize("target_programs", [1, 10_000])
+def test_gram_pair_kernel_row_slices(device, monkeypatch, target_programs):
+    """The pair kernel with one row slice, or one per 16-row block (the last one short), for a
+    second set and for the symmetric case."""
+    monkeypatch.setattr(_cost, "TARGET_PROGRAMS", target_programs)
+    x, g = randn(2, 45, 5, device=device), randn(2, 45, 3, device=device)
+    x2, g2 = randn(3, 20, 5, device=device), randn(3, 20, 3, device=device)
+    for kwargs in (dict(bias=True), dict(x2=x2, g2=g2)):
+        got = ak.linear_grad_gram(x, g, path="pairs", backend="triton", **kwargs)
+        assert_matches(got, ak.linear_grad_gram(x, g, backend="reference", **kwargs), torch.float32)
