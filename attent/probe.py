@@ -72,6 +72,7 @@ class _Record:
     layout: Layout
     capture: Capture | None
     probe: "weakref.ReferenceType[GradNormProbe]"
+    loose: bool = False
 
     def on_grad(self, grad: torch.Tensor) -> None:
         probe, capture = self.probe(), self.capture
@@ -96,6 +97,7 @@ class _Recorder:
     layer: str
     params: dict[str, int]
     layout: Layout
+    loose: bool = False  # captures of a loose parameter expanded to the batch
 
     def __call__(self, capture: Capture) -> None:
         self.probe._record(self, capture)
@@ -157,6 +159,43 @@ class _Call:
                 raise type(error)(f"GradNormProbe: layer {probe._owner[key]!r}, parameter {probe._names[key]!r} "
                                   f"(used {len(factors)} times): {error}") from error
             self.add(probe._owner[key], total)
+
+
+_ELEMENTWISE = frozenset({"AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1", "MulBackward0", "DivBackward0"})
+_PASS_THROUGH = frozenset({"ExpandBackward0", "ToCopyBackward0", "AliasBackward0", "CloneBackward0"})
+
+
+class _BroadcastCheck:
+    """Follows each expanded loose parameter through the graph (visited children first): it may pass
+    through expand, casts and slices along a non-batch dim, and must end in elementwise arithmetic or
+    a concatenation along a non-batch dim; any other consumer (indexing the batch dim, a reshape, a
+    matmul) could mix its examples, and is listed in ``violations``."""
+
+    def __init__(self, probe: "GradNormProbe") -> None:
+        self.probe = probe
+        self.sources: dict[Any, tuple[str, int, int]] = {}  # node -> (parameter, rank, batch dim)
+        self.violations: list[str] = []
+
+    def visit(self, node: Any, children: list, entries: list) -> None:
+        for record, _ in entries:
+            if record.loose:
+                key = next(iter(record.params.values()))
+                self.sources[node] = (self.probe._names[key], self.probe._params[key].dim(), record.layout.dim)
+        for child in children:
+            source = self.sources.get(child)
+            if source is None:
+                continue
+            kind = type(node).__name__
+            if kind in _PASS_THROUGH or (kind == "SliceBackward0" and self._other_dim(node, source)):
+                self.sources[node] = source
+            elif not (kind in _ELEMENTWISE or (kind == "CatBackward0" and self._other_dim(node, source))):
+                self.violations.append(f"{source[0]} reaches {kind}")
+
+    @staticmethod
+    def _other_dim(node: Any, source: tuple[str, int, int]) -> bool:
+        dim = node._saved_dim
+        dim = dim - 2**64 if dim >= 2**63 else dim  # autograd keeps the dim as an unsigned int
+        return dim % source[1] != source[2]
 
 
 def _has_submodule(module: nn.Module, path: str) -> bool:
@@ -369,7 +408,7 @@ class GradNormProbe:
     def _record(self, recorder: _Recorder, capture: Capture) -> None:
         if self._removed or not self._recording(capture.tensor):
             return
-        record = _Record(recorder.layer, recorder.params, recorder.layout, capture, weakref.ref(self))
+        record = _Record(recorder.layer, recorder.params, recorder.layout, capture, weakref.ref(self), recorder.loose)
         tensor = capture.tensor
         tensor.register_hook(lambda grad: record.on_grad(grad))
         tensor.grad_fn.metadata.setdefault(_MARK, []).append((weakref.ref(record), tensor.output_nr))
@@ -407,7 +446,7 @@ class GradNormProbe:
                 expanded = parameter.expand(shape)
                 self._swapped.append((mod, local, parameter))
                 mod._parameters[local] = expanded
-                one = _Recorder(self, self._names[key], {local: key}, recorder.layout)
+                one = _Recorder(self, self._names[key], {local: key}, recorder.layout, loose=True)
                 one(Capture(expanded, lambda g, local=local: {local: Direct(g)}))
 
         def restore(mod: nn.Module, args: tuple, output: Any) -> None:
@@ -467,6 +506,7 @@ class GradNormProbe:
         waiting: dict[Any, list[tuple[_Record, int]]] = {}
         below: dict[Any, bool] = {}  # node -> a waiting record at or below it
         param_edges: dict[int, int] = {}
+        broadcast = _BroadcastCheck(self)
         consumed = False
         stack = [(losses.grad_fn, False)]
         while stack:
@@ -492,9 +532,16 @@ class GradNormProbe:
                     consumed = True
                 else:
                     entries.append((record, nr))
+            broadcast.visit(node, children, entries)
             if entries:
                 waiting[node] = entries
             below[node] = bool(entries) or any(below[child] for child in children)
+        if broadcast.violations:
+            raise RuntimeError(f"GradNormProbe: loose parameters, expanded to the batch while their owner runs, must "
+                               f"reach the loss through ops that keep the examples apart (elementwise arithmetic, "
+                               f"concatenation or slicing along another dim, expand, casts); instead "
+                               f"{'; '.join(sorted(set(broadcast.violations)))}. Register a rule for the owner, or "
+                               f"leave the parameter out with params=")
         edges, records = [], []
         for node, entries in waiting.items():
             records.extend(record for record, _ in entries)

@@ -166,3 +166,33 @@ def test_a_parameter_used_outside_its_layer_call_is_refused_by_name():
     model = FunctionalHead()
     with GradNormProbe(model) as probe, pytest.raises(RuntimeError, match=r"emb\.weight \(2 uses, 1 in its layers"):
         probe.score(model(torch.randint(0, 7, (2, 3))))
+
+
+class Tokens(nn.Module):
+    """A (1, N, d) position table read as ``pos[:, :T]`` (exact), or across the batch dim (refused)."""
+
+    def __init__(self, read: str = "slice positions"):
+        super().__init__()
+        self.read = read
+        self.pos = nn.Parameter(torch.randn(1, 5, 3))
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        pos = {"slice positions": lambda: self.pos[:, :T], "index batch": lambda: self.pos[0, :T],
+               "slice batch": lambda: self.pos[:1, :T], "concatenate batch": lambda: torch.cat([self.pos, self.pos])[:1, :T]}
+        return self.head(torch.tanh(x + pos[self.read]())).sum(dim=(1, 2))
+
+
+def test_a_loose_parameter_sliced_along_another_dim_is_exact(exact):
+    torch.manual_seed(4)
+    x = torch.randn(3, 3, 3, dtype=torch.float64)  # T == B == width
+    probe = exact(Tokens().double(), lambda m: m(x), lambda m, i: m(x[i:i + 1]), 3)
+    assert probe.coverage["pos"] == "direct"
+
+
+@pytest.mark.parametrize("read", ["index batch", "slice batch", "concatenate batch"])
+def test_a_loose_parameter_read_across_the_batch_dim_is_refused_by_name(read):
+    model = Tokens(read)
+    with GradNormProbe(model) as probe, pytest.raises(RuntimeError, match=r"pos reaches (Select|Slice|Cat)Backward0"):
+        probe.score(model(torch.randn(3, 3, 3)))

@@ -14,6 +14,12 @@ FEW = settings(max_examples=12, deadline=None)
 MODES = st.sampled_from(["score", "backward"])
 
 
+def draw_batch(data: st.DataObject, most: int = 4) -> int:
+    """Seed torch from the draw, then draw a batch size."""
+    torch.manual_seed(data.draw(st.integers(0, 99)))
+    return data.draw(st.integers(1, most))
+
+
 def sizes(batch: int) -> st.SearchStrategy[int]:
     """A size that is often the batch size or 1."""
     return st.one_of(st.just(batch), st.just(1), st.integers(1, 5))
@@ -44,8 +50,7 @@ def check_layer(exact, layer: nn.Module, inputs: tuple[torch.Tensor, ...], mode:
 @FEW
 @given(data=st.data(), mode=MODES)
 def test_layer_norm_and_rms_norm_any_normalized_shape(exact, data, mode):
-    torch.manual_seed(data.draw(st.integers(0, 99)))
-    B = data.draw(st.integers(1, 4))
+    B = draw_batch(data)
     shape = tuple(data.draw(st.lists(sizes(B), min_size=1, max_size=3)))
     lead = tuple(data.draw(st.lists(sizes(B), max_size=2)))
     for layer in (nn.LayerNorm(shape, bias=data.draw(st.booleans())), nn.RMSNorm(shape, eps=1e-5)):
@@ -57,8 +62,7 @@ def test_layer_norm_and_rms_norm_any_normalized_shape(exact, data, mode):
 @FEW
 @given(data=st.data(), mode=MODES)
 def test_group_norm(exact, data, mode):
-    torch.manual_seed(data.draw(st.integers(0, 99)))
-    B, groups = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3))
+    B, groups = draw_batch(data), data.draw(st.integers(1, 3))
     C = groups * data.draw(sizes(B))
     spatial = (data.draw(st.integers(2, 4)), *data.draw(st.lists(sizes(B), max_size=1)))  # > 1 value per group
     layer = nn.GroupNorm(groups, C).double()
@@ -71,8 +75,7 @@ def test_group_norm(exact, data, mode):
 @FEW
 @given(data=st.data(), mode=MODES)
 def test_conv_any_stride_padding_dilation_groups(exact, data, mode):
-    torch.manual_seed(data.draw(st.integers(0, 99)))
-    B, dims = data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 2, 3]))
+    B, dims = draw_batch(data, 3), data.draw(st.sampled_from([1, 2, 3]))
     groups = data.draw(st.integers(1, 2))
     c_in, c_out = groups * data.draw(sizes(B)), groups * data.draw(st.integers(1, 3))
     kernel, dilation = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
@@ -91,8 +94,7 @@ def test_conv_any_stride_padding_dilation_groups(exact, data, mode):
 @FEW
 @given(data=st.data(), mode=MODES)
 def test_prelu_after_a_linear_width_equal_to_batch(exact, data, mode):
-    torch.manual_seed(data.draw(st.integers(0, 99)))
-    B = data.draw(st.integers(1, 4))
+    B = draw_batch(data)
     width = data.draw(sizes(B))
     prelu = nn.PReLU(data.draw(st.sampled_from([1, width])), init=0.3)
     with torch.no_grad():
@@ -109,8 +111,7 @@ def test_prelu_after_a_linear_width_equal_to_batch(exact, data, mode):
 @given(data=st.data(), mode=MODES)
 def test_timm_layer_scale(exact, data, mode):
     layers = pytest.importorskip("timm.layers")
-    torch.manual_seed(data.draw(st.integers(0, 99)))
-    B = data.draw(st.integers(1, 4))
+    B = draw_batch(data)
     d = data.draw(sizes(B))
     if data.draw(st.booleans()):
         layer, x = layers.LayerScale(d, init_values=0.5), torch.randn(B, data.draw(sizes(B)), d)
@@ -143,8 +144,7 @@ class PositionsAndTokens(nn.Module):
 @FEW
 @given(data=st.data(), mode=MODES)
 def test_embedding_padding_max_norm_and_shared_positions(exact, data, mode):
-    torch.manual_seed(data.draw(st.integers(0, 99)))
-    B = data.draw(st.integers(1, 4))
+    B = draw_batch(data)
     T, vocab = data.draw(sizes(B)), data.draw(st.integers(2, 6))
     options = {"padding_idx": data.draw(st.sampled_from([None, 0, -1])), "max_norm": data.draw(st.sampled_from([None, 1.0]))}
     model = PositionsAndTokens(vocab, data.draw(sizes(B)), **options).double()
@@ -169,8 +169,7 @@ def test_one_dimensional_ids_are_refused_by_name():
 @FEW
 @given(data=st.data(), mode=MODES)
 def test_embedding_bag(exact, data, mode):
-    torch.manual_seed(data.draw(st.integers(0, 99)))
-    B, vocab = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 6))
+    B, vocab = draw_batch(data), data.draw(st.integers(2, 6))
     bag_mode = data.draw(st.sampled_from(["sum", "mean"]))
     padding_idx = data.draw(st.sampled_from([None, 0]))
     weighted = bag_mode == "sum" and data.draw(st.booleans())
@@ -203,8 +202,7 @@ def bag_readout(bag: nn.EmbeddingBag) -> nn.Module:
 @FEW
 @given(data=st.data(), mode=MODES)
 def test_instance_norm_and_eval_batch_norm(exact, data, mode):
-    torch.manual_seed(data.draw(st.integers(0, 99)))
-    B, C, dims = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 2]))
+    B, C, dims = draw_batch(data), data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 2]))
     spatial = (data.draw(st.integers(2, 4)),) * dims
     kind = data.draw(st.sampled_from(["instance", "instance-running", "batch"]))
     if kind == "batch":
@@ -225,3 +223,19 @@ def test_batch_norm_in_training_mode_is_refused_by_name():
     model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
     with GradNormProbe(model), pytest.raises(ValueError, match=r"layer '1': BatchNorm1d normalizes with the batch's statistics"):
         model(torch.randn(4, 2))
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_linear_and_hf_conv1d_with_leading_dims_equal_to_B(exact, data, mode):
+    transformers = pytest.importorskip("transformers")
+    B = draw_batch(data)
+    lead = tuple(data.draw(st.lists(sizes(B), max_size=2)))
+    d_in, d_out = data.draw(sizes(B)), data.draw(sizes(B))
+    if data.draw(st.booleans()):
+        layer, name = nn.Linear(d_in, d_out, bias=data.draw(st.booleans())), "linear"
+    else:
+        layer, name = transformers.pytorch_utils.Conv1D(d_out, d_in), "conv1d"
+        nn.init.normal_(layer.weight)
+    probe = check_layer(exact, layer.double(), (torch.randn(B, *lead, d_in, dtype=torch.float64),), mode)
+    assert probe.coverage["layer.weight"] == name
