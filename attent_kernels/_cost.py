@@ -80,13 +80,16 @@ def linear_path(B: int, T: int, d: int, widths: Sequence[int]) -> str:
 
 def gram_materializes(B: int, T: int, B2: int, T2: int, d: int, p: int, symmetric: bool) -> bool:
     """Whether the gradient Gram is cheaper with the per-example gradients materialized (g_i^T x_i
-    formed tile by tile, then one matmul per tile) than with the pair kernel, whose program per
-    (i, j) walks all T T2 block pairs."""
-    programs = B * B2 // 2 + B if symmetric else B * B2
-    pair = waves(programs) * 2.0 * _padded(T, PAIR_BLOCK_T) * _padded(T2, PAIR_BLOCK_T) * (d + p)
+    formed tile by tile, 2 (B T + B2 T2) d p flops, then multiplied, 2 B B2 d p, in float32
+    through PyTorch) than with the pair kernel (a program per (row slice, j, i) walks its block
+    pairs: 2 T T2 (d + p) per example pair). Materializing wins for long sequences of narrow
+    layers (d p small against T (d + p)); the pairs for short sequences of wide ones."""
+    pairs = B * (B + 1) // 2 if symmetric else B * B2
+    slice_rows, slices = aligned_slices(T, pairs, PAIR_BLOCK_T)
+    per_program = 2.0 * min(slice_rows, _padded(T, PAIR_BLOCK_T)) * _padded(T2, PAIR_BLOCK_T) * (d + p)
     flops = 2.0 * (B * T + B2 * T2) * d * p + 2.0 * B * B2 * d * p
     materialize = MATERIALIZE_SLOWDOWN * flops / (SM_COUNT * RESIDENT_PROGRAMS)
-    return materialize < pair
+    return materialize < waves(pairs * slices) * per_program
 
 
 def embedding_sorts(B: int, T: int, d: int) -> bool:

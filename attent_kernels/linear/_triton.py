@@ -279,8 +279,8 @@ def _gradient_gram_kernel(
     p-chunks), multiplies and reduces, and writes partial[slice, i, j]; the host sums the
     slices (their count is the cost model's: enough programs at small B). When the second set is
     the first (SYMMETRIC) only j <= i is computed (the other programs run no iteration and store
-    nothing) and the host mirrors the lower triangle. At small T the host materializes the
-    per-example gradients instead (``_cost.gram_materializes``).
+    nothing) and the host mirrors the lower triangle. Where materializing the per-example
+    gradients is cheaper (``_cost.gram_materializes``), the host does that instead.
     Cost per pair: 2 T T2 (d + p) flops (T, T2 padded to BLOCK_T), halved over the pairs when
     symmetric; reads about T T2 (d + p) / BLOCK_T elements; extra memory slices * B * B2.
     """
@@ -440,7 +440,7 @@ def linear_grad_gram(
     path: str,
 ) -> torch.Tensor:
     """<grad_i, grad2_j> for every pair: with the per-example gradients materialized ("materialize",
-    or "auto" where the cost model says so: small T), else the pair kernel. When the second set
+    or "auto" where the cost model finds it cheaper), else the pair kernel. When the second set
     is the first one (the same tensors), the lower triangle is mirrored, so the result is exactly
     symmetric (the pair kernel computes only that triangle)."""
     B, T, d = x.shape
