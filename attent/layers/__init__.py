@@ -16,6 +16,8 @@ Built-in rules (all exact, tested against per-example gradients):
   projection (packed or kdim/vdim, bias_k/bias_v, add_zero_attn, out_proj); the batch layout inside
   torch's Transformer modules, from their ``batch_first``.
 - ``_position_bias``: T5's (and MT5's) relative attention bias, shared by the batch and the layers.
+- ``_fused_qkv``: timm's ``EvaAttention`` (qkv weight with the concatenated q/v bias parameters).
+  ``_calls.WeightCalls`` is the function mode these rules read their functional calls through.
 Loose parameters (``cls_token``, ``pos_embed``: 3+ dims, size 1 at the batch dim) are handled by the
 probe itself, and so are gains (``_gain``: 0-D/1-D parameters of modules without a rule, where the
 forward multiplies them, ``p * x``). Rules for transformers/timm classes register only once those libraries are imported.
@@ -26,7 +28,7 @@ the rule does not support, and ``forward=`` (or :func:`register_forward`) replac
 forward while the probe is attached (for parameters used inside one functional call).
 """
 from ..factors import Capture, Diag, Direct, Factor, Ids, LayerRule, Layout, Outer
-from . import _attention, _conv, _embedding, _linear, _norm, _position_bias, _scale  # noqa: F401  (each registers its rules)
+from . import _attention, _conv, _embedding, _fused_qkv, _linear, _norm, _position_bias, _scale  # noqa: F401  (each registers its rules)
 from ._gain import GainProducts
 from ._registry import (
     find_layout,

@@ -10,37 +10,15 @@ ids are refused: one id per example and positions shared by the batch cannot be 
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ..factors import Capture, Ids, Outer
+from ._calls import WeightCalls
 from ._registry import register_forward
-
-_EMBEDDING = inspect.signature(F.embedding)
-
-
-class WeightLookups(TorchFunctionMode):
-    """Hands every ``F.embedding`` call on ``weight`` inside the ``with`` block to
-    ``lookup(func, arguments) -> output`` (arguments bound by name, defaults applied)."""
-
-    def __init__(self, weight: torch.Tensor, lookup: Callable[[Callable, dict], torch.Tensor]) -> None:
-        super().__init__()
-        self.weight, self.lookup = weight, lookup
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not F.embedding:
-            return func(*args, **kwargs)
-        call = _EMBEDDING.bind(*args, **kwargs)
-        call.apply_defaults()
-        if call.arguments["weight"] is not self.weight:
-            return func(*args, **kwargs)
-        return self.lookup(func, dict(call.arguments))
 
 
 def _per_example_ids(capture: Any, ids: torch.Tensor) -> torch.Tensor:
@@ -67,7 +45,7 @@ def _embedding_forward(module: nn.Embedding, capture: Any, *args: Any, **kwargs:
         capture(Capture(output, lambda g: {"weight": Outer(found, g)}))
         return output
 
-    with WeightLookups(module.weight, lookup):
+    with WeightCalls(F.embedding, module.weight, lookup):
         return type(module).forward(module, *args, **kwargs)
 
 

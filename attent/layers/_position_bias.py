@@ -13,10 +13,11 @@ from types import ModuleType
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..factors import Capture, Ids, Outer
-from ._embedding import WeightLookups
+from ._calls import WeightCalls
 from ._registry import register_forward, register_when_loaded
 
 _PARAM = "relative_attention_bias.weight"
@@ -32,7 +33,7 @@ def _t5_attention_forward(module: nn.Module, capture: Any, *args: Any, **kwargs:
             buckets.append(arguments["input"])
             return func(**arguments)
 
-        with WeightLookups(table.weight, lookup):
+        with WeightCalls(F.embedding, table.weight, lookup):
             values = type(module).compute_bias(module, *bias_args, **bias_kwargs)  # (1, H, q, k)
         if len(buckets) != 1 or values.dim() != 4 or values.shape[0] != 1:
             raise ValueError(f"GradNormProbe: layer {capture.layer!r}: compute_bias made {len(buckets)} lookups and a "

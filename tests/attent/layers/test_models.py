@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
@@ -92,7 +93,7 @@ def test_mistral_and_qwen2(exact, family):
     check_causal_lm(exact, getattr(transformers, f"{family}ForCausalLM")(config), 40, seed=4)
 
 
-def check_images(exact, model, image: int, seed: int):
+def check_images(exact, model, image: int, seed: int, params=None):
     torch.manual_seed(seed)
     x, y = torch.randn(B, 3, image, image), torch.randint(0, 4, (B,))
 
@@ -100,7 +101,8 @@ def check_images(exact, model, image: int, seed: int):
         out = m(x[rows])
         return F.cross_entropy(getattr(out, "logits", out), y[rows], reduction="none")
 
-    return exact(model.eval(), lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, rtol=1e-4)
+    return exact(model.eval(), lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, rtol=1e-4,
+                 params=params)
 
 
 def test_hf_vit(exact):
@@ -127,3 +129,15 @@ def test_timm_cait_raw_layer_scale_gains_and_class_attention(exact):
                               num_heads=2, num_classes=4)
     probe = check_images(exact, model, 8, seed=7)
     assert probe.coverage["blocks.0.gamma_1"] == "gain" and probe.coverage["cls_token"] == "direct"
+
+
+def test_timm_eva_fused_qkv_bias_and_raw_gains(exact):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("eva02_tiny_patch14_224", pretrained=False, img_size=8, patch_size=4, embed_dim=8, depth=1,
+                              num_heads=2, num_classes=4)
+    for block in model.blocks:
+        nn.init.normal_(block.attn.q_bias)
+        nn.init.normal_(block.attn.v_bias)
+    probe = check_images(exact, model, 8, seed=8)
+    assert probe.coverage["blocks.0.attn.q_bias"] == "fused-qkv" and probe.coverage["blocks.0.attn.qkv.weight"] == "fused-qkv"
+    check_images(exact, model, 8, seed=8, params=["blocks.0.attn.q_bias", "blocks.0.attn.v_bias"])  # small next to the rest
