@@ -226,8 +226,9 @@ class GradNormProbe:
     Attributes:
         per_layer: {layer name: (B,) float32} from the last call (shared parameters appear under
             their first owner's name; loose parameters under their own name).
-        coverage: {parameter name: how it is covered ("linear", "embedding", ..., "direct") or
+        coverage: {parameter name: how it is covered ("linear", "embedding", ..., "direct", "gain") or
             "uncovered: <reason>"}.
+        layer_of: {covered parameter name: the ``per_layer`` entry its squared norm is added to}.
     """
 
     def __init__(
@@ -248,6 +249,7 @@ class GradNormProbe:
         self._input_dim = self.batch_dim.get("", root.dim if root is not None else 0)
         self.per_layer: dict[str, torch.Tensor] = {}
         self.coverage: dict[str, str] = {}
+        self.layer_of: dict[str, str] = {}
         self._params, self._names = self._resolve(model, params)
         self._owner: dict[int, str] = {}
         self._handles: list[Any] = []
@@ -360,6 +362,7 @@ class GradNormProbe:
             self.coverage[self._names[key]] = "+".join(how) if how else f"uncovered: {reasons[key]}"
         for key in uncovered:
             del self._params[key]
+        self.layer_of = {self._names[key]: self._owner[key] for key in self._params}
 
         self._shared = {key for key, how in covered.items() if len(how) > 1 and key in self._params}
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))

@@ -17,16 +17,21 @@ from torch import nn
 from attent.probe import GradNormProbe
 
 
-def _single_example_norms(model: nn.Module, params: list[torch.Tensor], forward_one: Callable, batch: int) -> torch.Tensor:
-    norms = []
+def _single_example_norms(model: nn.Module, names: list[str], forward_one: Callable, batch: int) -> torch.Tensor:
+    """(B, P) squared norms of each example's gradient, per parameter."""
+    params = dict(model.named_parameters())
+    rows = []
     for i in range(batch):
-        grads = torch.autograd.grad(forward_one(model, i).sum(), params, allow_unused=True)
-        norms.append(sum(g.double().square().sum() for g in grads if g is not None))
-    return torch.tensor(norms, dtype=torch.float64)
+        grads = torch.autograd.grad(forward_one(model, i).sum(), [params[n] for n in names], allow_unused=True)
+        rows.append(torch.stack([torch.zeros((), dtype=torch.float64) if g is None else g.double().square().sum()
+                                 for g in grads]))
+    return torch.stack(rows)
 
 
 def _exact(model: nn.Module, forward: Callable, forward_one: Callable, batch: int, *, mode: str = "score",
            rtol: float = 1e-5, params=None, **options) -> GradNormProbe:
+    """Compares the total and every ``per_layer`` entry with the oracle (a small layer's error shows
+    in its own entry even where the total hides it)."""
     with torch.no_grad():
         unprobed = forward(model)
     with GradNormProbe(model, params, **options) as probe:
@@ -34,9 +39,14 @@ def _exact(model: nn.Module, forward: Callable, forward_one: Callable, batch: in
         torch.testing.assert_close(losses.detach(), unprobed, rtol=1e-5, atol=1e-6)
         got = probe.score(losses) if mode == "score" else probe.backward(losses)
     assert not got.requires_grad and got.shape == (batch,)
-    chosen = [p for name, p in model.named_parameters() if name in probe.coverage]
-    want = _single_example_norms(model, chosen, forward_one, batch)
-    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=1e-10)
+    names = list(probe.layer_of)
+    want = _single_example_norms(model, names, forward_one, batch)
+    torch.testing.assert_close(got.double(), want.sum(1), rtol=rtol, atol=1e-10)
+    for layer, sq in probe.per_layer.items():
+        mine = torch.tensor([probe.layer_of[n] == layer for n in names])
+        torch.testing.assert_close(sq.double(), want[:, mine].sum(1), rtol=rtol, atol=1e-10 + 1e-9 * want.sum(1).max().item(),
+                                   msg=lambda m, layer=layer: f"per_layer[{layer!r}]: {m}")
+    assert set(probe.per_layer) == set(probe.layer_of.values())
     return probe
 
 
