@@ -21,8 +21,10 @@ Conventions the families' kernels keep with these helpers:
   same products (the interpreter rounds towards zero where a GPU rounds to nearest).
 - Per-example results are written as partial sums to small buffers, one slot per program, and
   reduced with ``torch.sum``: deterministic, bitwise reproducible, no atomics.
-- Grids put the example index on the slowest axis, so the programs resident together work on
-  one example's tiles and share its rows in L2; feature tiles run in grouped (swizzled) order.
+- Grids are one-dimensional with the example index slowest (program id = example * tiles +
+  tile), so the programs resident together work on one example's tiles and share its rows in
+  L2, and a batch may exceed the 65535 programs of a grid's second and third axes; feature
+  tiles run in grouped (swizzled) order.
 - Block sizes are autotuned on GPU, keyed on the sizes rounded up to powers of two (one tuning
   per shape family, so a new sequence length within the family does not re-tune); under the
   interpreter one small configuration is used, because autotuning there is far too slow. The
@@ -130,10 +132,10 @@ def largest_block(configs: list[triton.Config], block: str) -> int:
     return max(c.kwargs[block] for c in configs)
 
 
-def pair_grid(T: int, B: int) -> Callable[[dict[str, Any]], tuple[int, int]]:
+def pair_grid(T: int, B: int) -> Callable[[dict[str, Any]], tuple[int]]:
     """Grid of a (row block, column block) pair kernel: the lower-triangle pairs of the sequence
-    blocks fastest, the example slowest."""
-    return lambda meta: (pair_count(block_count(T, meta["BLOCK_T"])), B)
+    blocks of every example, the example slowest (``example_pair`` decodes a program id)."""
+    return lambda meta: (pair_count(block_count(T, meta["BLOCK_T"])) * B,)
 
 
 def pair_slots(T: int, configs: list[triton.Config]) -> int:
@@ -145,10 +147,15 @@ def feature_tiles(p: int, d: int, meta: dict[str, Any]) -> int:
     return block_count(p, meta["BLOCK_P"]) * block_count(d, meta["BLOCK_D"])
 
 
-def feature_grid(p: int, d: int, slow: int) -> Callable[[dict[str, Any]], tuple[int, int]]:
-    """Grid of a (p, d) feature-tile kernel: the tiles fastest (in grouped order), then ``slow``
-    (examples, or batch slices)."""
-    return lambda meta: (feature_tiles(p, d, meta), slow)
+def feature_grid(p: int, d: int, slow: int) -> Callable[[dict[str, Any]], tuple[int]]:
+    """Grid of a (p, d) feature-tile kernel: the tiles (in grouped order) of each of ``slow``
+    examples or batch slices, those slowest."""
+    return lambda meta: (feature_tiles(p, d, meta) * slow,)
+
+
+def column_grid(d: int, B: int) -> Callable[[dict[str, Any]], tuple[int]]:
+    """Grid of a kernel with one program per (example, BLOCK_D feature tile), the example slowest."""
+    return lambda meta: (block_count(d, meta["BLOCK_D"]) * B,)
 
 
 def feature_slots(p: int, d: int, configs: list[triton.Config]) -> int:
@@ -251,6 +258,23 @@ def gram_tile(
         b = load_tile(b_base, b_stride_row, b_stride_col, b_rows, b_valid, cols, n_cols, OPERAND, DOT)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     return acc
+
+
+@triton.jit
+def example_pair(pid, T, BLOCK_T: tl.constexpr):
+    """(example, pair index, tb, sb) of program pid of a ``pair_grid``."""
+    n_blocks = tl.maximum(tl.cdiv(T, BLOCK_T), 1)
+    n_pairs = n_blocks * (n_blocks + 1) // 2
+    pair = pid % n_pairs
+    tb, sb = block_pair(pair)
+    return (pid // n_pairs).to(tl.int64), pair, tb, sb
+
+
+@triton.jit
+def example_column(pid, d, BLOCK_D: tl.constexpr):
+    """(example, feature tile) of program pid of a ``column_grid``."""
+    n_tiles = tl.maximum(tl.cdiv(d, BLOCK_D), 1)
+    return (pid // n_tiles).to(tl.int64), pid % n_tiles
 
 
 @triton.jit

@@ -24,8 +24,10 @@ from .._triton_tiles import (
     PAIR_PRUNING,
     autotune_configs,
     block_count,
-    block_pair,
+    column_grid,
     dot_types,
+    example_column,
+    example_pair,
     gram_tile,
     load_tile,
     mask_args,
@@ -67,8 +69,8 @@ def _embedding_norm_kernel(
 ):
     """||grad E||^2 = sum_{t,s} [id_t = id_s] (g_t . g_s) per example, over block pairs.
 
-    Tiling: grid (pair, b), the example slowest. Program (pair, b) owns one block pair (tb, sb),
-    sb <= tb, of example b (the sum is symmetric in t, s: an off-diagonal pair counts twice); it
+    Tiling: one program per (b, pair), the example slowest. Program (b, pair) owns one block pair
+    (tb, sb), sb <= tb, of example b (the sum is symmetric in t, s: an off-diagonal pair counts twice); it
     forms the (BLOCK_T, BLOCK_T) g Gram tile in registers (tl.dot over d-chunks of BLOCK_K) and
     the id-equality tile of the two row blocks, and sums the Gram entries of equal ids; no T x T
     tensor leaves registers. Kept-out positions load g as zero, so they contribute nothing
@@ -76,9 +78,7 @@ def _embedding_norm_kernel(
     Cost per example: T^2 d flops (half of the full Gram, T padded to BLOCK_T); B n(n + 1) / 2
     programs for n = ceil(T / BLOCK_T), each reading 2 BLOCK_T d elements of g and 2 BLOCK_T ids.
     """
-    pair = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    tb, sb = block_pair(pair)
+    b, pair, tb, sb = example_pair(tl.program_id(0), T, BLOCK_T)
     ids_base = ids_ptr + b * stride_ib
     g_base = g_ptr + b * stride_gb
     mask_base = mask_ptr + b * stride_mb
@@ -115,7 +115,7 @@ def _sorted_embedding_norm_kernel(
     positions sorted by id: run[b, u] numbers the run of sorted position u (-1: kept out, sorted
     first) and order[b, u] is its position in the sequence.
 
-    Tiling: grid (tile_d, b), the example slowest. Program (tile_d, b) walks example b's sorted
+    Tiling: one program per (b, tile_d), the example slowest. Program (b, tile_d) walks example b's sorted
     positions in chunks of BLOCK_T, loading the g rows (columns of its d tile) in that order. In
     a chunk, the run sums of every row come from one tl.dot of the (BLOCK_T, BLOCK_T) run-equality
     matrix with the g tile, plus the carry: the sum of the run left open by the previous chunk.
@@ -126,8 +126,7 @@ def _sorted_embedding_norm_kernel(
     of g once and 2 T indices per d tile; B ceil(d / BLOCK_D) programs; the host's sort is
     O(B T log T).
     """
-    tile_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    b, tile_d = example_column(tl.program_id(0), d, BLOCK_D)
     run_base = run_ptr + b * stride_rb
     order_base = order_ptr + b * stride_ob
     g_base = g_ptr + b * stride_gb
@@ -186,7 +185,7 @@ def _sorted_norm_sq(ids: torch.Tensor, g: torch.Tensor, keep: torch.Tensor | Non
     B, T, d = g.shape
     run, order = _sorted_runs(ids, keep)
     partial = partials(B, block_count(d, smallest_block(_SORTED_CONFIGS, "BLOCK_D")), accum_dtype(g), g.device)
-    _sorted_embedding_norm_kernel[lambda meta: (block_count(d, meta["BLOCK_D"]), B)](
+    _sorted_embedding_norm_kernel[column_grid(d, B)](
         run, *run.stride(),
         order, *order.stride(),
         g, *g.stride(),

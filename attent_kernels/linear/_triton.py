@@ -21,8 +21,8 @@ from .._triton_tiles import (
     PAIR_PRUNING,
     TILE_GROUP,
     autotune_configs,
-    block_pair,
     dot_types,
+    example_pair,
     feature_grid,
     feature_slots,
     feature_tiles,
@@ -63,11 +63,14 @@ _FEATURE_PRUNING = shared_memory_pruning(lambda b: b["BLOCK_T"] * (b["BLOCK_P"] 
 
 @triton.jit
 def _feature_tile(pid, p, d, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(tile_p, tile_d, p_cols, d_cols) of program pid over the (p, d) tiles, in grouped order."""
+    """(outer, tile, tile_d, p_cols, d_cols) of program pid of a ``feature_grid``: the example or
+    slice (slowest), the (p, d) tile index, in grouped order, its d tile and its columns."""
     n_p = tl.maximum(tl.cdiv(p, BLOCK_P), 1)
     n_d = tl.maximum(tl.cdiv(d, BLOCK_D), 1)
-    tile_p, tile_d = grouped_tile(pid, n_p, n_d, TILE_GROUP)
-    return tile_p, tile_d, tile_p * BLOCK_P + tl.arange(0, BLOCK_P), tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    tile = pid % (n_p * n_d)
+    tile_p, tile_d = grouped_tile(tile, n_p, n_d, TILE_GROUP)
+    p_cols = tile_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    return pid // (n_p * n_d), tile, tile_d, p_cols, tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
 
 
 @triton.jit
@@ -116,8 +119,8 @@ def _ghost_norm_kernel(
     """Ghost norm of K linear layers sharing x: sum_{t,s} (x_t . x_s) sum_k (g_kt . g_ks), plus
     sum_{t,s} g_kt . g_ks = ||sum_t g_kt||^2 for the layers k with a bias.
 
-    Tiling: grid (pair, b), the example slowest. Program (pair, b) owns one block pair (tb, sb),
-    sb <= tb, of example b (the Grams are symmetric: an off-diagonal pair counts twice). It forms
+    Tiling: one program per (b, pair), the example slowest. Program (b, pair) owns one block pair
+    (tb, sb), sb <= tb, of example b (the Grams are symmetric: an off-diagonal pair counts twice). It forms
     the x Gram tile once (tl.dot over d-chunks) and, for each projection k, the g_k Gram tile
     (tl.dot over p_k-chunks), multiplies them elementwise and reduces; the T x T Grams never
     leave registers. The g's come as a tuple of tensors (any count, any strides, so the Q/K/V
@@ -127,9 +130,7 @@ def _ghost_norm_kernel(
     T padded to BLOCK_T); B * n(n + 1) / 2 programs for n = ceil(T / BLOCK_T) blocks, each
     reading 2 BLOCK_T (d + p) elements; extra memory one accumulator per program.
     """
-    pair = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    tb, sb = block_pair(pair)
+    b, pair, tb, sb = example_pair(tl.program_id(0), T, BLOCK_T)
     mask_base = mask_ptr + b * stride_mb
     x_base = x_ptr + b * stride_xb
     t_rows = tb * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -173,8 +174,8 @@ def _direct_norm_kernel(
 ):
     """Direct norm ||g^T x||_F^2 (+ ||sum_t g_t||^2 with a bias).
 
-    Tiling: grid (tile, b), the example slowest and the (p, d) tiles in grouped order, so the
-    programs resident together share example b's rows of x and g in L2. Program (tile, b)
+    Tiling: one program per (b, tile), the example slowest and the (p, d) tiles in grouped order,
+    so the programs resident together share example b's rows of x and g in L2. Program (b, tile)
     accumulates that (BLOCK_P, BLOCK_D) tile of example b's weight gradient g^T x over the
     sequence in registers (tl.dot over BLOCK_T rows), squares and sums it; only the programs of
     the first d tile also sum their g columns over t for the bias. Nothing of size d * p is
@@ -182,9 +183,8 @@ def _direct_norm_kernel(
     Cost per example: 2 T d p flops (T padded to BLOCK_T); reads T d p (1 / BLOCK_P + 1 / BLOCK_D)
     elements, mostly from L2; extra memory one accumulator per program.
     """
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    tile_p, tile_d, p_cols, d_cols = _feature_tile(pid, p, d, BLOCK_P, BLOCK_D)
+    b, tile, tile_d, p_cols, d_cols = _feature_tile(tl.program_id(0), p, d, BLOCK_P, BLOCK_D)
+    b = b.to(tl.int64)
     grad, g_sum = _example_weight_grad_tile(
         tl.zeros((BLOCK_P, BLOCK_D), ACC), tl.zeros((BLOCK_P,), ACC), tile_d == 0,
         x_ptr + b * stride_xb, stride_xt, stride_xd, d_cols, d,
@@ -192,7 +192,7 @@ def _direct_norm_kernel(
         mask_ptr + b * stride_mb, stride_mt, T,
         HAS_MASK, HAS_BIAS, BLOCK_T, OPERAND, DOT, PRECISION,
     )
-    tl.store(partial_ptr + b * stride_partial + pid, tl.sum(tl.sum(grad * grad, axis=1) + g_sum * g_sum))
+    tl.store(partial_ptr + b * stride_partial + tile, tl.sum(tl.sum(grad * grad, axis=1) + g_sum * g_sum))
 
 
 @triton.autotune(
@@ -212,8 +212,8 @@ def _weight_grad_and_norm_kernel(
 ):
     """The training-time path: sum_i g_i^T x_i and every ||g_i^T x_i||_F^2 in one pass.
 
-    Tiling: grid (tile, slice), the batch slice slowest and the (p, d) tiles in grouped order.
-    Program (tile, slice) owns the (BLOCK_P, BLOCK_D) tile of the weight gradient for the
+    Tiling: one program per (slice, tile), the batch slice slowest and the (p, d) tiles in grouped
+    order. Program (slice, tile) owns the (BLOCK_P, BLOCK_D) tile of the weight gradient for the
     examples [slice * per_slice, (slice + 1) * per_slice); per example it accumulates the tile of
     g_i^T x_i over the sequence in registers, writes its square-sum to partial[i, tile] and adds
     it to the slice's running gradient tile, stored once to grad[slice]; the host sums the
@@ -223,9 +223,7 @@ def _weight_grad_and_norm_kernel(
     1 / BLOCK_D) elements, writes slices * d p; extra memory slices * d p accumulators (none
     beyond the result for one slice) and one per (example, tile).
     """
-    pid = tl.program_id(0)
-    part = tl.program_id(1)
-    _, _, p_cols, d_cols = _feature_tile(pid, p, d, BLOCK_P, BLOCK_D)
+    part, tile, _, p_cols, d_cols = _feature_tile(tl.program_id(0), p, d, BLOCK_P, BLOCK_D)
     zero = tl.zeros((BLOCK_P, BLOCK_D), ACC)
     no_g_sum = tl.zeros((BLOCK_P,), ACC)
     total = zero
@@ -235,7 +233,7 @@ def _weight_grad_and_norm_kernel(
     x_base = x_ptr + start * stride_xb
     g_base = g_ptr + start * stride_gb
     mask_base = mask_ptr + start * stride_mb
-    partial_base = partial_ptr + start * stride_partial + pid
+    partial_base = partial_ptr + start * stride_partial + tile
     for _ in range(first, tl.minimum(B, first + per_slice)):
         grad, no_g_sum = _example_weight_grad_tile(
             zero, no_g_sum, False,
@@ -264,7 +262,7 @@ def _gradient_gram_kernel(
     g2_ptr, stride_g2b, stride_g2t, stride_g2p,
     mask2_ptr, stride_m2b, stride_m2t,
     partial_ptr, stride_ps, stride_pi,
-    T, T2, d, p, slice_rows, tune_T, tune_d, tune_p,
+    T, T2, d, p, B2, n_slices, slice_rows, tune_T, tune_d, tune_p,
     SYMMETRIC: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_MASK2: tl.constexpr,
     OPERAND: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -272,7 +270,7 @@ def _gradient_gram_kernel(
     """<grad_i, grad2_j> = sum_{t,s} (x_it . x2_js)(g_it . g2_js) (+ sum_{t,s} g_it . g2_js with a
     bias): the ghost tiling across two examples.
 
-    Tiling: grid (slice, j, i), example i slowest. Program (slice, j, i) owns the rows
+    Tiling: one program per (i, j, slice), example i slowest. Program (i, j, slice) owns the rows
     [slice * slice_rows, (slice + 1) * slice_rows) of example i of the first set (slice_rows a
     multiple of every BLOCK_T) and loops over their (t, s) block pairs with all of example j of
     the second set, forms the x and g cross-Gram tiles in registers (tl.dot over d- and
@@ -284,9 +282,10 @@ def _gradient_gram_kernel(
     Cost per pair: 2 T T2 (d + p) flops (T, T2 padded to BLOCK_T), halved over the pairs when
     symmetric; reads about T T2 (d + p) / BLOCK_T elements; extra memory slices * B * B2.
     """
-    part = tl.program_id(0)
-    j = tl.program_id(1).to(tl.int64)
-    i = tl.program_id(2).to(tl.int64)
+    pid = tl.program_id(0)
+    part = pid % n_slices
+    j = ((pid // n_slices) % B2).to(tl.int64)
+    i = (pid // (n_slices * B2)).to(tl.int64)
     computed = (j <= i) | (not SYMMETRIC)
     t_start = part * slice_rows
     t_end = tl.where(computed, tl.minimum(T, t_start + slice_rows), t_start)
@@ -473,7 +472,7 @@ def _pair_gram(first: GramSet, second: GramSet, bias: bool, symmetric: bool) -> 
     slice_rows, n_slices = _cost.aligned_slices(T, pairs, largest_block(PAIR_CONFIGS, "BLOCK_T"))
     partial = torch.zeros(n_slices, B, B2, dtype=accum_dtype(x, g, x2, g2), device=x.device)
     if B > 0 and B2 > 0:
-        _gradient_gram_kernel[(n_slices, B2, B)](
+        _gradient_gram_kernel[(n_slices * B2 * B,)](
             x, *x.stride(),
             g, *g.stride(),
             *mask_args(mask, x),
@@ -481,7 +480,7 @@ def _pair_gram(first: GramSet, second: GramSet, bias: bool, symmetric: bool) -> 
             g2, *g2.stride(),
             *mask_args(mask2, x2),
             partial, partial.stride(0), partial.stride(1),
-            T, T2, d, p, slice_rows, tune_key(max(T, T2)), tune_key(d), tune_key(p),
+            T, T2, d, p, B2, n_slices, slice_rows, tune_key(max(T, T2)), tune_key(d), tune_key(p),
             SYMMETRIC=symmetric, HAS_BIAS=bias, HAS_MASK=mask is not None, HAS_MASK2=mask2 is not None,
             **dot_types(x, g, x2, g2)._asdict(),
         )

@@ -18,6 +18,8 @@ from .._triton_tiles import (
     TL_DTYPES,
     autotune_configs,
     block_count,
+    column_grid,
+    example_column,
     load_tile,
     mask_args,
     partials,
@@ -51,8 +53,8 @@ def _norm_grad_norm_kernel(
 ):
     """||sum_t g_t * x_hat_t||^2 (+ ||sum_t g_t||^2 with a bias) per example.
 
-    Tiling: grid (tile_d, b), the example slowest. Program (tile_d, b) owns features d_cols of
-    example b; it walks the sequence in
+    Tiling: one program per (b, tile_d), the example slowest. Program (b, tile_d) owns features
+    d_cols of example b; it walks the sequence in
     chunks of BLOCK_T rows, accumulating its slice of the weight gradient sum_t g_t * x_hat_t (and
     of the bias gradient sum_t g_t) in registers, then squares and sums the slice. Writes
     partial[b, tile_d]; the host sums each row. The per-example gradient is a d-vector, so this
@@ -60,8 +62,7 @@ def _norm_grad_norm_kernel(
     Cost per example: 3 T d flops (2 T d without a bias); reads 2 T d elements; extra memory
     B * ceil(d / BLOCK_D) accumulators. Memory-bound: its floor is the time to read x_hat and g.
     """
-    tile_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    b, tile_d = example_column(tl.program_id(0), d, BLOCK_D)
     d_cols = tile_d * BLOCK_D + tl.arange(0, BLOCK_D)
     x_base = x_ptr + b * stride_xb
     g_base = g_ptr + b * stride_gb
@@ -86,7 +87,7 @@ def norm_grad_norm_sq(x_hat: torch.Tensor, g: torch.Tensor, bias: bool, mask: to
     if B == 0:
         return torch.zeros(0, dtype=dtype, device=g.device)
     partial = partials(B, block_count(d, smallest_block(_NORM_CONFIGS, "BLOCK_D")), dtype, g.device)
-    _norm_grad_norm_kernel[lambda meta: (block_count(d, meta["BLOCK_D"]), B)](
+    _norm_grad_norm_kernel[column_grid(d, B)](
         x_hat, *x_hat.stride(),
         g, *g.stride(),
         *mask_args(mask, g),
