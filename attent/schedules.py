@@ -47,7 +47,7 @@ __all__ = [
     "TeachingPlan",
     "check_count",
     "check_fraction",
-    "budget_epochs",
+    "budget_sizes",
     "progress_of",
 ]
 
@@ -73,10 +73,14 @@ def check_count(name: str, value: int, minimum: int) -> int:
     return int(value)
 
 
-def budget_epochs(epochs: int, budget: float) -> int:
-    """The full-data schedule at a budget: ``max(1, round(budget * epochs))`` epochs (the shortened
-    recipe a user would otherwise run)."""
-    return max(1, round(check_fraction("budget", budget) * check_count("epochs", epochs, 1)))
+def budget_sizes(epochs: int, num_examples: int, budget: float) -> list[int]:
+    """The full-data schedule at a budget (the shortened recipe a user would otherwise run): the
+    examples of each epoch, whole epochs of ``num_examples`` and a last partial one, ``floor(budget
+    * epochs * num_examples)`` in all (at least one)."""
+    total = max(1, math.floor(check_fraction("budget", budget) * check_count("epochs", epochs, 1)
+                              * check_count("num_examples", num_examples, 1) + 1e-9))
+    whole, rest = divmod(total, num_examples)
+    return [num_examples] * whole + ([rest] if rest else [])
 
 
 def progress_of(index: int, count: int) -> float:

@@ -102,11 +102,12 @@ from torch.utils.data import Sampler
 from . import _distributed
 from ._teacher_state import COUNTERS, STATE_VERSION, Selection, checked_state, selection_state
 from .schedules import IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
-from .strategies import PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
+from .strategies import Hard, PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
 
 __all__ = ["Selection", "Teacher", "TeacherSampler"]
 
 
+HARMFUL_RATIO = 0.5  # pure top-k subsets below this share, held for several epochs, draw the warning
 IndexLike = Union[torch.Tensor, Sequence[int]]
 ScoreLike = Union[torch.Tensor, Sequence[float]]
 
@@ -226,6 +227,26 @@ class Teacher:
         self._active_weights: torch.Tensor | None = None
         self._full: Selection | None = None
         self._counters = dict.fromkeys(COUNTERS, 0)
+        self._warn_if_harmful()
+
+    def _warn_if_harmful(self) -> None:
+        """Warn about the regime the teacher study found harmful: pure top-k on a small subset that
+        is trained on for several epochs in a row (a class-skewed set of the hardest examples)."""
+        strategy = self.strategy
+        if not isinstance(strategy, Hard) or strategy.random_share > 0 or self.plan.epochs is None:
+            return
+        runs: dict[int, list[float]] = {}
+        for plan in map(self.plan.at, range(self.plan.epochs)):
+            if not plan.is_full and plan.ratio is not None:
+                runs.setdefault(plan.selection_epoch, []).append(plan.ratio)
+        held = [ratios[0] for ratios in runs.values() if len(ratios) > 1 and ratios[0] < HARMFUL_RATIO]
+        if held:
+            warnings.warn(
+                f"this plan trains for several epochs in a row on a pure top-k subset of {min(held):.0%} of the "
+                f"examples: a class-skewed set of the hardest ones, which the teacher study found can end far below "
+                f"a random subset (bench/results/teacher_study.json). Re-select every epoch "
+                f"(reselect_each_epoch=True), or randomize: strategy='soft' or Hard(random_share=0.3)",
+                UserWarning, stacklevel=3)
 
     @classmethod
     def published(

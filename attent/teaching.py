@@ -66,17 +66,23 @@ class Teaching:
         scorer: the :class:`attent.Scorer` whose scores the teacher is fed.
         num_examples: the training set's length (checked against the teacher's).
         seed: the full-data order: epoch e visits ``torch.randperm(N, generator=seeded(seed + e))``.
+        full_sizes: without a teacher, the examples of each epoch (``schedules.budget_sizes``: a
+            budget's shortened schedule ends with a partial epoch, the start of that order);
+            None: every epoch is whole.
     """
 
-    def __init__(self, teacher: Teacher | None, scorer: Scorer, *, num_examples: int, seed: int = 0):
+    def __init__(self, teacher: Teacher | None, scorer: Scorer, *, num_examples: int, seed: int = 0,
+                 full_sizes: list[int] | None = None):
         if teacher is not None and not isinstance(teacher, Teacher):
             raise TypeError(f"teacher must be an attent.Teacher or None, got {type(teacher).__name__}")
         if num_examples < 1:
             raise ValueError("the training data is empty")
         if teacher is not None and teacher.num_examples != num_examples:
             raise ValueError(f"teacher was built for {teacher.num_examples} examples but the training data has {num_examples}")
+        if full_sizes is not None and (teacher is not None or not all(0 < s <= num_examples for s in full_sizes)):
+            raise ValueError(f"full_sizes are for full-data training, each in [1, {num_examples}], got {full_sizes}")
         self.teacher, self.scorer = teacher, scorer
-        self.num_examples, self.seed = num_examples, seed
+        self.num_examples, self.seed, self.full_sizes = num_examples, seed, full_sizes
 
     def check_epochs(self, epochs: int) -> None:
         """Raise a ValueError unless a run of ``epochs`` epochs fits the teacher's plan (a teacher
@@ -104,8 +110,9 @@ class Teaching:
         teacher = self.teacher
         if teacher is None:
             order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
-            record = {"epoch": epoch + 1, "step": step, "ratio": 1.0, "selected": self.num_examples, "is_full": True,
-                      "refreshed": 0}
+            order = order[: self.planned_sizes(epoch + 1)[epoch]]
+            record = {"epoch": epoch + 1, "step": step, "ratio": len(order) / self.num_examples,
+                      "selected": len(order), "is_full": len(order) == self.num_examples, "refreshed": 0}
             return EpochStart(_distributed.shard(order) if shard else order, record)
         refresh = teacher.refresh_indices(epoch)
         refreshed = 0 if refresh is None else int(refresh.numel())
@@ -149,7 +156,8 @@ class Teaching:
         """Examples each of the run's ``epochs`` epochs trains on (all ranks together), None where
         the strategy sizes the subset from the scores (InfoBatch)."""
         if self.teacher is None:
-            return [self.num_examples] * epochs
+            sizes = self.full_sizes or []
+            return [sizes[e] if e < len(sizes) else self.num_examples for e in range(epochs)]
         return [self.teacher.planned_size(epoch) for epoch in range(epochs)]
 
     def planned_steps(self, epochs: int, steps_of: Callable[[int], int]) -> int:

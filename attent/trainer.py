@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from . import _checkpoint
 from ._checkpoint import CHECKPOINT_NAME
 from ._distributed import rank_and_world_size
-from .schedules import budget_epochs
+from .schedules import budget_sizes
 from .scores import (
     AMP_MODES,
     SCORE_KINDS,
@@ -130,9 +130,10 @@ class FitOptions:
 
     epochs: number of epochs of the recipe (a teacher's epoch trains on its selected subset only).
     budget: the fraction of the recipe's ``epochs * N`` training examples the run may process.
-        Without a teacher the run is the shortened schedule, ``max(1, round(budget * epochs))``
-        epochs; a teacher must have been built with the same budget (``Teacher(..., budget=)``),
-        which it spends by shrinking its subsets over the recipe's epochs.
+        Without a teacher the run is the shortened schedule: ``floor(budget * epochs * N)``
+        examples as whole epochs and a last partial one (``schedules.budget_sizes``); a teacher
+        must have been built with the same budget (``Teacher(..., budget=)``), which it spends by
+        shrinking its subsets over the recipe's epochs.
     score: what training steps feed the teacher: ``"loss"``, ``"fgrad"`` (||dl/dlogits||, the
         paper's rule) or ``"gradnorm"`` (||dl/dtheta||: the probe runs the training backward).
     batch_size: examples per micro-batch; ``grad_accum`` micro-batches make an optimizer step.
@@ -155,6 +156,9 @@ class FitOptions:
     max_steps: stop after this many optimizer steps.
     eval_every: also evaluate whenever the run's optimizer step count is a multiple of this (an
         epoch's last step gets its epoch-end record only).
+    eval_points: instead of evaluating at every epoch end and every ``eval_every`` steps, evaluate
+        at this many evenly spaced optimizer steps of the run's planned steps (the last at its
+        final step), so runs of different epoch lengths are measured at the same progress.
     eval_batch_size: batch size of evaluation and refresh passes (default: batch_size).
     max_grad_norm: clip the gradient norm before each step.
     label_key: the targets' key in mapping items.
@@ -179,6 +183,7 @@ class FitOptions:
     max_time: float | None = None
     max_steps: int | None = None
     eval_every: int | None = None
+    eval_points: int | None = None
     eval_batch_size: int | None = None
     max_grad_norm: float | None = None
     label_key: str = "labels"
@@ -192,7 +197,7 @@ class FitOptions:
         _expect("budget", self.budget, _is_real(self.budget) and 0 < self.budget <= 1, "a number in (0, 1]")
         _expect("batch_size", self.batch_size, _is_int(self.batch_size) and self.batch_size >= 1, positive)
         _expect("grad_accum", self.grad_accum, _is_int(self.grad_accum) and self.grad_accum >= 1, positive)
-        for name in ("checkpoint_every", "eval_every", "max_steps", "eval_batch_size"):
+        for name in ("checkpoint_every", "eval_every", "eval_points", "max_steps", "eval_batch_size"):
             value = getattr(self, name)
             _expect(name, value, value is None or (_is_int(value) and value >= 1), f"{positive} or None")
         _expect("num_workers", self.num_workers, _is_int(self.num_workers) and self.num_workers >= 0,
@@ -330,13 +335,14 @@ class _Run:
         self.optimizer, self.metrics, self.collate_fn = optimizer, metrics, collate_fn
         self.objective = Objective.resolve(loss, ignore_index=o.ignore_index)
         self.scorer = Scorer(o.score, self.objective, probe_params=o.gradnorm_params)
-        self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed)
+        full_sizes = None if teacher is not None or o.budget == 1.0 else budget_sizes(o.epochs, len(train_data), o.budget)
+        self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed, full_sizes=full_sizes)
         self.teaching.check_epochs(o.epochs)
         if teacher is not None and o.budget != 1.0 and teacher.budget != o.budget:
             raise ValueError(f"fit budget={o.budget} but the teacher was built with budget={teacher.budget}; build it "
                              f"with Teacher(..., epochs={o.epochs}, budget={o.budget})")
         self.teacher = teacher
-        self.epochs = o.epochs if teacher is not None else budget_epochs(o.epochs, o.budget)
+        self.epochs = o.epochs if full_sizes is None else len(full_sizes)
         self.batch_size, self.grad_accum = o.batch_size, o.grad_accum
         self.eval_batch_size = o.eval_batch_size or o.batch_size
         self.device = torch.device(o.device) if o.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -344,6 +350,9 @@ class _Run:
         self.rank, self.world = rank_and_world_size()
         self.step_scheduler_per_epoch = o.lr_scheduler_interval == "epoch"
         self.planned_steps = self.teaching.planned_steps(self.epochs, self.steps_of)
+        points = o.eval_points
+        self.eval_steps = None if points is None else {max(1, round(k * self.planned_steps / points))
+                                                       for k in range(1, points + 1)}
         if callable(lr_scheduler) and not hasattr(lr_scheduler, "step"):
             lr_scheduler = lr_scheduler(optimizer, self.planned_steps)
         self.lr_scheduler = lr_scheduler
@@ -545,7 +554,8 @@ class _Run:
                     if self.lr_scheduler is not None and self.step_scheduler_per_epoch:
                         self.lr_scheduler.step()
                     epochs_bar.update(1)
-                    epochs_bar.set_postfix(_summary(self.record(float(epoch + 1))), refresh=True)
+                    if self.eval_steps is None or state.step in self.eval_steps or state.epoch == self.epochs:
+                        epochs_bar.set_postfix(_summary(self.record(float(epoch + 1))), refresh=True)
                     self.save_checkpoint()
                 if self.out_of_budget():
                     stopped = state.epoch < self.epochs
@@ -587,11 +597,17 @@ class _Run:
                     self.save_checkpoint()
                 if self.out_of_budget():
                     return
-                every = self.options.eval_every
-                if every is not None and state.step % every == 0 and state.batches_done < n_batches:
+                if state.batches_done < n_batches and self.evaluation_due(state.step):
                     self.record(epoch + state.batches_done / n_batches)
         finally:
             bar.close()
+
+    def evaluation_due(self, step: int) -> bool:
+        """Whether a mid-epoch evaluation falls at ``step`` (eval_points, else eval_every)."""
+        if self.eval_steps is not None:
+            return step in self.eval_steps
+        every = self.options.eval_every
+        return every is not None and step % every == 0
 
     def result(self, stopped: bool) -> FitResult:
         state = self.state

@@ -21,9 +21,11 @@ from ..teacher import Teacher
 from ..trainer import FitResult, fit
 from ._task import Task
 
-__all__ = ["Method", "FULL_DATA", "PUBLISHED", "run_method", "final_metric", "format_table", "FINAL_EVALUATIONS"]
+__all__ = ["Method", "FULL_DATA", "PUBLISHED", "run_method", "final_metric", "format_table", "FINAL_EVALUATIONS",
+           "EVAL_POINTS"]
 
 FINAL_EVALUATIONS = 3  # a run's quality: the mean of its last three evaluations (less noise than the last one)
+EVAL_POINTS = 20  # evaluations evenly spaced over each run's steps: the last three at 90%, 95% and 100% of it
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ def run_method(
 
     The model is initialized from ``seed`` (:meth:`Task.model`), the recipe has ``epochs`` epochs
     (default: the task's) with the task's optimizer, its warm-up + cosine schedule over the
-    optimizer steps the run takes, gradient clipping, batch size and evaluation interval; ``fit``
-    runs with ``seed`` and ``budget``.
+    optimizer steps the run takes, gradient clipping and batch size; ``EVAL_POINTS`` evaluations
+    evenly spaced over the run's steps (so that runs whose epochs differ in length are measured at
+    the same progress); ``fit`` runs with ``seed`` and ``budget``.
 
     Returns:
         The :class:`attent.trainer.FitResult`; its ``history`` holds ``task.metric`` at every evaluation.
@@ -114,7 +117,7 @@ def run_method(
         model, task.train, loss=task.loss, optimizer=task.optimizer(model), teacher=teacher, score=method.score,
         epochs=epochs, budget=budget if teacher is None or teacher.budget is not None else 1.0,
         batch_size=recipe.batch_size, eval_data=task.val, lr_scheduler=task.lr_schedule(epochs),
-        max_grad_norm=recipe.max_grad_norm, eval_every=recipe.eval_every, device=device, progress=progress,
+        max_grad_norm=recipe.max_grad_norm, eval_points=EVAL_POINTS, device=device, progress=progress,
         out_dir=out_dir, seed=seed,
     )
 

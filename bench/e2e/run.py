@@ -59,7 +59,7 @@ from attent.plots import plot_curves  # noqa: E402
 from attent.schedules import IntervalSchedule, RatioSchedule  # noqa: E402
 from attent.strategies import Importance, InfoBatch  # noqa: E402
 from attent.tasks import TASKS, Task, make_task  # noqa: E402
-from attent.tasks.compare import FULL_DATA, PUBLISHED, Method, final_metric, format_table, run_method  # noqa: E402
+from attent.tasks.compare import EVAL_POINTS, FULL_DATA, PUBLISHED, Method, final_metric, format_table, run_method  # noqa: E402
 from attent.tasks.frontier import (  # noqa: E402
     Point,
     equal_budget,
@@ -105,9 +105,9 @@ METHODS: dict[str, Method] = {
 }
 EXTRA_VERSIONS = ("timm", "transformers", "scikit-learn", "matplotlib")
 DEFINITIONS = (
-    "quality: mean of a run's last three evaluations of the metric; wall_time: training seconds (steps + scoring "
-    "passes + selection, evaluation excluded); target: full-data b=1 quality (seed mean) less one seed std (plus "
-    "for losses); time_to_quality: least wall time at which the method's frontier (seed means per budget, joined "
+    "quality: mean of a run's last three of 20 evaluations evenly spaced over its steps (at 90%, 95%, 100%); "
+    "wall_time: training seconds (steps + scoring passes + selection, evaluation excluded); target: full-data b=1 "
+    "quality (seed mean) less one seed std (plus for losses); time_to_quality: least wall time at which the method's frontier (seed means per budget, joined "
     "by straight lines in wall time) reaches the target; saving: 1 - time_to_quality / full data's own; "
     "advantage: method minus baseline at the same budget, per seed, sign turned so positive = better; mean and "
     "sample std (n - 1) over seeds"
@@ -225,7 +225,7 @@ def run_task(name: str, method_ids: Sequence[str], budgets: Sequence[float], *, 
         "task": name, "metric": task.metric, "higher_is_better": task.higher_is_better,
         "sizes": {"seeds": seeds, "budgets": list(budgets), "epochs": epochs, "train_examples": len(task.train),
                   "task_train_examples": len(whole.train), "val_examples": len(task.val),
-                  "batch_size": task.defaults.batch_size, "eval_every": task.defaults.eval_every,
+                  "batch_size": task.defaults.batch_size, "eval_points": EVAL_POINTS,
                   "model_parameters": sum(p.numel() for p in task.model(0).parameters()), "quick": quick},
         "points": [p.as_dict() for p in points],
         "infeasible": infeasible,

@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from attent import Teacher, fit
 from attent.optim import warmup_cosine_steps
-from attent.schedules import IntervalSchedule, RatioSchedule, budget_epochs
+from attent.schedules import IntervalSchedule, RatioSchedule, budget_sizes
 from attent.strategies import Importance, InfoBatch, Soft
 
 
@@ -60,11 +60,12 @@ def test_budget_errors_name_what_conflicts(kwargs, match):
         Teacher(10, **kwargs)
 
 
-def test_budget_epochs_is_the_shortened_schedule():
-    assert [budget_epochs(40, b) for b in (0.25, 0.5, 0.75, 1.0)] == [10, 20, 30, 40]
-    assert budget_epochs(3, 0.1) == 1 and budget_epochs(6, 0.25) == 2
+def test_budget_sizes_are_the_shortened_schedule_with_a_partial_last_epoch():
+    assert [len(budget_sizes(40, 100, b)) for b in (0.25, 0.5, 0.75, 1.0)] == [10, 20, 30, 40]
+    assert budget_sizes(6, 10, 0.25) == [10, 5] and budget_sizes(3, 10, 0.1) == [3]
+    assert budget_sizes(4, 3, 0.01) == [1]
     with pytest.raises(ValueError, match="budget"):
-        budget_epochs(4, 0)
+        budget_sizes(4, 10, 0)
 
 
 def _data(n=24, seed=0):
@@ -81,7 +82,8 @@ def _model():
 @pytest.mark.parametrize("teacher", [False, True])
 def test_fit_at_a_budget_processes_it_and_the_schedule_ends_at_the_last_step(teacher):
     """Full data at b = 0.5 of 8 epochs runs 4; a teacher at b = 0.5 runs 8 epochs of smaller
-    subsets; both process at most half of 8 * 24 examples and the rate reaches 0 at their last step."""
+    subsets; both process at most half of 8 * 24 examples and the rate reaches 0 at their last step.
+    (b = 0.3 for full data: 2 whole epochs and 9 of the third.)"""
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     options = dict(loss="cross_entropy", optimizer=optimizer, epochs=8, budget=0.5, batch_size=5, score="loss",
@@ -100,3 +102,19 @@ def test_fit_refuses_a_teacher_built_for_another_budget():
     with pytest.raises(ValueError, match=r"fit budget=0.5 but the teacher was built with budget=None"):
         fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=4,
             budget=0.5, teacher=Teacher(24, epochs=4), progress=False)
+
+
+def test_full_data_at_a_budget_ends_with_a_partial_epoch_of_the_shuffled_order():
+    model = _model()
+    result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=8,
+                 budget=0.3, batch_size=5, progress=False)
+    assert result.epochs_completed == 3 and result.examples_seen == math.floor(0.3 * 8 * 24) == 57
+    assert [s["selected"] for s in result.selections] == [24, 24, 9]
+
+
+def test_eval_points_measure_runs_of_different_epoch_lengths_at_the_same_progress():
+    """10 points over 20 planned steps: evaluations at steps 2, 4, ..., 20, none at other epoch ends."""
+    model = _model()
+    result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=4,
+                 batch_size=5, eval_data=_data(8, 1), eval_points=10, progress=False)
+    assert result.steps == 20 and [r["step"] for r in result.history] == list(range(2, 21, 2))
