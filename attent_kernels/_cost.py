@@ -31,6 +31,9 @@ FEATURE_BLOCK_T = 32
 SORTED_BLOCK_T = 64
 # Cost of the sort of the embedding path per id, in flop-equivalents. Estimated, to be measured on a GPU.
 SORT_COST_PER_ID = 256
+# How fast the fused weight-gradient kernel runs its GEMM tiles against cuBLAS's weight-gradient
+# GEMM (it restarts its pipeline and reduces a norm per example). Estimated, to be measured on a GPU.
+FUSED_GEMM_EFFICIENCY = 0.8
 # How much slower the materialized gradient Gram (float32 matmuls through PyTorch) runs per flop
 # than the 16-bit tensor-core tiles of the pair kernel. Estimated, to be measured on a GPU.
 MATERIALIZE_SLOWDOWN = 4.0
@@ -76,6 +79,18 @@ def linear_path(B: int, T: int, d: int, widths: Sequence[int]) -> str:
     if T == 1:
         return "closed"
     return "ghost" if ghost_cost(B, T, d, widths) <= direct_cost(B, T, d, widths) else "direct"
+
+
+def fused_weight_grad_wins(B: int, T: int, d: int, p: int) -> bool:
+    """Whether the fused kernel (the weight gradient and the norms in one pass, each example's T
+    padded to FEATURE_BLOCK_T rows) beats the separate computation: the weight-gradient GEMM
+    through cuBLAS over the B T rows, then the norms on the path ``linear_path`` picks."""
+    slots = SM_COUNT * RESIDENT_PROGRAMS
+    gemm = 2.0 * B * T * d * p / slots
+    fused = 2.0 * B * _padded(T, FEATURE_BLOCK_T) * d * p / slots / FUSED_GEMM_EFFICIENCY
+    path = linear_path(B, T, d, [p])
+    norms = 0.0 if path == "closed" else (ghost_cost if path == "ghost" else direct_cost)(B, T, d, [p])
+    return fused <= gemm + norms
 
 
 def gram_materializes(B: int, T: int, B2: int, T2: int, d: int, p: int, symmetric: bool) -> bool:

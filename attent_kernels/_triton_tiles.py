@@ -181,17 +181,20 @@ class DotTypes(NamedTuple):
     PRECISION: str
 
 
+def operand_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The dtype the operands of a call's products are rounded to (module docstring): float64 if
+    any input is float64, else the 16-bit type of any 16-bit input (bfloat16 when both occur),
+    else float32."""
+    dtypes = {t.dtype for t in tensors if t is not None and t.is_floating_point()}
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):
+        if dtype in dtypes:
+            return dtype
+    return torch.float32
+
+
 def dot_types(*tensors: torch.Tensor | None) -> DotTypes:
     """The dtype policy of a call on these tensors, as constexpr keyword arguments of a kernel."""
-    dtypes = {t.dtype for t in tensors if t is not None and t.is_floating_point()}
-    if torch.float64 in dtypes:
-        operand = torch.float64
-    elif torch.bfloat16 in dtypes:
-        operand = torch.bfloat16
-    elif torch.float16 in dtypes:
-        operand = torch.float16
-    else:
-        operand = torch.float32
+    operand = operand_dtype(*tensors)
     dot = torch.float32 if operand == torch.bfloat16 and interpreter_on() else operand
     tf32 = operand == torch.float32 and torch.backends.cuda.matmul.allow_tf32
     return DotTypes(TL_DTYPES[operand], TL_DTYPES[dot], TL_DTYPES[accum_dtype(*tensors)], "tf32" if tf32 else "ieee")

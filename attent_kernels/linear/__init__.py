@@ -31,6 +31,7 @@ __all__ = [
 
 PATHS = ("auto", "ghost", "direct")
 GRAM_PATHS = ("auto", "pairs", "materialize")
+WEIGHT_GRAD_PATHS = ("auto", "fused", "separate")
 
 
 def _as_3d(
@@ -177,13 +178,21 @@ def linear_weight_grad_and_norm_sq(
     g: torch.Tensor,
     *,
     mask: torch.Tensor | None = None,
+    path: str = "auto",
     backend: Backend = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ordinary weight gradient sum_i g_i^T x_i and the per-example squared norms
-    ||g_i^T x_i||^2 together, reading x and g once: the training-time path.
+    ||g_i^T x_i||^2 together: the training-time path.
 
     Args:
         x: (B, d) or (B, T, d); g: (B, p) or (B, T, p); mask: (B,) or (B, T).
+        path: how the Triton backend computes it: "fused" (one kernel reads x and g once and
+            forms both, each example's sequence padded to its row tile), "separate" (the
+            weight-gradient GEMM through cuBLAS over all B T rows, float32 output, then the
+            norms on :func:`linear_grad_norm_sq`'s auto path; with a mask, x and g are copied
+            with their masked rows zeroed first) or "auto" (the cost model's choice,
+            ``attent_kernels/_cost.py``). The reference has one algorithm.
+        backend: as in :func:`linear_grad_norm_sq`.
 
     Returns:
         grad_weight (p, d) and norm_sq (B,), float32 (float64 for float64 inputs). The Triton
@@ -192,5 +201,6 @@ def linear_weight_grad_and_norm_sq(
         bitwise reproducible.
     """
     op = "linear_weight_grad_and_norm_sq"
+    _check_path(op, path, WEIGHT_GRAD_PATHS)
     x3, (g3,), m3 = _as_3d(op, x, [g], ["g"], mask)
-    return implementation(op, backend, __name__, x3, g3).linear_weight_grad_and_norm_sq(x3, g3, m3)
+    return implementation(op, backend, __name__, x3, g3).linear_weight_grad_and_norm_sq(x3, g3, m3, path)

@@ -84,8 +84,10 @@ def linear_grad_norm_sq(
 
 
 def linear_weight_grad_and_norm_sq(
-    x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None
+    x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None, path: str = "fused"
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight gradient and the norms, chunk by chunk; ``path`` names the Triton backend's
+    algorithm and changes nothing here."""
     B, T, d = x.shape
     p = g.shape[-1]
     dtype = accum_dtype(x, g)

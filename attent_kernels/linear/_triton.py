@@ -31,6 +31,7 @@ from .._triton_tiles import (
     largest_block,
     load_tile,
     mask_args,
+    operand_dtype,
     pair_grid,
     pair_slots,
     partials,
@@ -406,14 +407,35 @@ def batch_slices(B: int, d: int, p: int) -> tuple[int, int]:
     return per_slice, triton.cdiv(B, per_slice)
 
 
+def _weight_gemm(x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """sum_i g_i^T x_i as one GEMM over the B T rows, the operands rounded as the kernels round
+    theirs (``operand_dtype``), accumulated in float32 (float64): for 16-bit operands cuBLAS's
+    GEMM with a float32 output on CUDA; on the interpreter's CPU tensors the same exact products
+    in float32. Masked rows are zeroed in both operands, so a NaN there cannot leak."""
+    operand = operand_dtype(x, g)
+    x2 = _reference.masked(x.to(operand), mask).flatten(0, 1)
+    g2 = _reference.masked(g.to(operand), mask).flatten(0, 1)
+    if operand.itemsize > 2:
+        return g2.T @ x2
+    if x2.is_cuda:
+        return torch.mm(g2.T, x2, out_dtype=torch.float32)
+    return g2.T.float() @ x2.float()
+
+
 def linear_weight_grad_and_norm_sq(
-    x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None
+    x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None, path: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight gradient and the norms: the fused kernel, or the GEMM then the norm kernels
+    ("separate"), as ``path`` or the cost model says."""
     B, T, d = x.shape
     p = g.shape[-1]
     dtype = accum_dtype(x, g)
     if B == 0:
         return torch.zeros(p, d, dtype=dtype, device=x.device), torch.zeros(0, dtype=dtype, device=x.device)
+    if path == "auto":
+        path = "fused" if _cost.fused_weight_grad_wins(B, T, d, p) else "separate"
+    if path == "separate":
+        return _weight_gemm(x, g, mask), grouped_linear_grad_norm_sq(x, [g], [False], mask, "auto")
     per_slice, n_slices = batch_slices(B, d, p)
     grad = torch.empty(n_slices, p, d, dtype=dtype, device=x.device)
     partial = partials(B, feature_slots(p, d, _FEATURE_CONFIGS), dtype, x.device)

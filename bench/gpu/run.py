@@ -103,17 +103,14 @@ def _linear_case(label: str, B: int, T: int, d: int, p: int) -> list[Case]:
 
     def make_fused() -> tuple[list[Method], Callable[[], Tensor]]:
         x, g = _randn(B, T, d), _randn(B, T, p)
-        per_slice, slices = linear_triton.batch_slices(B, d, p)
-        gemm = _gemm(x, g)
-
-        def matmul_then_ghost() -> tuple[Tensor, Tensor]:
-            return gemm(), ak.linear_grad_norm_sq(x, g, backend="triton")
-
-        methods = [
-            Method("cublas g^T x", gemm),
-            Method("triton fused", lambda: ak.linear_weight_grad_and_norm_sq(x, g, backend="triton"), f"slices={slices}", lambda r: r[1]),
-            Method("cublas g^T x + triton norms", matmul_then_ghost, _cost.linear_path(B, T, d, [p]), lambda r: r[1]),
-        ]
+        _, slices = linear_triton.batch_slices(B, d, p)
+        auto = "fused" if _cost.fused_weight_grad_wins(B, T, d, p) else "separate"
+        paths = {"fused": f"fused, slices={slices}", "separate": f"separate, norms {_cost.linear_path(B, T, d, [p])}"}
+        methods = [Method("cublas g^T x", _gemm(x, g))]
+        for path in ("auto", "fused", "separate"):
+            chosen = paths[auto if path == "auto" else path]
+            call = lambda path=path: ak.linear_weight_grad_and_norm_sq(x, g, path=path, backend="triton")
+            methods.append(Method(f"triton.{path}", call, chosen, lambda r: r[1]))
         return methods, lambda: ak.linear_grad_norm_sq(x, g, path="ghost", backend="reference")
 
     ghost = B * T * (T + 1) * (d + p)

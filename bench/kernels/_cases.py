@@ -568,6 +568,9 @@ def chosen_path(case: Case) -> str:
         if triton:
             return _cost.linear_path(s["B"], s["T"], s["d"], widths)
         return "ghost" if prefers_ghost(s["T"], s["d"], sum(widths)) else "direct"
+    if case.op == "linear_weight_grad_and_norm_sq":
+        fused = not triton or _cost.fused_weight_grad_wins(s["B"], s["T"], s["d"], s["p"])
+        return "fused" if fused else "separate"
     if case.op == "linear_grad_gram":
         pairs = triton and not _cost.gram_materializes(s["B"], s["T"], s["B"], s["T"], s["d"], s["p"], True)
         return "pairs" if pairs else "materialize"

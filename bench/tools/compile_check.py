@@ -167,8 +167,8 @@ def _exercise_linear(module: ModuleType, types: InputTypes) -> None:
     module.linear_grad_norm_sq(x, g, False, None, "ghost")
     module.linear_grad_norm_sq(x, g, True, mask, "direct")
     module.linear_grad_norm_sq(x, g, False, None, "direct")
-    module.linear_weight_grad_and_norm_sq(x, g, mask)
-    module.linear_weight_grad_and_norm_sq(x, g, None)
+    module.linear_weight_grad_and_norm_sq(x, g, mask, "fused")
+    module.linear_weight_grad_and_norm_sq(x, g, None, "fused")
     module.linear_grad_gram(x, g, mask, x, g, mask, True, "pairs")
     module.linear_grad_gram(x, g, None, x[:1], g[:1], mask[:1], False, "pairs")
 

@@ -43,3 +43,9 @@ def test_splits_stay_between_one_and_the_most():
     assert _cost.splits(10**6, 8) == 1
     assert _cost.splits(1, 8) == 8
     assert _cost.splits(0, 3) == 3
+
+
+def test_fused_weight_gradient_against_the_gemm_then_the_norms():
+    assert not _cost.fused_weight_grad_wins(8, 512, 4096, 11008)  # LLaMA-7B, T = 512: GEMM + ghost
+    assert _cost.fused_weight_grad_wins(8, 4096, 4096, 11008)  # T = 4096: the norms cost as much as the GEMM
+    assert not _cost.fused_weight_grad_wins(64, 1, 768, 768)  # T = 1: the closed form is free

@@ -161,3 +161,19 @@ def test_split_kernels_are_bitwise_reproducible():
     hidden, weight, targets = _randn(N, 96, dtype=torch.bfloat16), _randn(V, 96, dtype=torch.bfloat16), _targets()
     scores = [ak.linear_cross_entropy_scores(hidden, weight, targets) for _ in range(2)]
     assert torch.equal(scores[0].loss, scores[1].loss) and torch.equal(scores[0].fgrad_sq, scores[1].fgrad_sq)
+
+
+@pytest.mark.parametrize("policy", list(DTYPES))
+def test_separate_weight_gradient_rounds_like_the_fused_kernel(policy):
+    """The separate path (cuBLAS GEMM with a float32 output, then the norm kernels) against the
+    reference at the policy's tolerance, and against the fused kernel to rounding: both round
+    the operands the same way."""
+    first, second, allow_tf32 = DTYPES[policy]
+    x, g, mask = _randn(B, T, D, dtype=first), _randn(B, T, P, dtype=second), _mask(B, T)
+    with tf32_allowed(allow_tf32):
+        separate = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, path="separate")
+        fused = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, path="fused")
+        reference = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="reference")
+    _assert_close(list(zip(separate, reference)), TOLERANCE[policy], f"separate {policy}")
+    if not allow_tf32:
+        _assert_close(list(zip(separate, fused)), 1e-4, f"separate against fused {policy}")

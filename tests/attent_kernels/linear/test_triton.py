@@ -169,27 +169,45 @@ def test_gram_of_a_set_with_an_equal_copy_of_itself(device):
     assert_matches(full, symmetric, torch.float32)
 
 
+WEIGHT_GRAD_PATHS = ["fused", "separate", "auto"]
+
+
+@pytest.mark.parametrize("path", WEIGHT_GRAD_PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1]])
-def test_weight_grad_and_norm_matches_reference(device, dtype, shape):
+def test_weight_grad_and_norm_matches_reference(device, dtype, shape, path):
     B, T, d, p = shape
     x, g = randn(B, T, d, dtype=dtype, device=device), randn(B, T, p, dtype=dtype, device=device)
     mask = padding_mask(B, T, device)
-    grad, norm_sq = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="triton")
+    grad, norm_sq = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, path=path, backend="triton")
     grad_ref, norm_sq_ref = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="reference")
     assert grad.shape == (p, d)
     assert_matches(grad, grad_ref, dtype)
     assert_matches(norm_sq, norm_sq_ref, dtype)
 
 
-def test_weight_grad_equals_autograd_of_the_layer(device):
+@pytest.mark.parametrize("path", WEIGHT_GRAD_PATHS)
+def test_weight_grad_equals_autograd_of_the_layer(device, path):
     """Reference-free oracle: the weight gradient autograd computes for sum(y * g)."""
     B, T, d, p = 3, 17, 11, 26
     x, g = randn(B, T, d, device=device), randn(B, T, p, device=device)
     weight = torch.zeros(p, d, device=device, requires_grad=True)
     (torch.nn.functional.linear(x, weight) * g).sum().backward()
-    grad, _ = ak.linear_weight_grad_and_norm_sq(x, g, backend="triton")
+    grad, _ = ak.linear_weight_grad_and_norm_sq(x, g, path=path, backend="triton")
     assert_matches(grad, weight.grad, torch.float32)
+
+
+def test_weight_grad_separate_path_on_mixed_dtypes_and_2d_inputs(device):
+    """The separate path rounds a mixed call's float32 operand to bfloat16 as the kernels do, and
+    returns a float32 gradient; 2-D inputs are T = 1."""
+    x, g = randn(5, 9, device=device), randn(5, 4, dtype=torch.bfloat16, device=device)
+    mask = torch.tensor([True, False, True, True, True], device=device)
+    for path in ("fused", "separate"):
+        grad, norm_sq = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, path=path, backend="triton")
+        grad_ref, norm_sq_ref = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="reference")
+        assert grad.dtype == norm_sq.dtype == torch.float32
+        assert_matches(grad, grad_ref, torch.bfloat16)
+        assert_matches(norm_sq, norm_sq_ref, torch.bfloat16)
 
 
 def _nan_cases(x, g, mask):
@@ -200,7 +218,10 @@ def _nan_cases(x, g, mask):
         "grouped": lambda a, b: ak.grouped_linear_grad_norm_sq(
             a, [b, 2 * b], biases=True, mask=mask, path="ghost", backend="triton"
         ),
-        "weight_grad": lambda a, b: ak.linear_weight_grad_and_norm_sq(a, b, mask=mask, backend="triton")[1],
+        "weight_grad": lambda a, b: ak.linear_weight_grad_and_norm_sq(a, b, mask=mask, path="fused", backend="triton")[1],
+        "weight_grad_separate": lambda a, b: ak.linear_weight_grad_and_norm_sq(
+            a, b, mask=mask, path="separate", backend="triton"
+        )[1],
         "gram": lambda a, b: ak.linear_grad_gram(a, b, mask=mask, bias=True, path="pairs", backend="triton"),
         "gram_materialized": lambda a, b: ak.linear_grad_gram(a, b, mask=mask, bias=True, path="materialize", backend="triton"),
     }
@@ -234,9 +255,10 @@ def test_nan_at_a_padded_position_does_not_leak(device):
         clean, guarded = op(x, g), op(x_nan, g_nan)
         assert torch.isfinite(guarded).all(), name
         assert torch.equal(guarded, clean), name
-    grad_clean, _ = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="triton")
-    grad_guarded, _ = ak.linear_weight_grad_and_norm_sq(x_nan, g_nan, mask=mask, backend="triton")
-    assert torch.equal(grad_guarded, grad_clean)
+    for path in ("fused", "separate"):
+        grad_clean, _ = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, path=path, backend="triton")
+        grad_guarded, _ = ak.linear_weight_grad_and_norm_sq(x_nan, g_nan, mask=mask, path=path, backend="triton")
+        assert torch.equal(grad_guarded, grad_clean), path
 
 
 def test_empty_sequence_and_empty_batch(device):
@@ -321,11 +343,11 @@ def test_weight_grad_batch_slices(device, monkeypatch, target_programs, shape):
     B, T, d, p = shape
     x, g = randn(B, T, d, device=device), randn(B, T, p, device=device)
     mask = torch.rand(B, T, device=device) > 0.25
-    grad, norm_sq = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="triton")
+    grad, norm_sq = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, path="fused", backend="triton")
     grad_ref, norm_sq_ref = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="reference")
     assert_matches(grad, grad_ref, torch.float32)
     assert_matches(norm_sq, norm_sq_ref, torch.float32)
-    again = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, backend="triton")
+    again = ak.linear_weight_grad_and_norm_sq(x, g, mask=mask, path="fused", backend="triton")
     assert torch.equal(again[0], grad) and torch.equal(again[1], norm_sq)
 
 
