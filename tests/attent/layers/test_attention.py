@@ -123,3 +123,12 @@ def test_out_proj_alone_is_probed():
     grads = [torch.autograd.grad(mha(x[i:i + 1], x[i:i + 1], x[i:i + 1])[0].square().sum(), mha.out_proj.weight)[0]
              for i in range(2)]
     torch.testing.assert_close(sq, torch.stack([g.square().sum() for g in grads]), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_bias_kv_zero_attn_kdim_vdim_with_both_masks(exact, batch_first):
+    mha = nn.MultiheadAttention(4, 2, add_bias_kv=True, add_zero_attn=True, kdim=3, vdim=5, batch_first=batch_first)
+    nn.init.normal_(mha.bias_k)
+    nn.init.normal_(mha.bias_v)
+    for kind in ("bool", "float"):
+        check_attention(exact, mha, False, True, B=3, T=3, S=4, attn=f"{kind}-3d", padding=kind, seed=4)

@@ -107,6 +107,15 @@ def test_prelu_after_a_linear_width_equal_to_batch(exact, data, mode):
     assert probe.coverage["layer.2.weight" if not spatial else "layer.weight"] == "prelu"
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_prelu_per_channel_and_shared_on_a_feature_map(exact, per_channel):
+    torch.manual_seed(5)
+    prelu = nn.PReLU(3 if per_channel else 1).double()
+    with torch.no_grad():
+        prelu.weight.uniform_(-1, 1)
+    check_layer(exact, prelu, (torch.randn(3, 3, 4, dtype=torch.float64),), "score")  # B == C
+
+
 @FEW
 @given(data=st.data(), mode=MODES)
 def test_timm_layer_scale(exact, data, mode):
@@ -239,3 +248,40 @@ def test_linear_and_hf_conv1d_with_leading_dims_equal_to_B(exact, data, mode):
         nn.init.normal_(layer.weight)
     probe = check_layer(exact, layer.double(), (torch.randn(B, *lead, d_in, dtype=torch.float64),), mode)
     assert probe.coverage["layer.weight"] == name
+
+
+def _bag_offsets() -> tuple:
+    return torch.tensor([1, 0, 2, 0, 3, 3]), torch.tensor([0, 2, 2, 4]), torch.rand(6, dtype=torch.float64)
+
+
+FIXED = {  # one deterministic configuration per rule, beside the drawn ones (B == 3 and sizes equal to it)
+    "layernorm (2, 3)": lambda: (nn.LayerNorm((2, 3)), (torch.randn(3, 3, 2, 3),)),
+    "groupnorm 2 of 4": lambda: (nn.GroupNorm(2, 4), (torch.randn(3, 4, 3),)),
+    "conv2d stride 2 pad 1 dilation 2 groups 2": lambda: (nn.Conv2d(4, 2, 3, stride=2, padding=1, dilation=2, groups=2),
+                                                         (torch.randn(3, 4, 7, 7),)),
+    "conv1d reflect": lambda: (nn.Conv1d(3, 3, 3, padding=2, padding_mode="reflect"), (torch.randn(3, 3, 5),)),
+    "embedding padding_idx + shared positions": lambda: (PositionsAndTokens(5, 3, padding_idx=0),
+                                                         (torch.tensor([[0, 1, 2], [3, 0, 0], [4, 4, 1]]),)),
+    "embeddingbag mean padding_idx": lambda: (nn.EmbeddingBag(5, 3, mode="mean", padding_idx=0),
+                                              (torch.tensor([[0, 1, 1], [2, 0, 0], [3, 4, 0]]),)),
+}
+
+
+@pytest.mark.parametrize("name", list(FIXED))
+def test_fixed_configurations(exact, name):
+    torch.manual_seed(6)
+    layer, inputs = FIXED[name]()
+    check_layer(exact, layer.double(), tuple(t.double() if t.is_floating_point() else t for t in inputs), "score")
+
+
+def test_embedding_bag_offsets_and_per_sample_weights(exact):
+    torch.manual_seed(7)
+    bag = nn.EmbeddingBag(5, 3, mode="sum").double()
+    flat, offsets, weights = _bag_offsets()
+    lengths = torch.diff(offsets, append=torch.tensor([flat.shape[0]]))
+
+    def one(m, i):
+        part = slice(offsets[i], offsets[i] + lengths[i])
+        return m(flat[part], torch.zeros(1, dtype=torch.long), weights[part])
+
+    exact(bag_readout(bag), lambda m: m(flat, offsets, weights), one, 4)
