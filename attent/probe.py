@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
@@ -91,13 +91,15 @@ class _Record:
 class _Recorder:
     """What a layer's replacement forward gets as ``capture``: ``capture(Capture)`` records a capture;
     ``batch`` is the number of examples of the running forward pass (from the model's inputs),
-    ``layout`` where the layer's tensors keep them."""
+    ``layout`` where the layer's tensors keep them, ``forward`` the module's own forward (as it was
+    before the probe replaced it: another library's wrapper included)."""
 
     probe: "GradNormProbe"
     layer: str
     params: dict[str, int]
     layout: Layout
     loose: bool = False  # captures of a loose parameter expanded to the batch
+    forward: Callable[..., Any] | None = None
 
     def __call__(self, capture: Capture) -> None:
         self.probe._record(self, capture)
@@ -419,6 +421,7 @@ class GradNormProbe:
     def _hook_layer(self, recorder: _Recorder, module: nn.Module, entry: Any) -> None:
         if entry.forward is not None:
             previous = module.__dict__.get("forward")
+            recorder.forward = module.forward
             module.forward = lambda *args, **kwargs: entry.forward(module, recorder, *args, **kwargs)
             self._forwards.append((module, previous))
             return

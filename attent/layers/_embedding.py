@@ -46,7 +46,7 @@ def _embedding_forward(module: nn.Embedding, capture: Any, *args: Any, **kwargs:
         return output
 
     with WeightCalls(F.embedding, module.weight, lookup):
-        return type(module).forward(module, *args, **kwargs)
+        return capture.forward(*args, **kwargs)
 
 
 def _embedding_reason(module: nn.Embedding) -> str | None:
@@ -65,7 +65,7 @@ def _bag_reason(module: nn.EmbeddingBag) -> str | None:
 
 def _bag_forward(module: nn.EmbeddingBag, capture: Any, input: torch.Tensor, offsets: torch.Tensor | None = None,
                  per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-    output = type(module).forward(module, input, offsets, per_sample_weights)
+    output = capture.forward(input, offsets, per_sample_weights)
     ids, weights = _bags(module, input, offsets, per_sample_weights)
     found = Ids(ids, module.num_embeddings, module.padding_idx)
     capture(Capture(output, lambda g: {"weight": Outer(found, weights.unsqueeze(-1) * g.unsqueeze(1), batch_dim=0)}))

@@ -28,7 +28,7 @@ def _fused_qkv_forward(module: nn.Module, capture: Any, *args: Any, **kwargs: An
         return output
 
     with WeightCalls(F.linear, module.qkv.weight, handle):
-        return type(module).forward(module, *args, **kwargs)
+        return capture.forward(*args, **kwargs)
 
 
 def _separate_bias_reason(module: nn.Module) -> str | None:

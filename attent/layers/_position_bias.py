@@ -46,7 +46,7 @@ def _t5_attention_forward(module: nn.Module, capture: Any, *args: Any, **kwargs:
 
     module.compute_bias = compute_bias
     try:
-        return type(module).forward(module, *args, **kwargs)
+        return capture.forward(*args, **kwargs)
     finally:
         del module.compute_bias
 

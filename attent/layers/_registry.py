@@ -91,8 +91,9 @@ def register_forward(
 ) -> None:
     """Register a layer type whose parameters are covered by a replacement forward alone
     (``forward(module, capture, *args, **kwargs)``, see :func:`register_layer`); ``capture`` also
-    carries ``layer`` (the module's name), ``layout`` (where its examples are) and ``batch`` (the
-    number of examples of the running forward pass)."""
+    carries ``layer`` (the module's name), ``layout`` (where its examples are), ``batch`` (the
+    number of examples of the running forward pass) and ``forward`` (the module's own forward, to
+    call from the replacement)."""
     register_layer(layer_type, params=params, name=name, forward=forward, check=check)(_no_rule)
 
 
