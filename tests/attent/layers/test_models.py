@@ -1,9 +1,12 @@
 """Whole models built from small configs (nothing downloaded) against each example's own gradient:
 OPT (learned positions from the attention mask, MLP on flattened rows), BART (offset learned
 positions, scaled embeddings shared three ways), T5 (relative attention bias shared by the layers,
-T5LayerNorm), Mistral, Qwen2, HF ViT, and timm ViTs with LayerScale, register tokens and qk-norm.
+T5LayerNorm), Mistral, Qwen2, HF ViT, timm ViTs with LayerScale, register tokens and qk-norm, CaiT
+and EVA, torch's nn.Transformer and decoder layer either way round, Opacus's DPLSTM/DPGRU.
 Batch and sequence sizes coincide on purpose (T == B)."""
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -141,3 +144,35 @@ def test_timm_eva_fused_qkv_bias_and_raw_gains(exact):
     probe = check_images(exact, model, 8, seed=8)
     assert probe.coverage["blocks.0.attn.q_bias"] == "fused-qkv" and probe.coverage["blocks.0.attn.qkv.weight"] == "fused-qkv"
     check_images(exact, model, 8, seed=8, params=["blocks.0.attn.q_bias", "blocks.0.attn.v_bias"])  # small next to the rest
+
+
+def check_sequence(exact, model, inputs: tuple[torch.Tensor, ...], batch_dim: int):
+    """(B,) losses from a fixed readout of ``model(*inputs)``, examples at ``batch_dim`` of every input and output."""
+    def loss(m, rows):
+        out = m(*(t.narrow(batch_dim, rows.start, rows.stop - rows.start) for t in inputs))
+        out = (out[0] if isinstance(out, tuple) else out).movedim(batch_dim, 0)
+        return torch.tanh(out).mul(torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).flatten(1).sum(1)
+
+    return exact(model.double(), lambda m: loss(m, slice(0, B)), lambda m, i: loss(m, slice(i, i + 1)), B)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_torch_transformer_and_decoder_layer(exact, batch_first):
+    torch.manual_seed(9)
+    src, tgt = (torch.randn(B, 4, 4, dtype=torch.float64), torch.randn(B, B, 4, dtype=torch.float64))
+    if not batch_first:
+        src, tgt = src.transpose(0, 1), tgt.transpose(0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # nested tensors need batch_first; irrelevant here
+        model = nn.Transformer(4, 2, 1, 1, 6, dropout=0.0, batch_first=batch_first)
+    check_sequence(exact, model, (src, tgt), 0 if batch_first else 1)
+    layer = nn.TransformerDecoderLayer(4, 2, 6, dropout=0.0, batch_first=batch_first, norm_first=True)
+    check_sequence(exact, layer, (tgt, src), 0 if batch_first else 1)
+
+
+def test_opacus_dp_lstm_and_gru_of_linear_cells(exact):
+    opacus_layers = pytest.importorskip("opacus.layers")
+    torch.manual_seed(10)
+    x = torch.randn(B, B, 4, dtype=torch.float64)  # T == B == hidden
+    for cell in (opacus_layers.DPLSTM, opacus_layers.DPGRU):
+        check_sequence(exact, cell(4, B, batch_first=True), (x,), 0)
