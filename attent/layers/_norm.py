@@ -6,6 +6,7 @@ any class named ``*RMSNorm``/``*RmsNorm``/``*T5LayerNorm`` with a ``weight`` and
 ``sum_t x_hat_t * g_t`` (:class:`Diag`, over the parameter's shape)."""
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -49,11 +50,31 @@ def _looks_like_rms_norm(module: nn.Module) -> bool:
     return name.endswith("rmsnorm") and has_eps and isinstance(getattr(module, "weight", None), nn.Parameter)
 
 
+_VERIFIED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def _check_scales_x_hat(module: nn.Module, x_hat: torch.Tensor, output: torch.Tensor) -> None:
+    """A module matched by its class name must compute weight * x_hat (+ bias), or (1 + weight) * x_hat
+    (Gemma): checked on its first call, so a gated or otherwise different RMSNorm is refused."""
+    if module in _VERIFIED:
+        return
+    with torch.no_grad():
+        out, weight = output.to(x_hat.dtype), module.weight.to(x_hat.dtype)
+        bias = 0 if getattr(module, "bias", None) is None else module.bias.to(x_hat.dtype)
+        tolerance = 1e-2 * out.abs().max().item() + 1e-6
+        if not any(torch.allclose(out, x_hat * scale + bias, rtol=1e-2, atol=tolerance) for scale in (weight, 1 + weight)):
+            raise ValueError(f"{type(module).__name__}: the output is not weight * x_hat (+ bias) of the first input, "
+                             f"x_hat its RMS-normalized value (a gated or offset variant?); register a rule for it")
+    _VERIFIED.add(module)
+
+
 @register_layer_matcher(_looks_like_rms_norm, params=("weight", "bias"), name="rmsnorm")
 def _rms_norm(module: nn.Module, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, type(module).__name__)
     dims = len(getattr(module, "normalized_shape", None) or (module.weight.shape))
-    return _norm_capture(output, lambda: _normalized(x, dims, _rms_eps(module, x), center=False))
+    x_hat = lambda: _normalized(x, dims, _rms_eps(module, x), center=False)  # noqa: E731
+    _check_scales_x_hat(module, x_hat(), output)
+    return _norm_capture(output, x_hat)
 
 
 def _channel_capture(output: torch.Tensor, x_hat: Callable[[], torch.Tensor]) -> Capture:

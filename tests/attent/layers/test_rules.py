@@ -285,3 +285,22 @@ def test_embedding_bag_offsets_and_per_sample_weights(exact):
         return m(flat[part], torch.zeros(1, dtype=torch.long), weights[part])
 
     exact(bag_readout(bag), lambda m: m(flat, offsets, weights), one, 4)
+
+
+def test_a_module_named_like_an_rms_norm_that_computes_something_else_is_refused_by_name():
+    class GatedRMSNorm(nn.Module):
+        def __init__(self, d: int):
+            super().__init__()
+            self.weight, self.eps = nn.Parameter(torch.ones(d)), 1e-6
+
+        def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+            x = x * torch.sigmoid(gate) if gate is not None else x
+            return self.weight * x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps)
+
+    model = GatedRMSNorm(3)
+    x = torch.randn(2, 3)
+    with GradNormProbe(model) as probe:
+        assert probe.score(model(x).sum(1)).shape == (2,)  # ungated: the RMSNorm rule holds
+    model = GatedRMSNorm(3)
+    with GradNormProbe(model), pytest.raises(ValueError, match=r"layer '': GatedRMSNorm: the output is not weight \* x_hat"):
+        model(x, torch.randn(2, 3))
