@@ -55,7 +55,7 @@ from torch.autograd.graph import GradientEdge
 
 from . import _factor_norms
 from .factors import Capture, Direct, Factor, Layout
-from .layers import GainProducts, find_layout, find_rule, register_loaded_integrations
+from .layers import GainProducts, WeightCalls, find_layout, find_rule, register_loaded_integrations
 
 __all__ = ["GradNormProbe"]
 
@@ -103,6 +103,17 @@ class _Recorder:
 
     def __call__(self, capture: Capture) -> None:
         self.probe._record(self, capture)
+
+    def run_rule(self, rule: Any, module: nn.Module, args: tuple, output: Any) -> None:
+        """Record the captures ``rule(module, args, output)`` returns; its errors name the layer."""
+        if self.probe._removed or not self.probe._recording(output):
+            return
+        try:
+            captures = rule(module, args, output)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"GradNormProbe: layer {self.layer!r}: {error}") from error
+        for capture in [captures] if isinstance(captures, Capture) else captures:
+            self(capture)
 
     @property
     def batch(self) -> int:
@@ -198,6 +209,40 @@ class _BroadcastCheck:
         dim = node._saved_dim
         dim = dim - 2**64 if dim >= 2**63 else dim  # autograd keeps the dim as an unsigned int
         return dim % source[1] != source[2]
+
+
+def _overrides(module: nn.Module, entry: Any) -> bool:
+    """Whether ``module`` is a subclass instance whose class replaces the registered type's forward."""
+    return entry.layer_type is not None and type(module).forward is not entry.layer_type.forward
+
+
+def _same(value: Any, own: Any) -> bool:
+    if isinstance(value, torch.Tensor) or isinstance(own, torch.Tensor) or value is None or own is None:
+        return value is own
+    if isinstance(own, (tuple, list)):
+        return tuple(value) == tuple(own) if isinstance(value, (tuple, list)) else all(v == value for v in own)
+    return value == own
+
+
+def _through_functional(module: nn.Module, capture: _Recorder, *args: Any, **kwargs: Any) -> Any:
+    """The forward of a subclass that overrides a registered layer type's forward: it runs as written,
+    and its call of the type's functional on the module's weight is probed with the type's rule (the
+    call's input and output), provided the call's other arguments are the module's own."""
+    entry = find_rule(module)
+
+    def handle(func: Any, arguments: dict) -> torch.Tensor:
+        output = func(**arguments)
+        other = [name for name, value in arguments.items()
+                 if name not in ("input", "weight", "momentum", "training") and hasattr(module, name)
+                 and not _same(value, getattr(module, name))]
+        if other:
+            raise ValueError(f"GradNormProbe: layer {capture.layer!r} ({type(module).__name__}) calls {func.__name__} "
+                             f"with {', '.join(other)} other than its own; register a rule for it")
+        capture.run_rule(entry.rule, module, (arguments["input"],), output)
+        return output
+
+    with WeightCalls(entry.functional, module.weight, handle):
+        return capture.forward(*args, **kwargs)
 
 
 def _has_submodule(module: nn.Module, path: str) -> bool:
@@ -310,6 +355,9 @@ class GradNormProbe:
                    if id(p) in self._params and (id(module), local) not in claimed}
             entry = find_rule(module)
             reason = None if entry is None else (entry.check(module) if entry.check else None)
+            if reason is None and entry is not None and entry.functional is None and _overrides(module, entry):
+                reason = (f"overrides {entry.layer_type.__name__}.forward, which its rule relies on; register a rule "
+                          f"for {type(module).__name__}")
             if entry is None or reason is not None:
                 for local, key in own.items():
                     if reason is not None:
@@ -419,24 +467,15 @@ class GradNormProbe:
         tensor.grad_fn.metadata.setdefault(_MARK, []).append((weakref.ref(record), tensor.output_nr))
 
     def _hook_layer(self, recorder: _Recorder, module: nn.Module, entry: Any) -> None:
-        if entry.forward is not None:
+        replacement = entry.forward or (_through_functional if _overrides(module, entry) else None)
+        if replacement is not None:
             previous = module.__dict__.get("forward")
             recorder.forward = module.forward
-            module.forward = lambda *args, **kwargs: entry.forward(module, recorder, *args, **kwargs)
+            module.forward = lambda *args, **kwargs: replacement(module, recorder, *args, **kwargs)
             self._forwards.append((module, previous))
             return
 
-        def on_output(mod: nn.Module, args: tuple, output: Any) -> None:
-            if self._removed or not self._recording(output):
-                return
-            try:
-                captures = entry.rule(mod, args, output)
-            except (ValueError, TypeError) as error:
-                raise type(error)(f"GradNormProbe: layer {recorder.layer!r}: {error}") from error
-            for capture in [captures] if isinstance(captures, Capture) else captures:
-                recorder(capture)
-
-        self._handles.append(module.register_forward_hook(on_output))
+        self._handles.append(module.register_forward_hook(lambda mod, args, output: recorder.run_rule(entry.rule, mod, args, output)))
 
     def _hook_loose(self, module: nn.Module, recorder: _Recorder) -> None:
         dim = recorder.layout.dim

@@ -20,7 +20,9 @@ Built-in rules (all exact, tested against per-example gradients):
   ``_calls.WeightCalls`` is the function mode these rules read their functional calls through.
 Loose parameters (``cls_token``, ``pos_embed``: 3+ dims, size 1 at the batch dim) are handled by the
 probe itself, and so are gains (``_gain``: 0-D/1-D parameters of modules without a rule, where the
-forward multiplies them, ``p * x``). Rules for transformers/timm classes register only once those libraries are imported.
+forward multiplies them, ``p * x``), and subclasses that override a registered type's forward (timm's
+LayerNorm2d, norm + activation layers): probed through the type's ``functional`` call on their
+weight, whose other arguments must be the module's own. Rules for transformers/timm classes register only once those libraries are imported.
 
 A rule is ``rule(module, args, output) -> Capture | [Capture]`` (see :mod:`attent.factors`),
 registered with :func:`register_layer`; ``check(module) -> reason | None`` refuses configurations
@@ -29,6 +31,7 @@ forward while the probe is attached (for parameters used inside one functional c
 """
 from ..factors import Capture, Diag, Direct, Factor, Ids, LayerRule, Layout, Outer
 from . import _attention, _conv, _embedding, _fused_qkv, _linear, _norm, _position_bias, _scale  # noqa: F401  (each registers its rules)
+from ._calls import WeightCalls
 from ._gain import GainProducts
 from ._registry import (
     find_layout,
@@ -43,4 +46,4 @@ from ._registry import (
 
 __all__ = ["register_layer", "register_layer_matcher", "register_forward", "register_layout", "register_when_loaded", "find_rule",
            "find_layout", "register_loaded_integrations", "Capture", "Outer", "Ids", "Diag", "Direct", "Factor",
-           "LayerRule", "Layout", "GainProducts"]
+           "LayerRule", "Layout", "GainProducts", "WeightCalls"]

@@ -1,6 +1,6 @@
-"""A torch function mode that hands a rule the functional calls made on one weight inside a forward
-(``F.embedding`` or ``F.linear``), for layers whose forward computes its inputs before the call
-(Hugging Face position embeddings, T5's bias buckets, timm EVA's concatenated qkv bias)."""
+"""A torch function mode that hands a rule the functional calls made on one weight inside a forward,
+for layers whose forward computes its inputs before the call (Hugging Face position embeddings, T5's
+bias buckets, timm EVA's concatenated qkv bias, subclasses that override a torch layer's forward)."""
 from __future__ import annotations
 
 import inspect
@@ -12,11 +12,17 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["WeightCalls"]
 
+def _builtin(**defaults: object) -> inspect.Signature:
+    """The signature of a builtin functional: input, weight, then ``defaults``."""
+    names = {"input": inspect.Parameter.empty, "weight": inspect.Parameter.empty, **defaults}
+    return inspect.Signature([inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+                              for name, default in names.items()])
+
+
+_CONV = _builtin(bias=None, stride=1, padding=0, dilation=1, groups=1)
 _SIGNATURES = {
-    F.embedding: inspect.signature(F.embedding),
-    F.linear: inspect.Signature([inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
-                                 for name, default in (("input", inspect.Parameter.empty),
-                                                       ("weight", inspect.Parameter.empty), ("bias", None))]),
+    **{func: inspect.signature(func) for func in (F.embedding, F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm)},
+    F.linear: _builtin(bias=None), F.prelu: _builtin(), F.conv1d: _CONV, F.conv2d: _CONV, F.conv3d: _CONV,
 }
 
 

@@ -49,5 +49,5 @@ def _conv(module: Conv, args: tuple, output: torch.Tensor) -> Capture:
     return Capture(output, factors)
 
 
-for _conv_type in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-    register_layer(_conv_type, params=("weight", "bias"), name="conv")(_conv)
+for _conv_type, _functional in ((nn.Conv1d, F.conv1d), (nn.Conv2d, F.conv2d), (nn.Conv3d, F.conv3d)):
+    register_layer(_conv_type, params=("weight", "bias"), name="conv", functional=_functional)(_conv)

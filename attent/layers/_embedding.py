@@ -56,7 +56,8 @@ def _embedding_reason(module: nn.Embedding) -> str | None:
     return None
 
 
-register_forward(nn.Embedding, params=("weight",), name="embedding", forward=_embedding_forward, check=_embedding_reason)
+register_forward(nn.Embedding, params=("weight",), name="embedding", forward=_embedding_forward, check=_embedding_reason,
+                 functional=F.embedding)
 
 
 def _bag_reason(module: nn.EmbeddingBag) -> str | None:

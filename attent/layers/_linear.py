@@ -6,13 +6,14 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..factors import Capture, Direct, Layout, Outer
 from ._registry import first_tensor, register_layer, register_layout, register_when_loaded
 
 
-@register_layer(nn.Linear, params=("weight", "bias"), name="linear")
+@register_layer(nn.Linear, params=("weight", "bias"), name="linear", functional=F.linear)
 def _linear(module: nn.Linear, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, "nn.Linear")
     return Capture(output, lambda g: {"weight": Outer(g, x), "bias": Direct(g)})

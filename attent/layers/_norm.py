@@ -32,7 +32,7 @@ def _norm_capture(output: torch.Tensor, x_hat: Callable[[], torch.Tensor]) -> Ca
     return Capture(output, lambda g: {"weight": Diag(x_hat(), g), "bias": Direct(g)})
 
 
-@register_layer(nn.LayerNorm, params=("weight", "bias"), name="layernorm")
+@register_layer(nn.LayerNorm, params=("weight", "bias"), name="layernorm", functional=F.layer_norm)
 def _layer_norm(module: nn.LayerNorm, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, "nn.LayerNorm")
     return _norm_capture(output, lambda: _normalized(x, len(module.normalized_shape), module.eps, center=True))
@@ -83,14 +83,14 @@ def _channel_capture(output: torch.Tensor, x_hat: Callable[[], torch.Tensor]) ->
                                       "bias": Direct(g.movedim(1, -1), batch_dim=0)})
 
 
-@register_layer(nn.GroupNorm, params=("weight", "bias"), name="groupnorm")
+@register_layer(nn.GroupNorm, params=("weight", "bias"), name="groupnorm", functional=F.group_norm)
 def _group_norm(module: nn.GroupNorm, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, "nn.GroupNorm")
     return _channel_capture(output, lambda: _normalized(x.reshape(x.shape[0], module.num_groups, -1), 1, module.eps,
                                                         center=True).reshape(x.shape))
 
 
-@register_layer(_InstanceNorm, params=("weight", "bias"), name="instancenorm")
+@register_layer(_InstanceNorm, params=("weight", "bias"), name="instancenorm", functional=F.instance_norm)
 def _instance_norm(module: _InstanceNorm, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, type(module).__name__)
     if x.dim() != module._get_no_batch_dim() + 1:
@@ -104,7 +104,7 @@ def _instance_norm(module: _InstanceNorm, args: tuple, output: torch.Tensor) -> 
     return _channel_capture(output, x_hat)
 
 
-@register_layer(_BatchNorm, params=("weight", "bias"), name="batchnorm-eval")
+@register_layer(_BatchNorm, params=("weight", "bias"), name="batchnorm-eval", functional=F.batch_norm)
 def _batch_norm(module: _BatchNorm, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, type(module).__name__)
     if module.training or module.running_mean is None:

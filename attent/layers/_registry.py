@@ -40,6 +40,8 @@ class _Entry:
     name: str
     forward: Callable[..., Any] | None = None
     check: Callable[[nn.Module], str | None] | None = None
+    layer_type: type | None = None
+    functional: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[type, _Entry] = {}
@@ -55,6 +57,7 @@ def register_layer(
     name: str | None = None,
     forward: Callable[..., Any] | None = None,
     check: Callable[[nn.Module], str | None] | None = None,
+    functional: Callable[..., Any] | None = None,
 ) -> Callable[[LayerRule], LayerRule]:
     """Register the probe's rule for a layer type (and its subclasses); use as a decorator.
 
@@ -68,6 +71,11 @@ def register_layer(
             call (``capture(Capture)`` hands the probe a capture); the rule is then not called.
         check: optional ``check(module) -> None | reason``: a reason makes the module's
             parameters uncovered (a configuration the rule does not support).
+        functional: the torch functional the type's forward calls with its ``weight`` (``F.linear``
+            for ``nn.Linear``). A subclass that overrides ``forward`` (adds an activation, permutes)
+            is then probed through that call: the rule gets the call's input and output, and the
+            call's other arguments must be the module's own (its bias, eps, stride...). Without it
+            such a subclass is refused.
     """
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise TypeError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")
@@ -75,7 +83,8 @@ def register_layer(
         raise ValueError(f"params must be a non-empty sequence of parameter names, got {params!r}")
 
     def decorator(rule: LayerRule) -> LayerRule:
-        _REGISTRY[layer_type] = _Entry(rule, tuple(params), name or layer_type.__name__, forward, check)
+        _REGISTRY[layer_type] = _Entry(rule, tuple(params), name or layer_type.__name__, forward, check, layer_type,
+                                       functional)
         return rule
 
     return decorator
@@ -88,13 +97,15 @@ def register_forward(
     name: str,
     forward: Callable[..., Any],
     check: Callable[[nn.Module], str | None] | None = None,
+    functional: Callable[..., Any] | None = None,
 ) -> None:
     """Register a layer type whose parameters are covered by a replacement forward alone
     (``forward(module, capture, *args, **kwargs)``, see :func:`register_layer`); ``capture`` also
     carries ``layer`` (the module's name), ``layout`` (where its examples are), ``batch`` (the
     number of examples of the running forward pass) and ``forward`` (the module's own forward, to
-    call from the replacement)."""
-    register_layer(layer_type, params=params, name=name, forward=forward, check=check)(_no_rule)
+    call from the replacement). ``functional``: set when the replacement reads the module's own
+    functional calls (and so stays exact for subclasses that override ``forward``)."""
+    register_layer(layer_type, params=params, name=name, forward=forward, check=check, functional=functional)(_no_rule)
 
 
 def _no_rule(module: nn.Module, args: tuple, output: Any) -> list:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..factors import Capture, Diag
 from ._registry import first_tensor, register_layer, register_when_loaded
 
 
-@register_layer(nn.PReLU, params=("weight",), name="prelu")
+@register_layer(nn.PReLU, params=("weight",), name="prelu", functional=F.prelu)
 def _prelu(module: nn.PReLU, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, "nn.PReLU")
     if module.num_parameters == 1:
