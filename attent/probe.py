@@ -32,12 +32,15 @@ told). A tensor without B examples there is refused with an error that names the
 
 Parameters owned by a module without a rule: loose ones, with at least 3 dims and size 1 in the
 batch dimension (``cls_token``, ``pos_embed``, register tokens: activations broadcast over the batch)
-are expanded to the batch while the owner runs, so their per-example gradient is read off directly;
-gains, 0-D or 1-D parameters of modules outside torch.nn (a ReZero scalar, CaiT's ``gamma_1``), are
-covered where the owner's forward multiplies them elementwise (``p * x``, see
-``attent.layers.GainProducts``). Any other parameter is refused at attach time, and any use of a
-probed parameter that no layer call records (a tied weight in a functional ``F.linear``, a gain used
-other than as a product) is refused when the graph is scored, naming the parameter.
+are expanded to the batch while the owner runs, so their per-example gradient is read off directly,
+once the graph shows that the expansion reaches the loss only through ops that keep the examples
+apart (elementwise arithmetic, concatenation or slicing along another dim); gains, 0-D or 1-D
+parameters of modules outside torch.nn (a ReZero scalar, CaiT's ``gamma_1``), are covered where the
+owner's forward multiplies them elementwise (``p * x``, see ``attent.layers.GainProducts``). Any
+other parameter is refused at attach time, and any use of a probed parameter that no layer call
+records (a tied weight in a functional ``F.linear``, a gain used other than as a product) is refused
+when the graph is scored, naming the parameter. A subclass that overrides a covered type's forward
+is probed through the type's functional call on its weight, or refused.
 
 Works under autocast, ``model.eval()``/``train()`` (with dropout on, the norms are those of that
 forward pass) and gradient checkpointing (``score`` needs ``use_reentrant=False``; ``backward``
@@ -276,6 +279,7 @@ class GradNormProbe:
         coverage: {parameter name: how it is covered ("linear", "embedding", ..., "direct", "gain") or
             "uncovered: <reason>"}.
         layer_of: {covered parameter name: the ``per_layer`` entry its squared norm is added to}.
+        batch_dim: the {module-name prefix: dim} map given (an int n is {"": n}; None is {}).
     """
 
     def __init__(
