@@ -37,10 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="ViT on scikit-learn digits: full data vs AtteNT, side by side")
+    demo = sub.add_parser("demo", help="ViT on scikit-learn digits: full data vs the default teacher at equal budgets")
     demo.add_argument("--score", default="fgrad", choices=("loss", "fgrad", "gradnorm"))
-    demo.add_argument("--strategy", default="hard", choices=("hard", "soft", "random", "infobatch", "importance"))
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's own)")
+    demo.add_argument("--strategy", default=None, choices=("hard", "soft", "random", "importance"),
+                      help="instead of the default teacher's strategy")
+    demo.add_argument("--budgets", default="0.5,0.25", help="the budgets below 1, comma-separated (default 0.5,0.25)")
+    demo.add_argument("--epochs", type=int, default=None, help="the recipe's epochs (default: the task's own)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="runs/demo", help="folder for the plot and metrics")
     demo.add_argument("--quick", action="store_true", help="a tiny run that finishes in seconds")
@@ -88,7 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        options = dict(score=args.score, strategy=args.strategy, seed=args.seed, out_dir=args.out, quick=args.quick)
+        try:
+            budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+        except ValueError:
+            raise SystemExit(f"attent demo: --budgets must be comma-separated numbers, got {args.budgets!r}") from None
+        options = dict(score=args.score, strategy=args.strategy, budgets=budgets, seed=args.seed, out_dir=args.out,
+                       quick=args.quick)
         if args.epochs is not None:
             options["epochs"] = args.epochs
         run_demo(**options)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .schedules import IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
 
 __all__ = [
+    "DEFAULT_RATIO",
     "ScoreView",
     "Strategy",
     "Hard",
@@ -101,8 +102,8 @@ class Strategy:
             warmup_epochs=request.warmup_epochs,
             anneal_epochs=request.anneal_epochs,
             cycles=request.cycles,
-            ratio=_ratio_schedule(request.ratio, request.epochs),
-            interval=_interval_schedule(request.interval),
+            ratio=_ratio_schedule(request.ratio),
+            interval=_interval_schedule(request.interval, request.epochs),
             reselect_each_epoch=request.reselect_each_epoch,
         )
 
@@ -139,22 +140,22 @@ def strategy_from(spec: "str | Strategy") -> Strategy:
     raise ValueError(f"strategy must be one of {tuple(STRATEGIES)} or a Strategy instance, got {spec!r}")
 
 
-def _ratio_schedule(ratio: float | RatioSchedule | ScaledRatio | None, epochs: int | None) -> RatioSchedule | ScaledRatio:
+DEFAULT_RATIO = RatioSchedule.constant(0.5)
+"""The ratio of ``ratio=None``: the same share at every selection point (with a budget, its shape)."""
+
+
+def _ratio_schedule(ratio: float | RatioSchedule | ScaledRatio | None) -> RatioSchedule | ScaledRatio:
     if ratio is None:
-        if epochs is None:
-            raise ValueError(
-                "ratio=None means the published cosine 0.2 -> 0.8 schedule, which needs epochs; pass "
-                "epochs=... or a constant ratio such as ratio=0.5"
-            )
-        return RatioSchedule()
+        return DEFAULT_RATIO
     if isinstance(ratio, (RatioSchedule, ScaledRatio)):
         return ratio
     return RatioSchedule.constant(check_fraction("ratio", ratio))
 
 
-def _interval_schedule(interval: int | IntervalSchedule | None) -> IntervalSchedule:
+def _interval_schedule(interval: int | IntervalSchedule | None, epochs: int | None) -> IntervalSchedule:
+    """``interval=None``: a subset for the whole of each cycle (no full-data remainder)."""
     if interval is None:
-        return IntervalSchedule()
+        return IntervalSchedule.fixed(epochs or 1)
     if isinstance(interval, IntervalSchedule):
         return interval
     return IntervalSchedule.fixed(check_count("interval", interval, 1))
@@ -296,9 +297,8 @@ class InfoBatch(Strategy):
 
     def plan(self, request: PlanRequest) -> TeachingPlan:
         """Every epoch after warm-up a selection point, until floor(delta * epochs) (or forever)."""
-        given = {"ratio": request.ratio, "interval": request.interval, "cycles": request.cycles,
-                 "reselect_each_epoch": request.reselect_each_epoch}
-        conflicting = {name: value for name, value in given.items() if value is not None and value is not False}
+        given = {"ratio": request.ratio, "interval": request.interval, "cycles": request.cycles}
+        conflicting = {name: value for name, value in given.items() if value is not None}
         if conflicting:
             raise ValueError(
                 f"{conflicting} do not apply to strategy='infobatch': it prunes at every epoch until "

@@ -102,7 +102,7 @@ from torch.utils.data import Sampler
 from . import _distributed
 from ._teacher_state import COUNTERS, STATE_VERSION, Selection, checked_state, selection_state
 from .schedules import IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
-from .strategies import Hard, PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
+from .strategies import DEFAULT_RATIO, Hard, PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
 
 __all__ = ["Selection", "Teacher", "TeacherSampler"]
 
@@ -171,10 +171,10 @@ class Teacher:
             ``"importance"``, ``"infobatch"``) or a :class:`attent.strategies.Strategy` instance
             carrying its options (``Soft(temperature=0.5)``, ``InfoBatch(prune_ratio=0.7)``).
         ratio: the fraction selected at a selection point: a float in (0, 1] (constant), a
-            ``RatioSchedule``, or None for the published cosine 0.2 -> 0.8 (needs ``epochs``).
-            With ``budget``, the shape of the ratios, scaled to spend the budget.
+            ``RatioSchedule``, or None: 0.5 at every selection point. With ``budget``, the shape of
+            the ratios, scaled to spend the budget (None: the same share every epoch).
         interval: subset epochs per selection point: an int (fixed), an ``IntervalSchedule``, or
-            None for the published fixed 5.
+            None: the whole cycle (published: a fixed 5, then full data for the cycle's rest).
         warmup_epochs: full-data epochs before teaching starts (published: 1).
         anneal_epochs: full-data epochs that end the run (needs ``epochs``).
         epochs: the run's length; None for an open-ended run (constant ratio, fixed interval).
@@ -188,7 +188,8 @@ class Teacher:
             whose plan trains at most ``floor(b * epochs * N)`` examples (needs ``epochs``; full-data
             epochs of the plan count too). Not for strategies that size their own subsets
             (InfoBatch: set its prune ratio instead).
-        reselect_each_epoch: make every subset epoch its own selection point (published soft).
+        reselect_each_epoch: make every subset epoch its own selection point (the default; the
+            published code does so for soft only, and holds hard subsets for the interval).
         seed: seeds every random draw.
     """
 
@@ -199,12 +200,12 @@ class Teacher:
         strategy: str | Strategy = "hard",
         ratio: float | RatioSchedule | None = None,
         interval: int | IntervalSchedule | None = None,
-        warmup_epochs: int = 1,
+        warmup_epochs: int = 0,
         anneal_epochs: int = 0,
         epochs: int | None = None,
         cycles: int | None = None,
         refresh: None | Literal["cycle"] | float = None,
-        reselect_each_epoch: bool = False,
+        reselect_each_epoch: bool = True,
         budget: float | None = None,
         seed: int = 0,
     ):
@@ -271,13 +272,13 @@ class Teacher:
         if recipe == "complex":
             if strategy not in ("hard", "greedy", "soft", "random"):
                 raise ValueError(f"the published complex recipe has strategies hard, soft and random, got {strategy!r}")
-            return cls(num_examples, strategy=strategy, epochs=epochs, refresh="cycle",
-                       reselect_each_epoch=strategy == "soft", seed=seed)
+            return cls(num_examples, strategy=strategy, epochs=epochs, ratio=RatioSchedule(), interval=IntervalSchedule(),
+                       warmup_epochs=1, refresh="cycle", reselect_each_epoch=strategy == "soft", seed=seed)
         if recipe == "simple":
             if strategy not in ("hard", "greedy"):
                 raise ValueError(f"the published simple recipe selects by hard top-k only, got strategy={strategy!r}")
             return cls(num_examples, strategy="hard", epochs=epochs, ratio=0.7, cycles=1 if epochs > 1 else None,
-                       interval=max(1, epochs - 1), seed=seed)
+                       interval=max(1, epochs - 1), warmup_epochs=1, reselect_each_epoch=False, seed=seed)
         raise ValueError(f"recipe must be 'complex' or 'simple', got {recipe!r}")
 
     def _budget_plan(self, request: PlanRequest) -> TeachingPlan:
@@ -291,7 +292,7 @@ class Teacher:
         if isinstance(request.ratio, numbers.Real):
             raise ValueError(f"ratio={request.ratio} and budget={self.budget} both fix the subset sizes; pass a "
                              "RatioSchedule (the shape the budget scales) or ratio=None")
-        shape = RatioSchedule() if request.ratio is None else request.ratio
+        shape = DEFAULT_RATIO if request.ratio is None else request.ratio
         allowed = math.floor(self.budget * request.epochs * self.num_examples + 1e-9)
 
         def plan_at(scale: float) -> tuple[TeachingPlan, int]:

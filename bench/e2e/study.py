@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from attent.schedules import RatioSchedule  # noqa: E402
+from attent.schedules import IntervalSchedule, RatioSchedule  # noqa: E402
 from attent.strategies import Hard, Importance, Soft  # noqa: E402
 from attent.tasks import make_task  # noqa: E402
 from attent.tasks.compare import FULL_DATA, Method, final_metric, format_table, run_method  # noqa: E402
@@ -37,8 +37,10 @@ VARIANTS: dict[str, Method] = {
     "full": FULL_DATA,
     "random-each": Method("random, every epoch", options={"strategy": "random", "ratio": CONSTANT},
                           extra=every_epoch, score="loss"),
-    "default-v0": Method("Teacher() defaults (hard, cosine 0.2->0.8, 5-epoch intervals)", score="fgrad"),
-    "hard-each": Method("hard, every epoch", options={"ratio": CONSTANT, "warmup_epochs": 0}, extra=every_epoch),
+    "default-v0": Method("the former Teacher() defaults (hard, cosine 0.2->0.8, 5-epoch intervals)", score="fgrad",
+                         options={"ratio": RatioSchedule(), "interval": IntervalSchedule(), "warmup_epochs": 1,
+                                  "reselect_each_epoch": False}),
+    "hard-each": Method("hard, every epoch (the new Teacher() default)", options={"ratio": CONSTANT}, extra=every_epoch),
     "hard-mix30-each": Method("hard + 30% random, every epoch",
                               options={"strategy": Hard(random_share=0.3), "ratio": CONSTANT},
                               extra=every_epoch),

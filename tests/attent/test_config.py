@@ -25,6 +25,7 @@ def test_run_from_config_trains_the_described_run(tmp_path):
           strategy: hard
           ratio: 0.5
           interval: 1
+          warmup_epochs: 1
         optimizer: {{name: adamw, lr: 3e-3, weight_decay: 0.01}}
         epochs: 3
         batch_size: 16

@@ -1,78 +1,83 @@
-"""The demo (`attent demo`): a quick run's printed table agrees with the numbers it returns and
-records, the plot is a real PNG, and bad options are refused before any training."""
+"""The demo (`attent demo`): a quick run's printed table and verdict agree with the numbers it
+returns and records, the same seed gives the same qualities and verdict, the plot is a real PNG,
+and bad options are refused before any training."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-import math
 
 import matplotlib.image
 import pytest
 
-from attent.demo import PLOT_NAME, RESULT_NAME, TABLE_HEADER, run_demo
+from attent.demo import PLOT_NAME, RESULT_NAME, TABLE_HEADER, TOLERANCE, run_demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _table_rows(table: str) -> dict[str, dict[str, str]]:
-    """method -> column -> cell of a format_table table (cells are separated by two spaces or more)."""
+def _table_rows(table: str) -> list[dict[str, str]]:
+    """One dict per row of a format_table table (cells are separated by two spaces or more)."""
     lines = table.splitlines()
     header = [cell.strip() for cell in lines[0].split("  ") if cell.strip()]
     assert tuple(header) == TABLE_HEADER
-    rows = {}
+    rows = []
     for line in lines[2:]:
         cells = [cell.strip() for cell in line.split("  ") if cell.strip()]
+        if len(cells) == len(header) - 1:  # the full-data rows leave "vs full data" empty
+            cells.insert(5, "")
         assert len(cells) == len(header), line
-        rows[cells[0]] = dict(zip(header, cells))
+        rows.append(dict(zip(header, cells)))
     return rows
+
+
+def _demo(out_dir):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        numbers = run_demo(score="loss", seed=3, out_dir=out_dir, quick=True, epochs=4, budgets=(0.5, 0.25))
+    return numbers, printed.getvalue()
 
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("demo") / "nested"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        numbers = run_demo(score="loss", strategy="soft", seed=3, out_dir=out_dir, quick=True, epochs=3)
-    return out_dir, numbers, printed.getvalue()
+    numbers, printed = _demo(out_dir)
+    return out_dir, numbers, printed
 
 
-def test_quick_demo_prints_what_it_runs_and_its_table(quick_demo):
+def test_quick_demo_prints_what_it_runs_its_table_and_verdict(quick_demo):
     _, numbers, printed = quick_demo
     assert printed.startswith("attent demo:")
-    assert "3 epochs, seed 3" in printed and "score loss, strategy soft" in printed
-    assert numbers["table"] in printed
+    assert "recipe 4 epochs, seed 3" in printed and "fed loss scores" in printed
+    assert numbers["table"] in printed and f"verdict: {numbers['verdict']}" in printed
 
 
-def test_quick_demo_table_agrees_with_the_returned_numbers(quick_demo):
+def test_quick_demo_runs_full_data_and_the_teacher_at_equal_budgets(quick_demo):
     _, numbers, _ = quick_demo
-    assert (numbers["score"], numbers["strategy"], numbers["seed"], numbers["epochs"]) == ("loss", "soft", 3, 3)
-    assert list(numbers["runs"]) == ["full data", "AtteNT"]
-    full, attent = numbers["runs"]["full data"], numbers["runs"]["AtteNT"]
-    assert numbers["target_accuracy"] == full["final_accuracy"]
-    # full data: 3 epochs over every training image; AtteNT trains on a subset after its warm-up epoch
-    assert full["examples_seen"] == 3 * numbers["train_examples"]
-    assert numbers["train_examples"] <= attent["examples_seen"] < full["examples_seen"]
-    assert full["time_saved"] == 0.0
-    if attent["time_to_target"] is None:
-        assert attent["time_saved"] is None
-    else:
-        assert attent["time_saved"] == pytest.approx(1 - attent["time_to_target"] / full["time_to_target"])
-
+    runs = {(r["method"], r["budget"]): r for r in numbers["runs"]}
+    n = numbers["train_examples"]
+    assert set(runs) == {("full data", 1.0), ("full data", 0.5), ("full data", 0.25), ("default teacher", 0.5),
+                         ("default teacher", 0.25)}
+    assert runs[("full data", 1.0)]["examples"] == 4 * n and runs[("full data", 0.5)]["examples"] == 2 * n
+    assert runs[("full data", 0.25)]["examples"] == n
+    for budget in (0.5, 0.25):
+        assert runs[("default teacher", budget)]["examples"] <= budget * 4 * n
+        advantage = runs[("default teacher", budget)]["quality"] - runs[("full data", budget)]["quality"]
+        assert numbers["equal_budget"][str(budget)] == pytest.approx(advantage)
+    assert numbers["target"] == pytest.approx(runs[("full data", 1.0)]["quality"] - TOLERANCE)
     rows = _table_rows(numbers["table"])
-    assert list(rows) == ["full data", "AtteNT"]
-    for name, run in numbers["runs"].items():
-        row = rows[name]
-        assert float(row["final val acc %"]) == pytest.approx(100 * run["final_accuracy"], abs=0.05)
+    assert [(row["run"], float(row["budget"])) for row in rows] == [(r["method"], r["budget"]) for r in numbers["runs"]]
+    for row, run in zip(rows, numbers["runs"]):
+        assert float(row["val acc %"]) == pytest.approx(100 * run["quality"], abs=0.005)
+        assert int(row["examples"]) == run["examples"]
         assert float(row["wall time s"]) == pytest.approx(run["wall_time"], abs=0.05)
-        assert int(row["examples seen"]) == run["examples_seen"]
-        assert float(row["selection overhead %"]) == pytest.approx(100 * run["selection_overhead"], abs=0.05)
-        if run["time_to_target"] is None:
-            assert (row["time to target s"], row["time saved %"]) == ("never", "-")
-        else:
-            assert float(row["time to target s"]) == pytest.approx(run["time_to_target"], abs=0.05)
-            assert float(row["time saved %"]) == pytest.approx(100 * run["time_saved"], abs=0.05)
-    assert 0 < attent["selection_overhead"] < 1 and math.isfinite(attent["wall_time"])
+
+
+def test_the_same_seed_gives_the_same_qualities_and_verdict(quick_demo, tmp_path):
+    _, first, _ = quick_demo
+    second, _ = _demo(tmp_path)
+    assert [r["quality"] for r in second["runs"]] == [r["quality"] for r in first["runs"]]
+    assert second["equal_budget"] == first["equal_budget"]
+    assert second["verdict"].split(" it reaches")[0] == first["verdict"].split(" it reaches")[0]
 
 
 def test_quick_demo_writes_a_png_and_its_record(quick_demo):
@@ -88,7 +93,7 @@ def test_quick_demo_writes_a_png_and_its_record(quick_demo):
 @pytest.mark.parametrize(
     "options, named",
     [({"score": "margin"}, "score"), ({"strategy": "best"}, "strategy"), ({"epochs": 0}, "epochs"),
-     ({"seed": -1}, "seed")],
+     ({"seed": -1}, "seed"), ({"budgets": (1.0,)}, "budgets"), ({"budgets": (0.0,)}, "budgets")],
 )
 def test_bad_options_raise_before_training(options, named, tmp_path):
     with pytest.raises(ValueError, match=named):

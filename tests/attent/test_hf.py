@@ -46,7 +46,7 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
     train, val = _data(0), _data(1, 5)
     model = _lora_gpt2()
     initial = copy.deepcopy(model)
-    teacher = Teacher(len(train), strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
+    teacher = Teacher(len(train), warmup_epochs=1, strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
     observed, selected = [], {}
     observe, select = teacher.observe, teacher.select
     teacher.observe = lambda indices, scores, *, step=None: (observed.append((indices, scores, step)), observe(indices, scores, step=step))
@@ -81,7 +81,7 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
 def test_compute_loss_is_the_weighted_mean_of_per_example_losses(tmp_path):
     train = _data(2)
     model = _lora_gpt2()
-    teacher = Teacher(len(train), ratio=0.5, epochs=2, interval=1)
+    teacher = Teacher(len(train), warmup_epochs=1, ratio=0.5, epochs=2, interval=1)
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
                                           num_train_epochs=2)
     trainer = AtteNTTrainer(model=model, args=args, train_dataset=train, teacher=teacher, score="loss")
@@ -109,9 +109,9 @@ def test_bad_teachers_are_rejected(tmp_path):
     for epochs in (1, 5):  # fewer used to crash at the next epoch, more to cut the schedule silently
         with pytest.raises(ValueError, match=f"teacher plans {epochs} epochs but the run is asked for 3"):
             AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0),
-                          teacher=Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=epochs))
+                          teacher=Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=epochs))
     trainer = AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0),
-                            teacher=Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=3))
+                            teacher=Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=3))
     with pytest.raises(ValueError, match="cannot resume from a Trainer checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path))
 
@@ -127,7 +127,7 @@ def test_subset_epochs_count_as_epochs_and_the_lr_schedule_ends_at_the_last_step
     """4 epochs: 11 examples, then 5 (ratio 0.5) three times, batch 2, accumulation 2: the steps
     are ceil(ceil(11/2)/2) + 3 * ceil(ceil(5/2)/2) = 3 + 3 * 2 = 9; the Trainer's epoch ends at 4.0
     and a linear decay reaches 0 at the last step."""
-    teacher = Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=4)
+    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=4)
     trainer = AtteNTTrainer(model=_lora_gpt2(), args=_args(tmp_path, gradient_accumulation_steps=2,
                                                            lr_scheduler_type="linear"),
                             train_dataset=_data(0), teacher=teacher, score="loss")
@@ -162,7 +162,7 @@ def test_the_hf_trainer_and_fit_make_the_same_selections(tmp_path):
     from attent.strategies import Soft
 
     def make_teacher():
-        return Teacher(N_EXAMPLES, strategy=Soft(temperature=0.3), ratio=0.4, interval=1, epochs=4, refresh=0.5, seed=3)
+        return Teacher(N_EXAMPLES, warmup_epochs=1, strategy=Soft(temperature=0.3), ratio=0.4, interval=1, epochs=4, refresh=0.5, seed=3)
 
     def selections_of(teacher):
         seen = {}

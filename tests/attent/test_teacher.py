@@ -12,6 +12,8 @@ from attent.schedules import IntervalSchedule, RatioSchedule
 from attent.strategies import Hard, Importance, InfoBatch, Soft
 from attent.teacher import Selection, Teacher
 
+HELD = dict(warmup_epochs=1, reselect_each_epoch=False)  # the published layout: a full epoch, subsets held for the interval
+
 
 def open_ended(n: int, ratio: float = 0.3, **kwargs) -> Teacher:
     """A teacher that selects at every epoch from epoch 0 on, at a constant ratio."""
@@ -173,7 +175,7 @@ def test_infobatch_pruning_rate_over_epochs_and_custom_prune_ratio():
 
 
 def test_infobatch_stops_pruning_after_delta_of_training_and_keeps_unscored_examples():
-    teacher = Teacher(12, strategy=InfoBatch(delta=0.875), epochs=16)
+    teacher = Teacher(12, strategy=InfoBatch(delta=0.875), epochs=16, warmup_epochs=1)
     teacher.observe(torch.arange(10), torch.arange(10.0))
     assert [teacher.plan.at(e).phase for e in range(16)] == ["warmup"] + ["subset"] * 13 + ["anneal"] * 2
     selection = teacher.select(5)
@@ -233,7 +235,7 @@ def test_importance_gives_unscored_examples_the_largest_finite_score():
 
 
 def test_between_selection_points_the_subset_stays_and_full_epochs_return_everything():
-    teacher = Teacher(20, epochs=12, cycles=3, interval=2)
+    teacher = Teacher(20, epochs=12, cycles=3, interval=2, ratio=RatioSchedule(), **HELD)
     seen = []
     for epoch in range(12):
         selection = teacher.select(epoch)
@@ -252,6 +254,7 @@ def test_incremental_ratio_and_interval_schedules_drive_the_selection_sizes():
         cycles=2,
         ratio=RatioSchedule.incremental(0.2, 0.6),
         interval=IntervalSchedule.incremental(1, 3),
+        **HELD,
     )
     observed(teacher, torch.arange(20.0))
     assert [len(teacher.select(e)) for e in range(10)] == [20, 4, 20, 20, 20, 20, 12, 12, 12, 20]
@@ -259,7 +262,7 @@ def test_incremental_ratio_and_interval_schedules_drive_the_selection_sizes():
 
 
 def test_published_default_schedule_is_cosine_from_0_2_to_0_8_over_ten_cycles():
-    teacher = Teacher(100, epochs=51)
+    teacher = Teacher(100, epochs=51, ratio=RatioSchedule(), interval=5, **HELD)
     sizes = [len(teacher.select(1 + 5 * cycle)) for cycle in range(10)]
     assert sizes == [math.floor(100 * RatioSchedule().value(c / 9) + 1e-9) for c in range(10)]
     assert sizes[0] == 20 and sizes[-1] == 80
@@ -297,7 +300,7 @@ def test_the_documented_difference_from_the_published_loop_holds():
 
 
 def test_new_scores_do_not_change_a_selection_until_the_next_selection_point():
-    teacher = Teacher(10, ratio=0.3, interval=3, warmup_epochs=0)
+    teacher = Teacher(10, ratio=0.3, interval=3, warmup_epochs=0, reselect_each_epoch=False)
     teacher.observe(torch.arange(10), torch.arange(10.0))
     first = teacher.select(0).indices.tolist()
     teacher.observe(torch.arange(10), -torch.arange(10.0))
@@ -309,7 +312,7 @@ def test_new_scores_do_not_change_a_selection_until_the_next_selection_point():
 
 
 def test_refresh_cycle_asks_for_every_example_at_selection_points_only():
-    teacher = Teacher(8, epochs=7, cycles=2, interval=2, refresh="cycle")
+    teacher = Teacher(8, epochs=7, cycles=2, interval=2, refresh="cycle", ratio=RatioSchedule(), **HELD)
     assert teacher.refresh_indices(0) is None  # warm-up
     assert teacher.refresh_indices(1).tolist() == list(range(8))
     teacher.select(1)
@@ -442,7 +445,7 @@ def test_sampler_yields_the_selection_shuffled_and_advances_epochs_by_itself():
 
 def test_plain_loop_adopts_the_teacher_in_three_lines():
     data = torch.arange(30.0)
-    teacher = Teacher(30, epochs=6, cycles=1, ratio=0.5, interval=5)
+    teacher = Teacher(30, epochs=6, cycles=1, ratio=0.5, interval=5, **HELD)
     loader = DataLoader(list(zip(range(30), data)), batch_size=4, sampler=teacher.sampler())
     trained = []
     for _epoch in range(6):
@@ -472,11 +475,9 @@ def test_plain_loop_adopts_the_teacher_in_three_lines():
         (dict(refresh=0.0), r"refresh must be in \(0, 1\], got 0.0"),
         (dict(refresh="sometimes"), "refresh must be None, 'cycle' or a fraction"),
         (dict(interval=0), "interval must be an integer >= 1, got 0"),
-        (dict(epochs=None), "ratio=None means the published cosine"),
         (dict(epochs=4, warmup_epochs=3, anneal_epochs=2), "warmup_epochs=3, anneal_epochs=2, epochs=4"),
         (dict(strategy="infobatch", ratio=0.5), r"\{'ratio': 0.5\} do not apply to strategy='infobatch'"),
         (dict(strategy="infobatch", cycles=0), r"\{'cycles': 0\} do not apply"),
-        (dict(strategy="infobatch", reselect_each_epoch=True), r"\{'reselect_each_epoch': True\} do not apply"),
         (dict(seed=-1), "seed must be an integer >= 0, got -1"),
     ],
 )
@@ -494,7 +495,7 @@ def test_constructor_bad_input_names_the_argument(kwargs, match):
         (lambda: InfoBatch(prune_ratio=1.0), r"prune_ratio must be a number in \[0.0, 1.0\), got 1.0"),
         (lambda: InfoBatch(delta=0.0), r"delta must be in \(0, 1\], got 0.0"),
         (lambda: Importance(uniform_mix=0.0), r"uniform_mix must be in \(0, 1\], got 0.0"),
-        (lambda: Teacher(10, epochs=4, cycles=10), r"cycles=10 does not fit the teaching span of 3 epochs"),
+        (lambda: Teacher(10, epochs=4, cycles=10, warmup_epochs=1), r"cycles=10 does not fit the teaching span of 3 epochs"),
     ],
 )
 def test_strategy_options_bad_input_names_the_argument(make, match):
@@ -602,3 +603,23 @@ def test_observe_accepts_any_real_dtype_and_sequences_and_an_empty_batch():
 def test_selection_is_a_small_record():
     selection = Selection(torch.arange(3), None, 0.3, False, 2)
     assert len(selection) == 3 and selection.selected_at == 2
+
+
+def test_the_default_teacher_reselects_every_epoch_at_a_constant_share_from_epoch_zero():
+    teacher = Teacher(100, epochs=8)
+    plans = [teacher.plan.at(e) for e in range(8)]
+    assert all(p.phase == "subset" and p.selection_epoch == p.epoch and p.ratio == 0.5 for p in plans)
+    budgeted = Teacher(100, epochs=8, budget=0.25)
+    assert [budgeted.planned_size(e) for e in range(8)] == [25] * 8
+
+
+def test_held_pure_top_k_subsets_draw_the_study_warning():
+    with pytest.warns(UserWarning, match=r"several epochs in a row on a pure top-k subset of 20%"):
+        Teacher(100, strategy="hard", epochs=51, ratio=RatioSchedule(), interval=5, **HELD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Teacher(100, strategy="hard", epochs=51, ratio=RatioSchedule(), interval=5, reselect_each_epoch=True)
+        Teacher(100, strategy=Hard(random_share=0.3), epochs=51, ratio=RatioSchedule(), interval=5, **HELD)
+        Teacher(100, strategy="soft", epochs=51, ratio=RatioSchedule(), interval=5, **HELD)
+        Teacher(100, strategy="hard", epochs=51, ratio=0.7, interval=5, **HELD)
+        Teacher(100, epochs=51)  # the default: re-selected every epoch

@@ -27,7 +27,8 @@ def make_teacher(strategy: str):
 
     if strategy == "infobatch":
         return Teacher(NUM_EXAMPLES, strategy=strategy, epochs=EPOCHS, seed=3, warmup_epochs=1)
-    return Teacher(NUM_EXAMPLES, strategy=strategy, epochs=EPOCHS, seed=3, cycles=2, interval=2, refresh="cycle")
+    return Teacher(NUM_EXAMPLES, strategy=strategy, epochs=EPOCHS, seed=3, cycles=2, interval=2, refresh="cycle",
+                   warmup_epochs=1, reselect_each_epoch=strategy == "soft")
 
 
 def run_rank(rank: int, store: str, out: str) -> None:

@@ -100,7 +100,7 @@ def test_mixed_precision_trains_on_cpu(amp):
 
     model = _model()
     before = copy.deepcopy(model)
-    teacher = Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=3)
+    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=3)
     result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=3,
                  batch_size=8, amp=amp, teacher=teacher, score="fgrad", eval_data=_data(), progress=False)
     assert teacher.stats["observed"] == N_EXAMPLES + 2 * 18 and teacher.stats["nonfinite_scores"] == 0
@@ -249,7 +249,7 @@ def test_teacher_trains_on_its_selection_and_observes_each_trained_example(kind)
 
     data, model = _data(7), _model()
     logged = _LoggedData(data)
-    teacher = Teacher(len(data), strategy="hard", ratio=0.4, interval=1, epochs=3)
+    teacher = Teacher(len(data), warmup_epochs=1, strategy="hard", ratio=0.4, interval=1, epochs=3)
     spy = _Spy(teacher)
     # lr=0: the model never changes, so every score the trainer feeds can be checked against it.
     result = fit(model, logged, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
@@ -299,7 +299,7 @@ def _teacher_resume_run(out_dir, **overrides):
     from attent.teacher import Teacher
 
     model = _model(dropout=0.2, seed=4)
-    teacher = Teacher(len(_data(3)), strategy="soft", ratio=0.5, interval=2, epochs=5, refresh="cycle",
+    teacher = Teacher(len(_data(3)), warmup_epochs=1, strategy="soft", ratio=0.5, interval=2, epochs=5, refresh="cycle",
                       reselect_each_epoch=True, seed=2)
     options = dict(loss="cross_entropy", optimizer=torch.optim.Adam(model.parameters(), lr=0.02), teacher=teacher,
                    score="fgrad", epochs=5, batch_size=4, seed=1, progress=False, out_dir=out_dir)
@@ -332,7 +332,7 @@ def test_an_lr_scheduler_factory_gets_the_planned_steps_and_the_rate_ends_at_zer
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     result = fit(model, _data(), loss="cross_entropy", optimizer=optimizer, lr_scheduler=linear,
-                 teacher=Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=3), score="loss", epochs=3, batch_size=4,
+                 teacher=Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=3), score="loss", epochs=3, batch_size=4,
                  grad_accum=2, progress=False, eval_data=_data(4, 13), out_dir=tmp_path)
     assert planned == [11] and result.steps == 11 and optimizer.param_groups[0]["lr"] == 0.0
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -379,7 +379,7 @@ def _ddp_rank(rank, store, out):
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE)
     model = DistributedDataParallel(_model(seed=6))
-    teacher = Teacher(N_EXAMPLES, ratio=0.5, interval=1, epochs=3, refresh="cycle", seed=1)
+    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=3, refresh="cycle", seed=1)
     result = fit(model, _data(5), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.3),
                  teacher=teacher, score="fgrad", epochs=3, batch_size=4, grad_accum=2, eval_data=_data(6, 9), progress=False,
                  out_dir=os.path.dirname(out), max_time=60.0)
