@@ -18,7 +18,10 @@ How it works:
   flags the calls produce, e.g. with and without a mask).
 - Compilation goes to a fresh cache directory, so ptxas runs for every row and its report gives
   the registers and spill bytes; the shared memory is Triton's dynamic allocation, checked against
-  the GPU's per-block limit (a launch above it fails with OutOfResources).
+  the GPU's per-block limit (a launch above it fails with OutOfResources); the mma column names
+  the tensor-core instruction in the PTX: wgmma (Hopper's warpgroup MMA), mma (mma.sync, for
+  tiles below wgmma's 64 rows, and float64's FP64 tensor cores) or - (none: FMA, as for IEEE
+  float32 dots, and for kernels without a dot).
 
 It must run without ``TRITON_INTERPRET=1``: each family picks its autotune list when imported, and
 under the interpreter that list is one small configuration. Sizes are multiples of 16, so the
@@ -231,6 +234,7 @@ class Row:
     registers: int | None = None
     spill_bytes: int | None = None
     shared_bytes: int | None = None
+    mma: str | None = None
     error: str | None = None
     pruned: bool = False
 
@@ -266,6 +270,14 @@ def _ptxas_report(log: str) -> tuple[int | None, int | None]:
     return (int(registers.group(1)) if registers else None, int(spills.group(1)) if spills else None)
 
 
+def _matrix_instructions(ptx: str) -> str:
+    """Which tensor-core instruction the PTX multiplies with: "wgmma" (Hopper's warpgroup MMA),
+    "mma" (mma.sync: tiles below wgmma's 64 rows, float64) or "-" (no tensor core: FMA)."""
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    return "mma" if "mma.sync" in ptx else "-"
+
+
 def kept_configs(launch: Launch) -> list[Config]:
     """The configurations the autotuner tunes over for this call: its list, less those its
     early_config_prune (``attent_kernels._triton_tiles.shared_memory_pruning``) drops."""
@@ -286,13 +298,15 @@ def compile_row(launch: Launch, config: Config, capability: int) -> Row:
         return row
     row.registers, row.spill_bytes = _ptxas_report(printed.getvalue())
     row.shared_bytes = compiled.metadata.shared
+    row.mma = _matrix_instructions(compiled.asm["ptx"])
     limit = SHARED_LIMIT[capability]
     if row.shared_bytes > limit:
         row.error = f"OutOfResources: shared memory {row.shared_bytes} B > {limit} B per block on sm_{capability}"
     return row
 
 
-COLUMNS = [("kernel", 30), ("variant", 26), ("dtype", 8), ("config", 36), ("regs", 4), ("spill B", 7), ("shared B", 8)]
+COLUMNS = [("kernel", 30), ("variant", 26), ("dtype", 8), ("config", 36), ("regs", 4), ("spill B", 7), ("shared B", 8),
+           ("mma", 5)]
 
 
 def _format(values: Sequence[object], status: str) -> str:
@@ -305,7 +319,7 @@ def _print_row(row: Row) -> None:
         return "-" if value is None else str(value)
 
     values = [row.kernel, row.variant, row.dtype, row.config, number(row.registers), number(row.spill_bytes)]
-    print(_format([*values, number(row.shared_bytes)], row.status), flush=True)
+    print(_format([*values, number(row.shared_bytes), row.mma or "-"], row.status), flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -381,8 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [row for row in rows if row.error is not None]
     pruned = [row for row in rows if row.pruned]
     spilling = [row for row in rows if row.error is None and row.spill_bytes]
+    wgmma = [row for row in rows if row.mma == "wgmma"]
     print(f"\n{len(rows)} rows in {time.perf_counter() - start:.0f} s: {len(rows) - len(failed) - len(pruned)} OK "
-          f"({len(spilling)} of them spill registers), {len(pruned)} PRUNED, {len(failed)} FAILED")
+          f"({len(spilling)} of them spill registers, {len(wgmma)} use wgmma), {len(pruned)} PRUNED, {len(failed)} FAILED")
     errors = sorted({row.error for row in failed if row.error is not None})
     for error in errors:
         print(f"\n--- {sum(row.error == error for row in failed)} row(s) failed with:\n"
