@@ -56,7 +56,7 @@ def _linear(first: torch.dtype, second: torch.dtype, path: str) -> Pairs:
 
 def _fused(first: torch.dtype, second: torch.dtype) -> Pairs:
     x, g, mask = _randn(B, T, D, dtype=first), _randn(B, T, P, dtype=second), _mask(B, T)
-    (grad, norms), (grad_ref, norms_ref) = _both(ak.linear_weight_grad_and_norm_sq, x, g, mask=mask)
+    (grad, norms), (grad_ref, norms_ref) = _both(ak.linear_weight_grad_and_norm_sq, x, g, mask=mask, path="fused")
     return [(grad, grad_ref), (norms, norms_ref)]
 
 
@@ -152,8 +152,8 @@ def test_dtype_policy_at_its_documented_tolerance(name, policy):
 
 def test_split_kernels_are_bitwise_reproducible():
     x, g = _randn(5, T, 768, dtype=torch.bfloat16), _randn(5, T, 768, dtype=torch.bfloat16)
-    first = ak.linear_weight_grad_and_norm_sq(x, g)
-    again = ak.linear_weight_grad_and_norm_sq(x, g)
+    first = ak.linear_weight_grad_and_norm_sq(x, g, path="fused")
+    again = ak.linear_weight_grad_and_norm_sq(x, g, path="fused")
     assert linear_triton.batch_slices(5, 768, 768)[1] > 1
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     norms = [ak.linear_grad_norm_sq(x, g, path="ghost") for _ in range(2)]
