@@ -420,6 +420,7 @@ class GradNormProbe:
 
         self._shared = {key for key, how in covered.items() if len(how) > 1 and key in self._params}
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
+        self._handles.append(self.model.register_forward_hook(self._after_model, always_call=True))
         for name, module, entry, mine in rule_modules:
             self._hook_layer(_Recorder(self, name, mine, self._layout_of(name)), module, entry)
         for module, (name, params) in loose.items():
@@ -449,14 +450,17 @@ class GradNormProbe:
         batched = self._input_sizes - {1}
         self._batch = batched.pop() if len(batched) == 1 else (1 if self._input_sizes == {1} else None)
 
+    def _after_model(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._batch, self._input_sizes = None, set()  # a later call of a submodule alone does not reuse it
+
     def _forward_batch(self, layer: str) -> int:
         """The number of examples of the running forward pass, for a layer that expands a tensor the
         batch shares (a loose parameter, shared ids); raises ValueError naming the layer if unknown."""
         if self._batch is None:
-            sizes = sorted(self._input_sizes) or "none"
-            raise ValueError(f"GradNormProbe: layer {layer!r} needs the batch size of this forward pass, and the "
-                             f"model's tensor inputs do not tell it (sizes at dim {self._input_dim}: {sizes}); pass "
-                             f"GradNormProbe(..., batch_dim={{'': dim}}) with the dimension of the inputs' examples")
+            why = (f"the model's tensor inputs do not tell it (sizes at dim {self._input_dim}: "
+                   f"{sorted(self._input_sizes)}); pass GradNormProbe(..., batch_dim={{'': dim}}) with the dimension "
+                   f"of the inputs' examples") if self._input_sizes else "it runs outside a call of the probed model"
+            raise ValueError(f"GradNormProbe: layer {layer!r} needs the batch size of this forward pass, and {why}")
         return self._batch
 
     def _recording(self, output: Any) -> bool:

@@ -196,3 +196,13 @@ def test_a_loose_parameter_read_across_the_batch_dim_is_refused_by_name(read):
     model = Tokens(read)
     with GradNormProbe(model) as probe, pytest.raises(RuntimeError, match=r"pos reaches (Select|Slice|Cat)Backward0"):
         probe.score(model(torch.randn(3, 3, 3)))
+
+
+def test_a_submodule_called_alone_does_not_reuse_the_last_batch_size():
+    transformers = pytest.importorskip("transformers")
+    model = transformers.ViTModel(transformers.ViTConfig(image_size=8, patch_size=4, hidden_size=4, num_hidden_layers=1,
+                                                         num_attention_heads=2, intermediate_size=4))
+    with GradNormProbe(model):
+        model(torch.randn(3, 3, 8, 8))
+        with pytest.raises(ValueError, match=r"layer 'embeddings' needs the batch size.*outside a call of the probed model"):
+            model.embeddings(torch.randn(1, 3, 8, 8))  # the loose tokens' owner, called outside model()
