@@ -421,6 +421,12 @@ class GradNormProbe:
         self._shared = {key for key, how in covered.items() if len(how) > 1 and key in self._params}
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._after_model, always_call=True))
+        for name, module in self.model.named_modules():
+            declared = find_layout(module)
+            if declared is not None:
+                self._handles.append(module.register_forward_pre_hook(
+                    lambda mod, args, kwargs, name=name, declared=declared: self._check_fed(name, declared, args, kwargs),
+                    with_kwargs=True))
         for name, module, entry, mine in rule_modules:
             self._hook_layer(_Recorder(self, name, mine, self._layout_of(name)), module, entry)
         for module, (name, params) in loose.items():
@@ -449,6 +455,21 @@ class GradNormProbe:
         self._input_sizes = {t.shape[dim] for t in tensors}
         batched = self._input_sizes - {1}
         self._batch = batched.pop() if len(batched) == 1 else (1 if self._input_sizes == {1} else None)
+
+    def _check_fed(self, container: str, declared: Layout, args: tuple, kwargs: dict) -> None:
+        """A container with a declared layout fed a probed layer's output as it is: the two must agree
+        on where the examples are (an embedding reading (T, B) ids in front of a sequence-first encoder
+        without batch_dim={"emb": 1} would otherwise read T as B when T == B)."""
+        for tensor in (*args, *kwargs.values()):
+            node = tensor.grad_fn if isinstance(tensor, torch.Tensor) else None
+            for ref, _ in getattr(node, "metadata", {}).get(_MARK, ()):
+                record = ref()
+                if (record is not None and record.probe() is self and not record.layout.flattened
+                        and record.layout.dim != declared.dim):
+                    raise ValueError(f"GradNormProbe: layer {record.layer!r} keeps its examples at dim "
+                                     f"{record.layout.dim} and feeds {container or 'the model'!r}, whose examples are at "
+                                     f"dim {declared.dim}; pass GradNormProbe(..., batch_dim={{{record.layer!r}: "
+                                     f"{declared.dim}}})")
 
     def _after_model(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._batch, self._input_sizes = None, set()  # a later call of a submodule alone does not reuse it

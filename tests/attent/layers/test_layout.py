@@ -36,12 +36,18 @@ def test_sequence_first_encoder_with_T_equal_to_B_and_width_equal_to_B(exact, mo
     exact(model, lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), 4, mode=mode, batch_dim={"emb": 1})
 
 
-def test_a_layer_without_its_examples_at_the_declared_dim_is_refused_by_name():
-    torch.manual_seed(1)
+def test_an_embedding_feeding_a_sequence_first_encoder_must_say_so_even_when_T_equals_B():
     model = SequenceFirst(d=4)
-    ids = torch.randint(0, 11, (5, 3))  # (T, B) read as (B, T) without batch_dim={"emb": 1}
-    with GradNormProbe(model) as probe, pytest.raises(ValueError, match=r"layer 'emb', parameter 'weight'.*size 5 at dim 0.*batch_dim=\{'emb': dim\}"):
-        probe.score(model(ids).sum(1))
+    with GradNormProbe(model), pytest.raises(ValueError, match=r"layer 'emb' keeps its examples at dim 0 and feeds "
+                                                               r"'encoder'.*batch_dim=\{'emb': 1\}"):
+        model(torch.randint(0, 11, (4, 4)))
+
+
+def test_a_layer_without_its_examples_at_the_declared_dim_is_refused_by_name():
+    model = nn.Sequential(nn.Embedding(11, 4), nn.Linear(4, 2))
+    ids = torch.randint(0, 11, (5, 3))  # (T, B) read as (B, T) without batch_dim=1
+    with GradNormProbe(model) as probe, pytest.raises(ValueError, match=r"layer '1', parameter 'weight'.*\(5, 3, 4\) has size 5 at dim 0.*batch_dim=\{'1': dim\}"):
+        probe.score(model(ids).sum(dim=(0, 2)))
 
 
 class Flattening(nn.Module):
