@@ -46,7 +46,8 @@ def test_an_embedding_feeding_a_sequence_first_encoder_must_say_so_even_when_T_e
 def test_a_layer_without_its_examples_at_the_declared_dim_is_refused_by_name():
     model = nn.Sequential(nn.Embedding(11, 4), nn.Linear(4, 2))
     ids = torch.randint(0, 11, (5, 3))  # (T, B) read as (B, T) without batch_dim=1
-    with GradNormProbe(model) as probe, pytest.raises(ValueError, match=r"layer '1', parameter 'weight'.*\(5, 3, 4\) has size 5 at dim 0.*batch_dim=\{'1': dim\}"):
+    refused = r"layer '1', parameter 'weight'.*\(5, 3, 4\) has size 5 at dim 0.*batch_dim=\{'1': dim\}"
+    with GradNormProbe(model) as probe, pytest.raises(ValueError, match=refused):
         probe.score(model(ids).sum(dim=(0, 2)))
 
 
