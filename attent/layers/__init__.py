@@ -10,7 +10,8 @@ Built-in rules (all exact, tested against per-example gradients):
 - ``_norm``: ``nn.LayerNorm`` (any ``normalized_shape``), ``nn.GroupNorm``, ``nn.InstanceNorm*d``,
   ``nn.BatchNorm*d`` in eval mode (refused in training mode), RMSNorm variants (``nn.RMSNorm``,
   Llama's, T5LayerNorm, timm's).
-- ``_conv``: ``nn.Conv1d`` / ``2d`` / ``3d``, any stride, padding (and padding mode), dilation, groups.
+- ``_conv``: ``nn.Conv1d`` / ``2d`` / ``3d``, any stride, padding (and padding mode), dilation, groups;
+  ``nn.ConvTranspose1d`` / ``2d`` / ``3d`` with one group (refused with more).
 - ``_scale``: ``nn.PReLU``; timm's ``LayerScale`` / ``LayerScale2d`` (refused with inplace=True).
 - ``_attention``: ``nn.MultiheadAttention`` through a re-implemented forward that exposes every
   projection (packed or kdim/vdim, bias_k/bias_v, add_zero_attn, out_proj); the batch layout inside

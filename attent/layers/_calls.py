@@ -20,9 +20,11 @@ def _builtin(**defaults: object) -> inspect.Signature:
 
 
 _CONV = _builtin(bias=None, stride=1, padding=0, dilation=1, groups=1)
+_CONV_TRANSPOSE = _builtin(bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1)
 _SIGNATURES = {
     **{func: inspect.signature(func) for func in (F.embedding, F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm)},
     F.linear: _builtin(bias=None), F.prelu: _builtin(), F.conv1d: _CONV, F.conv2d: _CONV, F.conv3d: _CONV,
+    F.conv_transpose1d: _CONV_TRANSPOSE, F.conv_transpose2d: _CONV_TRANSPOSE, F.conv_transpose3d: _CONV_TRANSPOSE,
 }
 
 

@@ -93,6 +93,21 @@ def test_conv_any_stride_padding_dilation_groups(exact, data, mode):
 
 @FEW
 @given(data=st.data(), mode=MODES)
+def test_conv_transpose_any_stride_padding_dilation_output_padding(exact, data, mode):
+    B, dims = draw_batch(data, 3), data.draw(st.sampled_from([1, 2, 3]))
+    kernel, stride, dilation = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
+    padding = data.draw(st.integers(0, dilation * (kernel - 1)))
+    output_padding = data.draw(st.integers(0, max(stride, dilation) - 1))
+    conv = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1](
+        data.draw(sizes(B)), data.draw(sizes(B)), kernel, stride=stride, padding=padding, dilation=dilation,
+        output_padding=output_padding, bias=data.draw(st.booleans()))
+    x = torch.randn(B, conv.in_channels, *([data.draw(st.integers(2, 4 if dims < 3 else 3))] * dims), dtype=torch.float64)
+    probe = check_layer(exact, conv.double(), (x,), mode)
+    assert probe.coverage["layer.weight"] == "conv-transpose"
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
 def test_prelu_after_a_linear_width_equal_to_batch(exact, data, mode):
     B = draw_batch(data)
     width = data.draw(sizes(B))
@@ -260,6 +275,10 @@ FIXED = {  # one deterministic configuration per rule, beside the drawn ones (B 
     "conv2d stride 2 pad 1 dilation 2 groups 2": lambda: (nn.Conv2d(4, 2, 3, stride=2, padding=1, dilation=2, groups=2),
                                                          (torch.randn(3, 4, 7, 7),)),
     "conv1d reflect": lambda: (nn.Conv1d(3, 3, 3, padding=2, padding_mode="reflect"), (torch.randn(3, 3, 5),)),
+    "conv-transpose2d stride 2 pad 1 dilation 2 output_padding 1": lambda: (
+        nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, dilation=2, output_padding=1), (torch.randn(3, 3, 3, 3),)),
+    "conv-transpose1d output_padding >= stride": lambda: (
+        nn.ConvTranspose1d(3, 3, 2, stride=1, dilation=2, output_padding=1), (torch.randn(3, 3, 4),)),
     "embedding padding_idx + shared positions": lambda: (PositionsAndTokens(5, 3, padding_idx=0),
                                                          (torch.tensor([[0, 1, 2], [3, 0, 0], [4, 4, 1]]),)),
     "embeddingbag mean padding_idx": lambda: (nn.EmbeddingBag(5, 3, mode="mean", padding_idx=0),
