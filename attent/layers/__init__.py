@@ -16,6 +16,8 @@ Built-in rules (all exact, tested against per-example gradients):
 - ``_attention``: ``nn.MultiheadAttention`` through a re-implemented forward that exposes every
   projection (packed or kdim/vdim, bias_k/bias_v, add_zero_attn, out_proj); the batch layout inside
   torch's Transformer modules, from their ``batch_first``.
+- ``_recurrent``: ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (a step-by-step forward exposing the
+  projections; refused: proj_size, packed sequences).
 - ``_position_bias``: T5's (and MT5's) relative attention bias, shared by the batch and the layers.
 - ``_fused_qkv``: timm's ``EvaAttention`` (qkv weight with the concatenated q/v bias parameters).
   ``_calls.WeightCalls`` is the function mode these rules read their functional calls through.
@@ -31,7 +33,7 @@ the rule does not support, and ``forward=`` (or :func:`register_forward`) replac
 forward while the probe is attached (for parameters used inside one functional call).
 """
 from ..factors import Capture, Diag, Direct, Factor, Ids, LayerRule, Layout, Outer
-from . import _attention, _conv, _embedding, _fused_qkv, _linear, _norm, _position_bias, _scale  # noqa: F401  (each registers its rules)
+from . import _attention, _conv, _embedding, _fused_qkv, _linear, _norm, _position_bias, _recurrent, _scale  # noqa: F401  (each registers its rules)
 from ._calls import WeightCalls
 from ._gain import GainProducts
 from ._registry import (

@@ -323,3 +323,43 @@ def test_a_module_named_like_an_rms_norm_that_computes_something_else_is_refused
     model = GatedRMSNorm(3)
     with GradNormProbe(model), pytest.raises(ValueError, match=r"layer '': GatedRMSNorm: the output is not weight \* x_hat"):
         model(x, torch.randn(2, 3))
+
+
+class Recurrent(nn.Module):
+    """(B,) losses from an LSTM's, GRU's or RNN's outputs and final hidden state, with or without h0."""
+
+    def __init__(self, rnn: nn.Module, with_h0: bool):
+        super().__init__()
+        self.rnn, self.with_h0 = rnn, with_h0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rnn, batch_dim = self.rnn, 0 if self.rnn.batch_first else 1
+        h0 = torch.ones(rnn.num_layers * (1 + rnn.bidirectional), x.shape[batch_dim], rnn.hidden_size, dtype=x.dtype) * 0.3
+        lstm = isinstance(rnn, nn.LSTM)
+        hx = ((h0, -h0) if lstm else h0) if self.with_h0 else None
+        out, state = rnn(x, hx)
+        h_n = state[0] if lstm else state
+        return torch.tanh(out).movedim(batch_dim, 0).flatten(1).sum(1) + h_n.square().sum(dim=(0, 2))
+
+
+@FEW
+@given(data=st.data(), mode=MODES)
+def test_lstm_gru_rnn(exact, data, mode):
+    B = draw_batch(data, 3)
+    T, width = data.draw(sizes(B)), data.draw(sizes(B))
+    rnn = data.draw(st.sampled_from([nn.LSTM, nn.GRU, nn.RNN]))(
+        data.draw(sizes(B)), width, num_layers=data.draw(st.integers(1, 2)), bidirectional=data.draw(st.booleans()),
+        bias=data.draw(st.booleans()), batch_first=data.draw(st.booleans()))
+    x = torch.randn((B, T, rnn.input_size) if rnn.batch_first else (T, B, rnn.input_size), dtype=torch.float64)
+    batch_dim = 0 if rnn.batch_first else 1
+    model = Recurrent(rnn, data.draw(st.booleans())).double()
+    exact(model, lambda m: m(x), lambda m, i: m(x.narrow(batch_dim, i, 1)), B, mode=mode)
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_lstm_gru_rnn_two_layers_bidirectional(exact, kind):
+    torch.manual_seed(8)
+    options = {"nonlinearity": "relu"} if kind is nn.RNN else {}
+    model = Recurrent(kind(3, 3, num_layers=2, bidirectional=True, **options), with_h0=True).double()
+    x = torch.randn(3, 3, 3, dtype=torch.float64)  # (T, B, in) with T == B == width
+    exact(model, lambda m: m(x), lambda m, i: m(x[:, i:i + 1]), 3)
