@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from attent_kernels import cross_entropy_scores, mse_scores
+from attent_kernels import accum_dtype, cross_entropy_scores, mse_scores
 
 __all__ = [
     "SCORE_KINDS",
@@ -195,8 +195,8 @@ class Objective:
 
 
 def _accumulated(t: torch.Tensor) -> torch.Tensor:
-    """t in float32, or float64 when it is float64 (reduced precision never accumulates)."""
-    return t if t.dtype == torch.float64 else t.float()
+    """t in the accumulation dtype of ``attent_kernels.accum_dtype`` (reduced precision never accumulates)."""
+    return t.to(accum_dtype(t))
 
 
 def gradnorm_scores(norms_sq: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:

@@ -272,8 +272,10 @@ class Teacher:
         if recipe == "complex":
             if strategy not in ("hard", "greedy", "soft", "random"):
                 raise ValueError(f"the published complex recipe has strategies hard, soft and random, got {strategy!r}")
-            return cls(num_examples, strategy=strategy, epochs=epochs, ratio=RatioSchedule(), interval=IntervalSchedule(),
-                       warmup_epochs=1, refresh="cycle", reselect_each_epoch=strategy == "soft", seed=seed)
+            with warnings.catch_warnings():  # asked for by name: the held top-k subsets are the recipe
+                warnings.filterwarnings("ignore", message="this plan trains for several epochs", category=UserWarning)
+                return cls(num_examples, strategy=strategy, epochs=epochs, ratio=RatioSchedule(), interval=IntervalSchedule(),
+                           warmup_epochs=1, refresh="cycle", reselect_each_epoch=strategy == "soft", seed=seed)
         if recipe == "simple":
             if strategy not in ("hard", "greedy"):
                 raise ValueError(f"the published simple recipe selects by hard top-k only, got strategy={strategy!r}")

@@ -5,13 +5,15 @@ oracle) and a Triton kernel (used for CUDA tensors); ``backend=`` ("auto", "trit
 "reference", on every op) picks one explicitly.
 
 Conventions shared by every op:
-- accumulation and results in float32, float64 if any input is float64 (``_checks.accum_dtype``);
+- accumulation and results in float32, float64 if any input is float64 (:func:`accum_dtype`, the
+  rule ``attent`` follows too);
 - ``bias`` is the layer's bias: a keyword flag, False by default, where only its presence
   matters (the gradient-norm and Gram ops: True adds the bias gradient's term), the bias tensor
   itself where its value does (``linear_cross_entropy_scores``, whose logits need it);
 - the Triton kernels' dot precision: 16-bit for any 16-bit input (mixed with float32 too),
   TF32 for float32 when ``torch.backends.cuda.matmul.allow_tf32`` is on (``linear`` docstring).
 """
+from ._checks import accum_dtype
 from .embedding import embedding_grad_norm_sq
 from .linear import (
     grouped_linear_grad_norm_sq,
@@ -23,6 +25,7 @@ from .loss_scores import CEScores, MSEScores, cross_entropy_scores, linear_cross
 from .norm import norm_grad_norm_sq
 
 __all__ = [
+    "accum_dtype",
     "linear_grad_norm_sq",
     "grouped_linear_grad_norm_sq",
     "linear_grad_gram",
