@@ -27,7 +27,6 @@ import pickle
 import re
 import resource
 from multiprocessing.connection import Connection
-
 from typing import Any, Callable
 
 import torch

@@ -35,14 +35,14 @@ def measure(device: torch.device, dtypes: list[str], quick: bool) -> dict:
     n = (8192 if on_cuda else 2048) >> (2 if quick else 0)
     src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    copy_seconds = _best_seconds(lambda: dst.copy_(src), device)
+    copy_seconds = _best_seconds(lambda dst=dst, src=src: dst.copy_(src), device)
     del src, dst
     matmul = {}
     for name in dtypes:
         dtype = getattr(torch, name)
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        matmul[name] = 2.0 * n**3 / _best_seconds(lambda: a @ b, device) / 1e12
+        matmul[name] = 2.0 * n**3 / _best_seconds(lambda a=a, b=b: a @ b, device) / 1e12
     return {
         "copy_GBps": 2.0 * copy_bytes / copy_seconds / 1e9,
         "matmul_TFLOPs": matmul,

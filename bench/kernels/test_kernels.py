@@ -30,7 +30,8 @@ def assert_agrees(results: Results, expected: Results, case: Case) -> None:
     for name in results.keys() & expected.keys():
         value = results[name]
         want = expected[name].float()
-        torch.testing.assert_close(value.float(), want, rtol=rtol, atol=rtol * float(want.abs().max()), msg=lambda m: f"{case.id} {name}: {m}")
+        torch.testing.assert_close(value.float(), want, rtol=rtol, atol=rtol * float(want.abs().max()),
+                                   msg=lambda m, name=name: f"{case.id} {name}: {m}")
 
 
 def test_kernel(benchmark, case: Case) -> None:
