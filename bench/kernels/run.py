@@ -1,6 +1,6 @@
 """`attent bench kernels`: run the kernel microbenchmarks (pytest-benchmark, ``test_kernels.py``),
 print one side-by-side table of time and peak extra memory per op, shape and method, and write
-the record as JSON (default ``bench/results/kernels-<device>-<date>.json``).
+the record as JSON (``kernels-<device>-<date>.json`` in ``runs/bench/``, or in ``bench/results/`` with ``--record``).
 
     attent bench kernels                 # the device's shapes (CPU: a few minutes)
     attent bench kernels --quick         # tiny shapes, seconds: checks that everything runs
@@ -29,7 +29,6 @@ from bench import record_info  # noqa: E402
 from bench.kernels import _memory, _roofline, _timing  # noqa: E402
 from bench.kernels._cases import METHODS, OPS, WORK, Case, cases, work  # noqa: E402
 
-RESULTS_DIR = REPO / "bench" / "results"
 TIMING = {
     "quick": ["--benchmark-min-rounds=1", "--benchmark-max-time=0.005", "--benchmark-warmup=off"],
     "full": ["--benchmark-min-rounds=3", "--benchmark-max-time=0.5", "--benchmark-warmup=off"],
@@ -57,7 +56,9 @@ class _Outcomes:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attent bench kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few rounds: a smoke run of every case")
-    parser.add_argument("--json", type=Path, default=None, help="where to write the JSON record")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the JSON record (default: "
+                                                                  "kernels-<device>-<date>.json in the output folder)")
+    record_info.add_output_options(parser)
     parser.add_argument("--ops", default="", help=f"comma-separated ops (default: all of {', '.join(OPS)})")
     return parser
 
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shapes": _shapes(selected),
         "results": rows,
     }
-    out = args.json or RESULTS_DIR / f"kernels-{record_info.device_label(device)}-{record['date']}.json"
+    out = args.json or record_info.output_dir(args) / f"kernels-{record_info.device_label(device)}-{record['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
