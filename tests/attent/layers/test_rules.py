@@ -147,6 +147,16 @@ def test_timm_layer_scale(exact, data, mode):
     assert probe.coverage["layer.gamma"] == "layerscale"
 
 
+@pytest.mark.parametrize("two_d", [False, True])
+def test_timm_layer_scale_fixed(exact, two_d):
+    layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(9)
+    layer = (layers.LayerScale2d if two_d else layers.LayerScale)(3, init_values=0.5)
+    nn.init.normal_(layer.gamma)
+    x = torch.randn(3, 3, 2, 4) if two_d else torch.randn(3, 2, 3)  # B == C, other dims apart
+    check_layer(exact, layer.double(), (x.double(),), "score")
+
+
 def test_timm_layer_scale_in_place_is_refused_by_name():
     layers = pytest.importorskip("timm.layers")
     with pytest.raises(ValueError, match=r"gamma.*LayerScale.*inplace=True"):
