@@ -7,6 +7,8 @@ oracle) and a Triton kernel (used for CUDA tensors); ``backend=`` ("auto", "trit
 Conventions shared by every op:
 - accumulation and results in float32, float64 if any input is float64 (:func:`accum_dtype`, the
   rule ``attent`` follows too);
+- outputs never require grad: scores are numbers, not part of a graph (every op runs under
+  ``torch.no_grad``, whichever backend runs it);
 - ``bias`` is the layer's bias: a keyword flag, False by default, where only its presence
   matters (the gradient-norm and Gram ops: True adds the bias gradient's term), the bias tensor
   itself where its value does (``linear_cross_entropy_scores``, whose logits need it);

@@ -1,6 +1,7 @@
 """Argument checks shared by every op: each error names the op, the argument and the shapes."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -69,6 +70,14 @@ def check_mask(op: str, mask: torch.Tensor | None, shape: torch.Size, ref_name: 
         if bool(bad.any()):
             fail(op, "a floating-point mask must hold only 0 and 1")
     return mask.to(torch.bool)
+
+
+def require_index(op: str, name: str, value: object, *, allow_none: bool) -> None:
+    """``value`` must be a Python integer (an id), or None where ``allow_none``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        fail(op, f"{name} must be an integer{' or None' if allow_none else ''}, got {value!r} ({type(value).__name__})")
 
 
 def accum_dtype(*tensors: torch.Tensor | None) -> torch.dtype:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_mask, fail, require_float, require_int, require_rank, require_same_device, shape_str
+from .._checks import check_mask, fail, require_float, require_index, require_int, require_rank, require_same_device, shape_str
 from .._dispatch import Backend, implementation
 
 __all__ = ["embedding_grad_norm_sq"]
@@ -11,6 +11,7 @@ __all__ = ["embedding_grad_norm_sq"]
 PATHS = ("auto", "pairs", "sorted")
 
 
+@torch.no_grad()
 def embedding_grad_norm_sq(
     ids: torch.Tensor,
     g: torch.Tensor,
@@ -52,6 +53,7 @@ def embedding_grad_norm_sq(
         fail(op, f"ids has shape {shape_str(ids)} and g has shape {shape_str(g)}: g must be ids' shape plus a feature dimension")
     keep = check_mask(op, mask, ids.shape, f"ids of shape {shape_str(ids)}")
     require_same_device(op, {"ids": ids, "g": g, "mask": keep})
+    require_index(op, "padding_idx", padding_idx, allow_none=True)
     if padding_idx is not None:
         not_pad = ids != padding_idx
         keep = not_pad if keep is None else keep & not_pad

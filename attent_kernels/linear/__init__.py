@@ -56,6 +56,7 @@ def _check_path(op: str, path: str, paths: tuple[str, ...] = PATHS) -> None:
         fail(op, f"path must be one of {paths}, got {path!r}")
 
 
+@torch.no_grad()
 def linear_grad_norm_sq(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -88,6 +89,7 @@ def linear_grad_norm_sq(
     return implementation(op, backend, __name__, x3, g3).linear_grad_norm_sq(x3, g3, bool(bias), m3, path)
 
 
+@torch.no_grad()
 def grouped_linear_grad_norm_sq(
     x: torch.Tensor,
     gs: Sequence[torch.Tensor],
@@ -124,6 +126,7 @@ def grouped_linear_grad_norm_sq(
     return implementation(op, backend, __name__, x3, *g3s).grouped_linear_grad_norm_sq(x3, g3s, flags, m3, path)
 
 
+@torch.no_grad()
 def linear_grad_gram(
     x: torch.Tensor,
     g: torch.Tensor,
@@ -173,6 +176,7 @@ def linear_grad_gram(
     )
 
 
+@torch.no_grad()
 def linear_weight_grad_and_norm_sq(
     x: torch.Tensor,
     g: torch.Tensor,

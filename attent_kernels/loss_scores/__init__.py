@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import accum_dtype, check_mask, fail, require_float, require_int, require_rank, require_same_device, require_tensor, shape_str
+from .._checks import accum_dtype, check_mask, fail, require_float, require_index, require_int, require_rank, require_same_device, require_tensor, shape_str
 from .._dispatch import Backend, check_backend, implementation
 
 __all__ = ["CEScores", "MSEScores", "cross_entropy_scores", "linear_cross_entropy_scores", "mse_scores"]
@@ -38,6 +38,7 @@ class MSEScores(NamedTuple):
 
 
 def _check_targets(op: str, targets: torch.Tensor, row_shape: torch.Size, vocab: int, ignore_index: int, what: str) -> None:
+    require_index(op, "ignore_index", ignore_index, allow_none=False)
     require_int(op, "targets", targets)
     if targets.shape != row_shape:
         fail(op, f"targets has shape {shape_str(targets)} but {what} needs targets of shape ({', '.join(map(str, row_shape))})")
@@ -57,6 +58,7 @@ def _per_example(tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows_s
     return CEScores(loss, fgrad_t.sum(dim=1), count)
 
 
+@torch.no_grad()
 def cross_entropy_scores(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -91,6 +93,7 @@ def cross_entropy_scores(
     return _per_example(impl.cross_entropy_token_scores(flat_logits, flat_targets, ignore_index), logits.shape[:-1])
 
 
+@torch.no_grad()
 def linear_cross_entropy_scores(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -134,6 +137,7 @@ def linear_cross_entropy_scores(
     return _per_example(tokens, hidden.shape[:-1])
 
 
+@torch.no_grad()
 def mse_scores(
     pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None, backend: Backend = "auto"
 ) -> MSEScores:

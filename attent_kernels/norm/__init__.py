@@ -9,6 +9,7 @@ from .._dispatch import Backend, implementation
 __all__ = ["norm_grad_norm_sq"]
 
 
+@torch.no_grad()
 def norm_grad_norm_sq(
     x_hat: torch.Tensor,
     g: torch.Tensor,

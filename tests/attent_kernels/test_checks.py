@@ -134,3 +134,31 @@ def test_mixed_devices_raise_a_value_error_naming_the_devices(call, fragments):
 def test_cuda_and_cpu_tensors_mixed_raise_a_value_error():
     with pytest.raises(ValueError, match="x on cuda:0, g on cpu"):
         linear_grad_norm_sq(f(2, 3).cuda(), f(2, 4))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: embedding_grad_norm_sq(torch.randint(0, 5, (2, 3)), torch.randn(2, 3, 4), padding_idx="1"),
+     r"embedding_grad_norm_sq: padding_idx must be an integer or None, got '1' \(str\)"),
+    (lambda: embedding_grad_norm_sq(torch.randint(0, 5, (2, 3)), torch.randn(2, 3, 4), padding_idx=1.0),
+     r"padding_idx must be an integer or None, got 1.0 \(float\)"),
+    (lambda: cross_entropy_scores(torch.randn(2, 5), torch.tensor([1, 2]), ignore_index=None),
+     r"cross_entropy_scores: ignore_index must be an integer, got None"),
+    (lambda: linear_cross_entropy_scores(torch.randn(2, 4), torch.randn(5, 4), torch.tensor([1, 2]), ignore_index=None),
+     r"linear_cross_entropy_scores: ignore_index must be an integer, got None"),
+])
+def test_id_arguments_are_checked_by_name(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_reference_outputs_do_not_require_grad_nor_keep_a_graph():
+    x, g = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 3, 6, requires_grad=True)
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    outputs = [
+        linear_grad_norm_sq(x, g), grouped_linear_grad_norm_sq(x, [g, g]), linear_grad_gram(x, g),
+        *linear_weight_grad_and_norm_sq(x, g), norm_grad_norm_sq(x, torch.randn(2, 3, 4, requires_grad=True)),
+        embedding_grad_norm_sq(torch.randint(0, 5, (2, 3)), torch.randn(2, 3, 4, requires_grad=True)),
+        *cross_entropy_scores(logits, torch.randint(0, 5, (2, 3))), *mse_scores(logits, torch.randn(2, 3, 5)),
+        *linear_cross_entropy_scores(x, torch.randn(5, 4, requires_grad=True), torch.randint(0, 5, (2, 3))),
+    ]
+    assert all(not t.requires_grad and t.grad_fn is None for t in outputs)
