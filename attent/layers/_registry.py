@@ -61,6 +61,16 @@ def register_layer(
 ) -> Callable[[LayerRule], LayerRule]:
     """Register the probe's rule for a layer type (and its subclasses); use as a decorator.
 
+    The decorated function is the rule: ``rule(module, args, output) -> Capture | list[Capture]``,
+    called in the module's forward hook with its positional inputs and its output; each
+    :class:`attent.Capture` pairs a tensor the call produced with ``factors(grad) -> {parameter
+    name: Outer | Diag | Direct}`` (see :mod:`attent.factors`)::
+
+        @attent.register_layer(MyScale, params=("gamma",))
+        def _my_scale(module, args, output):
+            x = args[0]
+            return attent.Capture(output, lambda g: {"gamma": attent.Diag(x, g)})
+
     Args:
         layer_type: the module class.
         params: names of the parameters the rule covers, relative to the module (its own, or
