@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from attent_kernels import embedding_grad_norm_sq, linear_grad_norm_sq, norm_grad_norm_sq
+from attent_kernels import accum_dtype, embedding_grad_norm_sq, linear_grad_norm_sq, norm_grad_norm_sq
 
 from .factors import Diag, Direct, Factor, Ids, Layout, Outer
 
@@ -28,10 +28,6 @@ def _to_batch_first(t: torch.Tensor, layout: Layout, batch: int, keep_last: int)
         raise ValueError(f"a tensor of shape {shape} has {held} the batch size {batch} (the length of losses)")
     t = t.movedim(dim, 0)
     return t.reshape(batch, -1, *t.shape[t.dim() - keep_last:]) if keep_last else t.reshape(batch, -1)
-
-
-def _accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _common(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +73,7 @@ def canonical(factor: Factor, layout: Layout, shape: torch.Size, batch: int) -> 
     if v.shape[1] % numel:
         raise ValueError(f"a Direct factor of shape {tuple(factor.v.shape)} does not hold whole gradients of a "
                          f"parameter of {numel} elements")
-    return Direct(v.reshape(batch, -1, numel).sum(dim=1, dtype=_accumulation_dtype(v)), 0)
+    return Direct(v.reshape(batch, -1, numel).sum(dim=1, dtype=accum_dtype(v)), 0)
 
 
 def norm_sq(factor: Factor) -> torch.Tensor:
@@ -93,7 +89,7 @@ def norm_sq(factor: Factor) -> torch.Tensor:
 
 
 def _as_direct(factor: Diag) -> Direct:
-    dtype = _accumulation_dtype(factor.x)
+    dtype = accum_dtype(factor.x)
     return Direct((factor.x.to(dtype) * factor.g.to(dtype)).sum(dim=1), 0)
 
 
@@ -117,7 +113,7 @@ def _row_gram(a1: torch.Tensor | Ids, a2: torch.Tensor | Ids, dtype: torch.dtype
 
 def _outer_times_direct(factor: Outer, direct: Direct, rows: int, cols: int) -> torch.Tensor:
     """<sum_t a_t b_t^T, V> per example, V the Direct gradient as (rows, cols)."""
-    dtype = _accumulation_dtype(factor.b, direct.v)
+    dtype = accum_dtype(factor.b, direct.v)
     v = direct.v.to(dtype).reshape(-1, rows, cols)
     if isinstance(factor.a, Ids):
         picked = v.gather(1, factor.a.ids.clamp(0, rows - 1)[:, :, None].expand(-1, -1, cols))  # (B, T, cols)
@@ -133,12 +129,12 @@ def inner(f1: Factor, f2: Factor, shape: torch.Size) -> torch.Tensor:
     f1 = _as_direct(f1) if isinstance(f1, Diag) else f1
     f2 = _as_direct(f2) if isinstance(f2, Diag) else f2
     if isinstance(f1, Direct) and isinstance(f2, Direct):
-        dtype = _accumulation_dtype(f1.v, f2.v)
+        dtype = accum_dtype(f1.v, f2.v)
         return (f1.v.to(dtype) * f2.v.to(dtype)).sum(dim=1)
     rows, cols = shape[0], shape[1:].numel()
     if isinstance(f1, Direct):
         return _outer_times_direct(f2, f1, rows, cols)
     if isinstance(f2, Direct):
         return _outer_times_direct(f1, f2, rows, cols)
-    dtype = _accumulation_dtype(f1.b, f2.b)
+    dtype = accum_dtype(f1.b, f2.b)
     return (_row_gram(f1.a, f2.a, dtype) * (f1.b.to(dtype) @ f2.b.to(dtype).transpose(1, 2))).sum(dim=(1, 2))

@@ -56,6 +56,8 @@ import torch
 from torch import nn
 from torch.autograd.graph import GradientEdge
 
+from attent_kernels import accum_dtype
+
 from . import _factor_norms
 from .factors import Capture, Direct, Factor, Layout
 from .layers import GainProducts, WeightCalls, find_layout, find_rule, register_loaded_integrations
@@ -135,7 +137,7 @@ class _Call:
     single: set[int] = field(default_factory=set)
 
     def add(self, layer: str, sq: torch.Tensor) -> None:
-        sq = sq.to(torch.float64 if sq.dtype == torch.float64 else torch.float32)
+        sq = sq.to(accum_dtype(sq))
         self.per_layer[layer] = self.per_layer[layer] + sq if layer in self.per_layer else sq
 
     def consume(self, record: _Record, factors: dict[str, Factor]) -> None:
