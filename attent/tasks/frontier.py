@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 __all__ = ["Point", "FrontierPoint", "mean_std", "frontier", "full_data_target", "time_to_quality", "saving",
-           "equal_budget"]
+           "equal_budget", "SPEND_TOLERANCE"]
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,19 @@ def saving(method_time: float | None, baseline_time: float | None) -> float | No
     return 1.0 - method_time / baseline_time
 
 
+SPEND_TOLERANCE = 1.02  # a run that processed more than 2% over the baseline's examples is not at its budget
+
+
 def equal_budget(points: Iterable[Point], *, method: str, baseline: str, budget: float,
                  higher_is_better: bool) -> dict[str, float | int | None]:
     """:func:`mean_std` of the paired per-seed advantage of ``method`` over ``baseline`` at
-    ``budget``: quality difference, sign turned so that positive = better."""
+    ``budget``: quality difference, sign turned so that positive = better. A seed counts only when
+    the method processed at most ``SPEND_TOLERANCE`` times the baseline's examples there (InfoBatch
+    cannot be held below about half the recipe: its low-budget runs are left out, not compared)."""
     points = list(points)
-    mine = {p.seed: p.quality for p in points if p.method == method and p.budget == budget}
-    theirs = {p.seed: p.quality for p in points if p.method == baseline and p.budget == budget}
+    mine = {p.seed: p for p in points if p.method == method and p.budget == budget}
+    theirs = {p.seed: p for p in points if p.method == baseline and p.budget == budget}
     sign = 1.0 if higher_is_better else -1.0
-    return mean_std([sign * (mine[seed] - theirs[seed]) for seed in sorted(mine.keys() & theirs.keys())])
+    paired = [seed for seed in sorted(mine.keys() & theirs.keys())
+              if mine[seed].examples <= SPEND_TOLERANCE * theirs[seed].examples]
+    return mean_std([sign * (mine[seed].quality - theirs[seed].quality) for seed in paired])

@@ -137,7 +137,7 @@ SUBSET_SEED = 0
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attent bench e2e", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=(*TASKS, "all"), help="the task, or all five")
+    parser.add_argument("--task", choices=(*TASKS, "all"), help="the task, or all five")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="comma-separated fractions in (0, 1]")
     parser.add_argument("--methods", default=",".join(METHODS),
@@ -146,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None,
                         help="the record's path (default e2e_<task>.json in the output folder); with --task all it "
                         "must contain {task}")
+    parser.add_argument("--reanalyse", type=Path, default=None, metavar="RECORD",
+                        help="recompute a record's readings from its own per-run points (no training) and rewrite it")
     record_info.add_output_options(parser)
     return parser
 
@@ -280,10 +282,28 @@ def _output_path(template: Path | None, task: str, many: bool, folder: Path) -> 
     return Path(str(template).replace("{task}", task))
 
 
+def reanalyse(path: Path) -> None:
+    """Recompute ``path``'s readings from its points with the current :func:`analyse` and rewrite it
+    (the runs themselves are not repeated); the record notes when and by what command."""
+    record = json.loads(path.read_text())
+    points = [Point(**p) for p in record["points"]]
+    method_ids = list(dict.fromkeys(p.method for p in points))
+    record.update(analyse(points, method_ids, higher_is_better=record["higher_is_better"]))
+    record["reanalysed"] = {"date": datetime.date.today().isoformat(), "argv": ["--reanalyse", str(path)]}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(format_part(record))
+    print(f"rewrote {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser.parse_args(argv)
+    if args.reanalyse is not None:
+        reanalyse(args.reanalyse)
+        return 0
+    if args.task is None:
+        parser.error("--task is required (or --reanalyse RECORD)")
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     budgets = _budgets(args.budgets, parser)

@@ -61,3 +61,10 @@ def test_equal_budget_pairs_seeds_and_turns_the_sign_for_losses():
     assert as_loss["mean"] == pytest.approx(-0.12)
     unpaired = POINTS + [P("t", 1.0, 7, 0.5, 1.0)]
     assert equal_budget(unpaired, method="t", baseline="full", budget=1.0, higher_is_better=True)["n"] == 0
+
+
+def test_equal_budget_leaves_out_runs_that_spent_more_than_the_budget():
+    over = [P("full", 0.25, 0, 0.7, 2.0), Point("ib", 0.25, 0, 0.9, 4.0, examples=45, selection_overhead=0.0),
+            Point("ok", 0.25, 0, 0.8, 2.0, examples=25, selection_overhead=0.0)]
+    assert equal_budget(over, method="ib", baseline="full", budget=0.25, higher_is_better=True)["n"] == 0
+    assert equal_budget(over, method="ok", baseline="full", budget=0.25, higher_is_better=True)["mean"] == pytest.approx(0.1)

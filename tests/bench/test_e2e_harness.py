@@ -77,3 +77,14 @@ def test_bad_arguments_exit_before_training(harness, argv, capsys):
         harness.main(argv)
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_reanalyse_recomputes_the_readings_from_the_points(harness, quick_record, tmp_path):
+    _, path, record = quick_record
+    copy = tmp_path / "copy.json"
+    stale = dict(record, target=-1.0, methods={})
+    copy.write_text(json.dumps(stale))
+    assert harness.main(["--reanalyse", str(copy)]) == 0
+    again = json.loads(copy.read_text())
+    assert again["target"] == pytest.approx(record["target"]) and again["methods"] == record["methods"]
+    assert again["reanalysed"]["argv"] == ["--reanalyse", str(copy)]
