@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -98,10 +98,13 @@ def test_conv_transpose_any_stride_padding_dilation_output_padding(exact, data, 
     kernel, stride, dilation = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2))
     padding = data.draw(st.integers(0, dilation * (kernel - 1)))
     output_padding = data.draw(st.integers(0, max(stride, dilation) - 1))
+    length = data.draw(st.integers(2, 4 if dims < 3 else 3))
+    # torch refuses a transposed convolution whose output would be empty
+    assume((length - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1 >= 1)
     conv = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1](
         data.draw(sizes(B)), data.draw(sizes(B)), kernel, stride=stride, padding=padding, dilation=dilation,
         output_padding=output_padding, bias=data.draw(st.booleans()))
-    x = torch.randn(B, conv.in_channels, *([data.draw(st.integers(2, 4 if dims < 3 else 3))] * dims), dtype=torch.float64)
+    x = torch.randn(B, conv.in_channels, *([length] * dims), dtype=torch.float64)
     probe = check_layer(exact, conv.double(), (x,), mode)
     assert probe.coverage["layer.weight"] == "conv-transpose"
 
