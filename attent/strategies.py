@@ -23,6 +23,7 @@ its own epoch plan through :meth:`Strategy.plan`.
 """
 from __future__ import annotations
 
+import abc
 import math
 import numbers
 from dataclasses import asdict, dataclass
@@ -80,7 +81,7 @@ class PlanRequest:
     reselect_each_epoch: bool
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """Base class of the selection strategies (see the module docstring).
 
     Subclasses set ``name`` through :func:`register_strategy`, implement :meth:`select`, and may set
@@ -91,9 +92,9 @@ class Strategy:
     reads_scores: ClassVar[bool] = True
     sizes_own_subsets: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def select(self, scores: ScoreView, m: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(indices (k,) int64, weights (k,) float64 or None) of one selection point."""
-        raise NotImplementedError
 
     def plan(self, request: PlanRequest) -> TeachingPlan:
         """The epoch plan: warm-up, cycles of ``interval`` subset epochs at ``ratio``, annealing."""

@@ -299,9 +299,7 @@ class Teacher:
 
         def plan_at(scale: float) -> tuple[TeachingPlan, int]:
             plan = self.strategy.plan(dataclasses.replace(request, ratio=ScaledRatio(shape, scale)))
-            sizes = [self.num_examples if p.is_full else
-                     min(self.num_examples, max(1, fraction_count(p.ratio, self.num_examples)))
-                     for p in map(plan.at, range(request.epochs))]
+            sizes = [self.num_examples if p.is_full else self._subset_size(p.ratio) for p in map(plan.at, range(request.epochs))]
             return plan, sum(sizes)
 
         low, high = 0.0, 1.0 / min(shape.value(0.0), shape.value(1.0), shape.value(0.5))
@@ -310,8 +308,9 @@ class Teacher:
             raise ValueError(f"budget={self.budget} allows {allowed} training examples, but this plan's full-data epochs "
                              f"and one-example subsets already take {spent}; lower warmup_epochs / anneal_epochs or "
                              f"shorten the intervals' full-data remainder")
-        if plan_at(high)[1] <= allowed:
-            return plan_at(high)[0]
+        widest, spent = plan_at(high)
+        if spent <= allowed:
+            return widest
         for _ in range(60):
             middle = (low + high) / 2
             if plan_at(middle)[1] <= allowed:
@@ -392,7 +391,11 @@ class Teacher:
             return self.num_examples
         if self.strategy.sizes_own_subsets or plan.ratio is None:
             return None
-        return min(self.num_examples, max(1, fraction_count(plan.ratio, self.num_examples)))
+        return self._subset_size(plan.ratio)
+
+    def _subset_size(self, ratio: float) -> int:
+        """m = max(1, floor(ratio N)), at most N: the size of a subset at ``ratio``."""
+        return min(self.num_examples, max(1, fraction_count(ratio, self.num_examples)))
 
     def select(self, epoch: int) -> Selection:
         """The examples epoch ``epoch`` (0-based) trains on.

@@ -110,7 +110,7 @@ class Teaching:
         teacher = self.teacher
         if teacher is None:
             order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
-            order = order[: self.planned_sizes(epoch + 1)[epoch]]
+            order = order[: self._full_size(epoch)]
             record = {"epoch": epoch + 1, "step": step, "ratio": len(order) / self.num_examples,
                       "selected": len(order), "is_full": len(order) == self.num_examples, "refreshed": 0}
             return EpochStart(_distributed.shard(order) if shard else order, record)
@@ -156,9 +156,13 @@ class Teaching:
         """Examples each of the run's ``epochs`` epochs trains on (all ranks together), None where
         the strategy sizes the subset from the scores (InfoBatch)."""
         if self.teacher is None:
-            sizes = self.full_sizes or []
-            return [sizes[e] if e < len(sizes) else self.num_examples for e in range(epochs)]
+            return [self._full_size(epoch) for epoch in range(epochs)]
         return [self.teacher.planned_size(epoch) for epoch in range(epochs)]
+
+    def _full_size(self, epoch: int) -> int:
+        """Examples of a full-data epoch: ``full_sizes[epoch]`` where given, else every example."""
+        sizes = self.full_sizes or []
+        return sizes[epoch] if epoch < len(sizes) else self.num_examples
 
     def planned_steps(self, epochs: int, steps_of: Callable[[int], int]) -> int:
         """Optimizer steps of a run of ``epochs`` epochs: the sum of ``steps_of(examples)`` (the
