@@ -2,7 +2,7 @@
 
 Every op has an exact PyTorch reference (float32 accumulation, used on CPU and as the test
 oracle) and a Triton kernel (used for CUDA tensors); ``backend=`` ("auto", "triton" or
-"reference", on every op) picks one explicitly.
+"reference", on every op) picks one explicitly, and :func:`uses_triton` says which one a call runs.
 
 Conventions shared by every op:
 - accumulation and results in float32, float64 if any input is float64 (:func:`accum_dtype`, the
@@ -16,6 +16,7 @@ Conventions shared by every op:
   TF32 for float32 when ``torch.backends.cuda.matmul.allow_tf32`` is on (``linear`` docstring).
 """
 from ._checks import accum_dtype
+from ._dispatch import uses_triton
 from .embedding import embedding_grad_norm_sq
 from .linear import (
     grouped_linear_grad_norm_sq,
@@ -28,6 +29,7 @@ from .norm import norm_grad_norm_sq
 
 __all__ = [
     "accum_dtype",
+    "uses_triton",
     "linear_grad_norm_sq",
     "grouped_linear_grad_norm_sq",
     "linear_grad_gram",

@@ -48,6 +48,12 @@ def use_triton(op: str, backend: str, *tensors: torch.Tensor | None) -> bool:
     return True
 
 
+def uses_triton(*tensors: torch.Tensor | None, backend: Backend = "auto") -> bool:
+    """Whether an op called on ``tensors`` with ``backend`` runs its Triton kernel (for "auto":
+    every tensor on a CUDA device, and Triton installed); the rule of :func:`use_triton`."""
+    return use_triton("uses_triton", backend, *tensors)
+
+
 def implementation(op: str, backend: str, family: str, *tensors: torch.Tensor | None) -> ModuleType:
     """The module that runs ``op`` for an op family package: ``family._triton`` or ``family._reference``."""
     name = "_triton" if use_triton(op, backend, *tensors) else "_reference"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import attent_kernels as ak
 import attent_kernels._dispatch as dispatch
 import attent_kernels.linear._reference as linear_reference
 from attent_kernels import linear_grad_norm_sq, norm_grad_norm_sq
@@ -24,6 +25,14 @@ def test_auto_uses_triton_only_when_every_tensor_is_on_cuda(monkeypatch):
     cpu = torch.ones(2)
     assert not dispatch.use_triton("op", "auto", cpu, None)
     assert not dispatch.use_triton("op", "reference", cpu)
+
+
+def test_the_public_predicate_says_what_an_op_would_run(monkeypatch):
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cpu = torch.ones(2)
+    assert not ak.uses_triton(cpu, None) and not ak.uses_triton(cpu, backend="reference")
+    assert ak.uses_triton(cpu, backend="triton")
 
 
 def test_auto_without_triton_stays_on_the_reference(monkeypatch):
