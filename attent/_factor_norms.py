@@ -3,14 +3,21 @@
 Every function takes factors in canonical form (:func:`canonical`): batch first, positions
 flattened to one dimension T: Outer a (B, T, rows) or Ids (B, T), b (B, T, cols); Diag x, g
 (B, T, n); Direct v (B, numel). Self norms go through the ``attent_kernels`` ops (Triton on CUDA
-tensors); inner products, needed only for a parameter used more than once in one forward pass
-(tied embeddings, a module called twice), are plain PyTorch on (B, T1, T2) position Grams.
+tensors; a linear weight's together with its summed gradient on the probe's fused route); inner
+products, needed only for a parameter used more than once in one forward pass (tied embeddings, a
+module called twice), are plain PyTorch on (B, T1, T2) position Grams.
 """
 from __future__ import annotations
 
 import torch
 
-from attent_kernels import accum_dtype, embedding_grad_norm_sq, linear_grad_norm_sq, norm_grad_norm_sq
+from attent_kernels import (
+    accum_dtype,
+    embedding_grad_norm_sq,
+    linear_grad_norm_sq,
+    linear_weight_grad_and_norm_sq,
+    norm_grad_norm_sq,
+)
 
 from .factors import Diag, Direct, Factor, Ids, Layout, Outer
 
@@ -86,6 +93,17 @@ def norm_sq(factor: Factor) -> torch.Tensor:
     if isinstance(factor, Diag):
         return norm_grad_norm_sq(factor.x, factor.g, bias=False)
     return factor.v.square().sum(dim=1)
+
+
+def weight_grad_and_norm_sq(factor: Outer, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed gradient sum_i sum_t a_it b_it^T (rows, cols) of a canonical float Outer, and
+    its (B,) per-example squared norms, from one pass over a and b (``linear_weight_grad_and_norm_sq``
+    with ``path``: "fused", "separate" or "auto"); float32 (float64 for float64 factors). The two
+    tensors keep their dtypes (a 16-bit output gradient with a float32 input, as under autocast,
+    multiplies in 16 bits on the Triton kernel)."""
+    if isinstance(factor.a, Ids):
+        raise TypeError("the fused weight gradient needs a float row factor, not token ids")
+    return linear_weight_grad_and_norm_sq(factor.b, factor.a, path=path)
 
 
 def _as_direct(factor: Diag) -> Direct:

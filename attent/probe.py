@@ -19,6 +19,19 @@ backward through those blocks). ``backward`` runs the ordinary ``backward()`` of
 the hooks see the reduced loss's output gradients (1/B of each example's for "mean") and the norms
 are rescaled to each example's own loss.
 
+The fused route (``weight_grad=``). In ``backward``, a probed ``nn.Linear`` can have its weight
+gradient and its per-example norms formed in one pass over its input and output gradient
+(``attent_kernels.linear_weight_grad_and_norm_sq``) instead of autograd's weight-gradient matmul
+beside a separate norm computation: while attached, its forward runs through an autograd function
+(``attent._probed_linear``) whose backward returns that weight gradient, which autograd accumulates
+into ``.grad`` as it would its own (equal to it up to float rounding: the sum runs in float32 in a
+different order). "auto" (the default) takes that route where the kernels run on Triton (CUDA
+tensors), and the kernels' cost model then picks per call the fused kernel or the weight-gradient
+GEMM followed by the norm kernels; on a CPU it keeps the separate route. "fused" forces it,
+"separate" never takes it. A weight used more than once in the forward pass (a module called twice,
+a tied head) gets its cross terms from the separate computation and its gradient from the plain
+matmul. ``score`` forms no weight gradient on either route.
+
 Examples must be independent in the forward pass (no BatchNorm in training mode, no cross-example
 mixing), and ``losses[i]`` must be the loss of batch row i: the per-example gradient of example i is
 then the gradient of losses[i] alone. Shared parameters (GPT-2's tied input/output embeddings, a
@@ -53,12 +66,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.graph import GradientEdge
 
 from attent_kernels import accum_dtype
 
 from . import _factor_norms
+from ._probed_linear import PROBED_LINEAR_NODE, WEIGHT_GRAD_ROUTES, WeightGradRoute, fuses, probed_linear
 from .factors import Capture, Direct, Factor, Layout
 from .layers import GainProducts, WeightCalls, find_layout, find_rule, register_loaded_integrations
 
@@ -78,18 +93,44 @@ class _Record:
     capture: Capture | None
     probe: "weakref.ReferenceType[GradNormProbe]"
     loose: bool = False
+    fused: bool = False  # the capture is the output of a probed linear (``attent._probed_linear``)
 
     def on_grad(self, grad: torch.Tensor) -> None:
-        probe, capture = self.probe(), self.capture
-        if probe is None or capture is None or probe._call is None:
+        probe = self.probe()
+        if probe is None or self.capture is None or probe._call is None:
             return  # a backward pass the probe does not run: the record lives as long as the graph
-        self.capture = None  # the saved inputs go as soon as the gradient has been used
+        if self.fused and probe._call.trains:
+            return  # the layer's own backward consumes the gradient, with its weight gradient
+        self.consume(probe._call, grad)
+
+    def consume(self, call: "_Call", grad: torch.Tensor, weight_grads: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """Hand the factors of ``grad`` to ``call`` (see ``_Call.consume``) and drop the saved inputs."""
+        capture, self.capture = self.capture, None  # the saved inputs go as soon as the gradient has been used
         with torch.no_grad():
             try:
                 factors = capture.factors(grad)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise type(error)(f"GradNormProbe: layer {self.layer!r} ({', '.join(self.params)}): {error}") from error
-            probe._call.consume(self, factors)
+            return call.consume(self, factors, weight_grads)
+
+
+def _linear_parameter_grads(node: Any, grad_output: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+    """``attent._probed_linear.ParameterGrads`` for the probe: in a ``score`` call no parameter
+    gradient is wanted; in a ``backward`` call the layer's record is consumed here, its weight
+    gradient formed in the pass that computes its norms; outside the probe's calls (or once the
+    record was consumed) the function computes the ordinary gradients."""
+    for ref, _ in node.metadata.get(_MARK, ()):
+        record = ref()
+        probe = None if record is None else record.probe()
+        call = None if probe is None else probe._call
+        if call is None:
+            continue
+        if not call.trains:
+            return False, None
+        if record.capture is None:
+            return True, None
+        return True, record.consume(call, grad_output, weight_grads=("weight",)).get("weight")
+    return True, None
 
 
 @dataclass(eq=False)
@@ -132,6 +173,7 @@ class _Call:
     probe: "GradNormProbe"
     batch: int
     shared: set[int]
+    trains: bool  # a training backward (``.grad`` accumulates), not a ``score`` pass
     per_layer: dict[str, torch.Tensor] = field(default_factory=dict)
     stashed: dict[int, list[Factor]] = field(default_factory=dict)
     single: set[int] = field(default_factory=set)
@@ -140,8 +182,14 @@ class _Call:
         sq = sq.to(accum_dtype(sq))
         self.per_layer[layer] = self.per_layer[layer] + sq if layer in self.per_layer else sq
 
-    def consume(self, record: _Record, factors: dict[str, Factor]) -> None:
+    def consume(self, record: _Record, factors: dict[str, Factor], weight_grads: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+        """Add the squared norms of a record's factors to ``per_layer`` (a shared parameter's factors
+        are stashed for ``finish``). For the parameters named in ``weight_grads`` (linear weights:
+        float Outer factors), the summed gradient (p, d) is formed in the pass that computes the
+        norms and returned, {name: float32 gradient}; a shared one is left out (its norms need the
+        cross terms, its gradient is the caller's)."""
         probe = self.probe
+        grads: dict[str, torch.Tensor] = {}
         for local, key in record.params.items():
             if local not in factors:
                 continue
@@ -160,9 +208,14 @@ class _Call:
                     f"layers recorded during that pass (reentrant checkpointing); use use_reentrant=False")
             self.single.add(key)
             try:
-                self.add(record.layer, _factor_norms.norm_sq(factor))
+                if local in weight_grads:
+                    grads[local], sq = _factor_norms.weight_grad_and_norm_sq(factor, probe._weight_grad)
+                else:
+                    sq = _factor_norms.norm_sq(factor)
+                self.add(record.layer, sq)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise type(error)(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}") from error
+        return grads
 
     def finish(self) -> None:
         probe = self.probe
@@ -274,6 +327,11 @@ class GradNormProbe:
             of a layer's name decides, "" for the model; e.g. ``{"emb": 1}`` for an embedding that
             reads (T, B) ids in front of a sequence-first encoder). Never guessed from sizes: a
             layer whose tensors do not hold len(losses) examples there is refused, naming it.
+        weight_grad: how ``backward`` forms the weight gradients of probed ``nn.Linear`` layers
+            (the module docstring, "The fused route"): "auto" (fused where the kernels run on
+            Triton and their cost model says it wins; on a CPU, "separate"), "fused" (the weight
+            gradient and the norms from one pass of ``linear_weight_grad_and_norm_sq``, on every
+            device) or "separate" (autograd's matmul, the norms beside it).
 
     Attributes:
         per_layer: {layer name: (B,) float32} from the last call (shared parameters appear under
@@ -291,9 +349,13 @@ class GradNormProbe:
         *,
         allow_uncovered: bool = False,
         batch_dim: int | Mapping[str, int] | None = None,
+        weight_grad: WeightGradRoute = "auto",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if weight_grad not in WEIGHT_GRAD_ROUTES:
+            raise ValueError(f"weight_grad must be one of {WEIGHT_GRAD_ROUTES}, got {weight_grad!r}")
+        self._weight_grad = weight_grad
         dims = {} if batch_dim is None else {"": batch_dim} if isinstance(batch_dim, int) else batch_dim
         if not isinstance(dims, Mapping) or not all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in dims.items()):
             raise ValueError(f"batch_dim must be None, a non-negative int or {{module-name prefix: int}}, got {batch_dim!r}")
@@ -492,21 +554,41 @@ class GradNormProbe:
     def _record(self, recorder: _Recorder, capture: Capture) -> None:
         if self._removed or not self._recording(capture.tensor):
             return
-        record = _Record(recorder.layer, recorder.params, recorder.layout, capture, weakref.ref(self), recorder.loose)
         tensor = capture.tensor
+        record = _Record(recorder.layer, recorder.params, recorder.layout, capture, weakref.ref(self), recorder.loose,
+                         fused=isinstance(tensor.grad_fn, PROBED_LINEAR_NODE))
         tensor.register_hook(lambda grad: record.on_grad(grad))
         tensor.grad_fn.metadata.setdefault(_MARK, []).append((weakref.ref(record), tensor.output_nr))
+
+    def _replace_forward(self, module: nn.Module, forward: Callable[..., Any]) -> None:
+        """Run ``forward`` as ``module``'s forward while the probe is attached (``remove`` restores it)."""
+        self._forwards.append((module, module.__dict__.get("forward")))
+        module.forward = forward
 
     def _hook_layer(self, recorder: _Recorder, module: nn.Module, entry: Any) -> None:
         replacement = entry.forward or (_through_functional if _overrides(module, entry) else None)
         if replacement is not None:
-            previous = module.__dict__.get("forward")
             recorder.forward = module.forward
-            module.forward = lambda *args, **kwargs: replacement(module, recorder, *args, **kwargs)
-            self._forwards.append((module, previous))
+            self._replace_forward(module, lambda *args, **kwargs: replacement(module, recorder, *args, **kwargs))
             return
-
+        if self._weight_grad != "separate" and self._routes_weight_grad(module, entry, recorder):
+            self._replace_forward(module, lambda input: self._linear_forward(module, input))
         self._handles.append(module.register_forward_hook(lambda mod, args, output: recorder.run_rule(entry.rule, mod, args, output)))
+
+    @staticmethod
+    def _routes_weight_grad(module: nn.Module, entry: Any, recorder: _Recorder) -> bool:
+        """Whether the probe may compute ``module``'s weight gradient itself (``weight_grad``): an
+        ``nn.Linear`` running ``nn.Linear.forward`` (no override, no other library's instance
+        wrapper) whose weight is probed."""
+        return (entry.layer_type is nn.Linear and type(module).forward is nn.Linear.forward
+                and "forward" not in module.__dict__ and "weight" in recorder.params)
+
+    def _linear_forward(self, module: nn.Linear, input: torch.Tensor) -> torch.Tensor:
+        """``nn.Linear.forward``, through ``attent._probed_linear`` where the call takes the fused route."""
+        weight, bias = module.weight, module.bias
+        if self._removed or not torch.is_grad_enabled() or not fuses(self._weight_grad, input, weight):
+            return F.linear(input, weight, bias)
+        return probed_linear(input, weight, bias, _linear_parameter_grads)
 
     def _hook_loose(self, module: nn.Module, recorder: _Recorder) -> None:
         dim = recorder.layout.dim
@@ -533,7 +615,6 @@ class GradNormProbe:
 
     def _hook_gains(self, module: nn.Module, recorder: _Recorder) -> None:
         """Run the owner's forward under a mode that captures its products ``p * x`` with its gains."""
-        previous = module.__dict__.get("forward")
         original = module.forward
         gains = {key: local for local, key in recorder.params.items()}
 
@@ -541,8 +622,7 @@ class GradNormProbe:
             with GainProducts(gains, recorder):
                 return original(*args, **kwargs)
 
-        module.forward = forward
-        self._forwards.append((module, previous))
+        self._replace_forward(module, forward)
 
     def _restore_swapped(self, module: nn.Module | None = None) -> None:
         """Put the loose parameters expanded for a forward pass back (those of ``module``, or all)."""
@@ -625,7 +705,7 @@ class GradNormProbe:
                 edges.extend(GradientEdge(node, nr) for nr in sorted({nr for _, nr in entries}))
         return edges, records, consumed, param_edges
 
-    def _run(self, losses: torch.Tensor, batch: int, scale: float, pass_fn) -> torch.Tensor:
+    def _run(self, losses: torch.Tensor, batch: int, scale: float, trains: bool, pass_fn) -> torch.Tensor:
         edges, records, consumed, param_edges = self._pending(losses)
         if not records and consumed:
             raise RuntimeError("GradNormProbe: this graph was already scored (a forward pass can be scored or "
@@ -643,7 +723,7 @@ class GradNormProbe:
                                f"{'; '.join(outside)}. Register a rule for the module that uses them, or leave them "
                                f"out with params=")
         shared = self._shared | {key for key, n in uses.items() if n > 1}
-        self._call = _Call(self, batch, shared)
+        self._call = _Call(self, batch, shared, trains)
         try:
             pass_fn(edges, records)
             call = self._call
@@ -696,11 +776,12 @@ class GradNormProbe:
                                        "backward works with both") from error
                 raise
 
-        return self._run(losses, batch, 1.0, activation_backward)
+        return self._run(losses, batch, 1.0, False, activation_backward)
 
     def backward(self, losses: torch.Tensor, reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
         """The ordinary training backward of ``losses.mean()`` (or ``.sum()``): ``.grad`` of every
-        parameter accumulates exactly what ``reduced.backward()`` gives; returns (B,) float32
+        parameter accumulates what ``reduced.backward()`` gives (exactly on the separate route, up
+        to float rounding where ``weight_grad`` takes the fused route); returns (B,) float32
         ||d losses[i] / d theta||^2 over the probed parameters (each example's own loss, whatever
         the reduction).
 
@@ -716,7 +797,7 @@ class GradNormProbe:
             return self._empty(losses)
         scale = 1.0 / batch if reduction == "mean" else 1.0
         reduced = losses.mean() if reduction == "mean" else losses.sum()
-        return self._run(losses, batch, scale, lambda edges, records: reduced.backward())
+        return self._run(losses, batch, scale, True, lambda edges, records: reduced.backward())
 
     def remove(self) -> None:
         """Detach every hook and restore the model; idempotent."""

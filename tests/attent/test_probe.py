@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from attent import factors, layers
+from attent import _factor_norms, factors, layers
 from attent.probe import GradNormProbe
 
 
@@ -405,3 +405,61 @@ def test_failing_forward_restores_loose_parameters():
             model(torch.randn(2, 3, 31, 32))
         assert model.cls_token is cls_token and isinstance(model._parameters["cls_token"], nn.Parameter)
     assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def _checkpointed_llama(reentrant: bool):
+    model = _llama()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    return model.train()
+
+
+def _lm_case(build, vocab: int, lengths: list[int], one_by_one: bool = False):
+    """A language model's case; ``one_by_one``: the oracle runs one forward pass per example
+    (reentrant checkpointing takes backward() only)."""
+    def case():
+        model = build()
+        ids, mask, labels = _padded_batch(vocab, lengths, max(lengths))
+
+        def forward_one(m, i):
+            return lm_losses(m(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1]).logits, labels[i:i + 1])
+
+        options = {"forward_one": forward_one} if one_by_one else {}
+        return model, lambda m: lm_losses(m(input_ids=ids, attention_mask=mask).logits, labels), options
+    return case
+
+
+def _mixed_case():
+    model = Mixed()
+    ids, y = torch.randint(1, 23, (5, 7)), torch.randint(0, 4, (5,))
+    return model, lambda m: F.cross_entropy(m(ids), y, reduction="none"), {}
+
+
+def _encoder_case():
+    model = EncoderClassifier(batch_first=False)
+    ids, padding, y = torch.randint(0, 31, (6, 4)), torch.zeros(4, 6, dtype=torch.bool), torch.randint(0, 3, (4,))
+    padding[2, 4:] = True
+    return model, lambda m: F.cross_entropy(m(ids, padding), y, reduction="none"), {"batch_dim": {"emb": 1}}
+
+
+FUSED_CASES = {  # name: (case, whether an nn.Linear weight used once is probed)
+    "mixed (a module called twice)": (_mixed_case, True),
+    "sequence-first encoder": (_encoder_case, True),
+    "llama": (_lm_case(_llama, 67, [8, 3, 6, 8]), True),
+    "gpt2 (Conv1D layers, a tied head)": (_lm_case(_gpt2, 61, [9, 5, 7]), False),
+    "llama, non-reentrant checkpointing": (_lm_case(lambda: _checkpointed_llama(False), 67, [6, 6, 4]), True),
+    "llama, reentrant checkpointing": (_lm_case(lambda: _checkpointed_llama(True), 67, [6, 6, 4], one_by_one=True), True),
+}
+
+
+@pytest.mark.parametrize(("case", "fuses"), FUSED_CASES.values(), ids=FUSED_CASES.keys())
+def test_fused_weight_gradients_on_real_models(case, fuses, monkeypatch):
+    """``weight_grad="fused"``: the weight gradients of nn.Linear layers used once come from the
+    probe's fused op, and ``.grad`` and the norms still match the oracle (the shapes are in
+    ``test_probe_fused.py``)."""
+    torch.manual_seed(17)
+    model, forward, options = case()
+    fused = []
+    original = _factor_norms.weight_grad_and_norm_sq
+    monkeypatch.setattr(_factor_norms, "weight_grad_and_norm_sq", lambda *args: fused.append(args) or original(*args))
+    check(model, forward, mode="backward", weight_grad="fused", rtol=2e-4, **options)
+    assert bool(fused) == fuses
