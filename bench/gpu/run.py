@@ -20,10 +20,16 @@ case's yardstick (the weight-gradient GEMM g^T x through cuBLAS in bfloat16 for 
 logits + F.cross_entropy for the cross-entropy ops), the peak extra memory of one call, the path
 the cost model chose, the configuration the autotuner chose, and the largest difference from
 the float32 reference relative to its largest entry.
+The probe case times a training step of a LLaMA MLP block: the plain step (forward +
+``losses.mean().backward()``, the yardstick) against ``GradNormProbe.backward`` on each
+``weight_grad`` route (fused, separate, auto), its flops those of the step's six GEMMs, its
+bytes the weights and activations each GEMM reads; its reference is the separate route on a
+float32 copy of the block.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import json
@@ -40,8 +46,10 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 import attent_kernels as ak  # noqa: E402
+from attent import GradNormProbe  # noqa: E402
 from attent_kernels import _cost  # noqa: E402
 from attent_kernels.linear import _triton as linear_triton  # noqa: E402
 from attent_kernels.loss_scores import _triton as loss_triton  # noqa: E402
@@ -176,6 +184,47 @@ def _embedding_case(B: int, T: int, V: int, d: int) -> Case:
                 "pytorch index_add (reference)", make)
 
 
+def _probe_case(label: str, B: int, T: int, d: int, p: int) -> Case:
+    """A training step of an MLP block (up d -> p, GELU, down p -> d, no bias) on (B,) per-example
+    losses: the plain step, then ``GradNormProbe.backward`` on each ``weight_grad`` route, each on
+    its own copy of the block (one probe per model)."""
+    def make() -> tuple[list[Method], Callable[[], Tensor]]:
+        torch.manual_seed(0)
+        block = nn.Sequential(nn.Linear(d, p, bias=False), nn.GELU(), nn.Linear(p, d, bias=False)).to(DEVICE)
+        x, y = _randn(B, T, d), _randn(B, T, d)
+
+        def losses(model: nn.Module) -> Tensor:
+            dtype = model[0].weight.dtype
+            return (model(x.to(dtype)).float() - y.float()).square().mean(dim=(1, 2))
+
+        def plain(model: nn.Module) -> Call:
+            def step() -> None:
+                model.zero_grad(set_to_none=True)
+                losses(model).mean().backward()
+            return step
+
+        def probed(model: nn.Module, route: str) -> Call:
+            probe = GradNormProbe(model, weight_grad=route)
+
+            def step() -> Tensor:
+                model.zero_grad(set_to_none=True)
+                return probe.backward(losses(model))
+            return step
+
+        bf16 = block.to(DTYPE)
+        wins = [_cost.fused_weight_grad_wins(B, T, d, p), _cost.fused_weight_grad_wins(B, T, p, d)]
+        auto = "up {}, down {}".format(*("fused" if w else "separate" for w in wins)) if ak.uses_triton(x) else "separate (no Triton)"
+        chosen = {"auto": auto, "fused": "fused", "separate": "separate"}
+        methods = [Method("plain step", plain(bf16))]
+        for route in ("fused", "separate", "auto"):
+            methods.append(Method(f"probe.backward {route}", probed(copy.deepcopy(bf16), route), chosen[route], lambda r: r))
+        return methods, probed(copy.deepcopy(bf16).float(), "separate")
+
+    gemms = 6.0 * 2 * B * T * d * p
+    nbytes = 3 * (2 * d * p + B * T * (2 * d + p)) * ELEMENT
+    return Case("GradNormProbe.backward", f"{label} MLP B{B} T{T} d{d} p{p}", gemms, nbytes, "plain step", make)
+
+
 def _targets(N: int, V: int) -> Tensor:
     targets = torch.randint(0, V, (N,), device=DEVICE)
     return torch.where(torch.rand(N, device=DEVICE) < 0.05, -100, targets)
@@ -213,7 +262,8 @@ def cases(quick: bool) -> list[Case]:
     """The benchmark set, most important first, so that a budget cut drops the least."""
     if quick:
         return [*_linear_case("tiny", 2, 40, 32, 48), _grouped_case(2, 20, 32), _gram_case(3, 20, 32),
-                _norm_case("tiny", 2, 20, 64), _embedding_case(2, 40, 30, 32), _head_case(40, 32, 300), _ce_case(40, 300)]
+                _norm_case("tiny", 2, 20, 64), _embedding_case(2, 40, 30, 32), _head_case(40, 32, 300), _ce_case(40, 300),
+                _probe_case("tiny", 2, 20, 32, 48)]
     llama = [
         case
         for B in (8, 32)
@@ -224,7 +274,7 @@ def cases(quick: bool) -> list[Case]:
     fused_first = sorted(llama, key=lambda c: c.op != "linear_weight_grad_and_norm_sq")
     vit = [case for p in (768, 2304, 3072) for case in _linear_case("ViT-B/16", 64, 197, 768, p)]
     return [
-        *fused_first[:8], _head_case(8192, 768, 50257), *vit, *fused_first[8:],
+        *fused_first[:8], _head_case(8192, 768, 50257), _probe_case("LLaMA-7B", 8, 512, 4096, 11008), *vit, *fused_first[8:],
         _grouped_case(64, 197, 768), _norm_case("LLaMA-7B", 8, 4096, 4096), _norm_case("ViT-B/16", 64, 197, 768),
         _embedding_case(8, 4096, 32000, 4096), _ce_case(8192, 50257), _gram_case(64, 197, 768),
     ]
