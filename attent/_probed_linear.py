@@ -47,6 +47,8 @@ def fuses(route: WeightGradRoute, x: torch.Tensor, weight: torch.Tensor) -> bool
 
 
 class _ProbedLinear(torch.autograd.Function):
+    """y = x W^T + b; its backward forms the parameter gradients as ``parameter_grads`` says."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 parameter_grads: ParameterGrads) -> torch.Tensor:
