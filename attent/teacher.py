@@ -30,8 +30,8 @@ largest finite score's probability, InfoBatch never prunes them. So a teacher wi
 random order. NaN/inf scores are counted in ``stats`` and warned about once per selection.
 
 Strategies (``attent.strategies``; at a selection point of target ratio r, m = max(1, floor(r N))
-of N examples): ``"hard"`` (alias ``"greedy"``: the m largest scores, Algorithm 1), ``"soft"``
-(Gumbel-top-k, ``Soft(temperature, normalize)``), ``"random"``, ``"importance"`` (draws with
+of N examples): ``"soft"`` (the default: Gumbel-top-k, ``Soft(temperature, normalize)``),
+``"hard"`` (alias ``"greedy"``: the m largest scores, Algorithm 1), ``"random"``, ``"importance"`` (draws with
 replacement and unbiased weights, ``Importance(uniform_mix)``) and ``"infobatch"`` (InfoBatch's
 rescaled pruning, ``InfoBatch(prune_ratio, delta)``). Pass a name for the defaults or an instance;
 ``attent.register_strategy`` adds one.
@@ -107,7 +107,7 @@ from .strategies import DEFAULT_RATIO, Hard, PlanRequest, ScoreView, Strategy, f
 __all__ = ["Selection", "Teacher", "TeacherSampler"]
 
 
-HARMFUL_RATIO = 0.5  # pure top-k subsets below this share, held for several epochs, draw the warning
+HARMFUL_RATIO = 0.5  # pure top-k subsets below this share draw the warning (the teacher study's harmful regime)
 IndexLike = Union[torch.Tensor, Sequence[int]]
 ScoreLike = Union[torch.Tensor, Sequence[float]]
 
@@ -167,9 +167,13 @@ class Teacher:
 
     Args:
         num_examples: N, the training set's length; examples are the indices 0 .. N-1.
-        strategy: a registered name (``"hard"`` / ``"greedy"``, ``"soft"``, ``"random"``,
-            ``"importance"``, ``"infobatch"``) or a :class:`attent.strategies.Strategy` instance
-            carrying its options (``Soft(temperature=0.5)``, ``InfoBatch(prune_ratio=0.7)``).
+        strategy: a registered name (``"soft"``, the default: Gumbel-top-k on the softmax of the
+            scores; ``"hard"`` / ``"greedy"``, ``"random"``, ``"importance"``, ``"infobatch"``) or a
+            :class:`attent.strategies.Strategy` instance carrying its options
+            (``Soft(temperature=0.5)``, ``InfoBatch(prune_ratio=0.7)``). The teacher study
+            (``bench/results/teacher_study.json``) found soft the one strategy never far below a
+            random subset on its four tasks; pure top-k falls far below it where some examples
+            cannot be learned (the SCB task's randomly drawn tokens).
         ratio: the fraction selected at a selection point: a float in (0, 1] (constant), a
             ``RatioSchedule``, or None: 0.5 at every selection point. With ``budget``, the shape of
             the ratios, scaled to spend the budget (None: the same share every epoch).
@@ -197,7 +201,7 @@ class Teacher:
         self,
         num_examples: int,
         *,
-        strategy: str | Strategy = "hard",
+        strategy: str | Strategy = "soft",
         ratio: float | RatioSchedule | None = None,
         interval: int | IntervalSchedule | None = None,
         warmup_epochs: int = 0,
@@ -231,8 +235,10 @@ class Teacher:
         self._warn_if_harmful()
 
     def _warn_if_harmful(self) -> None:
-        """Warn about the regime the teacher study found harmful: pure top-k on a small subset that
-        is trained on for several epochs in a row (a class-skewed set of the hardest examples)."""
+        """Warn about the regime the teacher study found harmful: pure top-k on a subset smaller than
+        ``HARMFUL_RATIO`` of the examples, worst when it is trained on for several epochs in a row
+        (a class-skewed set of the hardest examples) and, re-selected every epoch, on data holding
+        examples no model can learn (the largest scores are theirs)."""
         strategy = self.strategy
         if not isinstance(strategy, Hard) or strategy.random_share > 0 or self.plan.epochs is None:
             return
@@ -240,14 +246,21 @@ class Teacher:
         for plan in map(self.plan.at, range(self.plan.epochs)):
             if not plan.is_full and plan.ratio is not None:
                 runs.setdefault(plan.selection_epoch, []).append(plan.ratio)
-        held = [ratios[0] for ratios in runs.values() if len(ratios) > 1 and ratios[0] < HARMFUL_RATIO]
-        if held:
-            warnings.warn(
-                f"this plan trains for several epochs in a row on a pure top-k subset of {min(held):.0%} of the "
-                f"examples: a class-skewed set of the hardest ones, which the teacher study found can end far below "
-                f"a random subset (bench/results/teacher_study.json). Re-select every epoch "
-                f"(reselect_each_epoch=True), or randomize: strategy='soft' or Hard(random_share=0.3)",
-                UserWarning, stacklevel=3)
+        small = [ratios for ratios in runs.values() if ratios[0] < HARMFUL_RATIO]
+        if not small:
+            return
+        held = [ratios[0] for ratios in small if len(ratios) > 1]
+        regime = (f"trains for several epochs in a row on a pure top-k subset of {min(held):.0%} of the examples: "
+                  f"a class-skewed set of the hardest ones, which the teacher study found can end far below a random "
+                  f"subset" if held else
+                  f"selects a pure top-k subset of {min(r[0] for r in small):.0%} of the examples: where some examples "
+                  f"cannot be learned (noisy labels, random tokens) they hold the largest scores, and the teacher study "
+                  f"found this far below a random subset (SCB)")
+        warnings.warn(
+            f"this plan {regime} (bench/results/teacher_study.json). Randomize the selection: strategy='soft' "
+            f"(the default) or Hard(random_share=0.3)" + (", and re-select every epoch (reselect_each_epoch=True)"
+                                                         if held else ""),
+            UserWarning, stacklevel=3)
 
     @classmethod
     def published(
@@ -273,7 +286,7 @@ class Teacher:
             if strategy not in ("hard", "greedy", "soft", "random"):
                 raise ValueError(f"the published complex recipe has strategies hard, soft and random, got {strategy!r}")
             with warnings.catch_warnings():  # asked for by name: the held top-k subsets are the recipe
-                warnings.filterwarnings("ignore", message="this plan trains for several epochs", category=UserWarning)
+                warnings.filterwarnings("ignore", message="this plan (trains|selects)", category=UserWarning)
                 return cls(num_examples, strategy=strategy, epochs=epochs, ratio=RatioSchedule(), interval=IntervalSchedule(),
                            warmup_epochs=1, refresh="cycle", reselect_each_epoch=strategy == "soft", seed=seed)
         if recipe == "simple":

@@ -6,7 +6,9 @@ machine's load.
     python -m bench.e2e.study --tasks digits,digits_augmented --budgets 0.25,0.5 --seeds 2 [--record]
 
 Writes ``teacher_study.json`` (runs/bench/, or bench/results/ with --record): every run, and per
-(task, budget, variant) the paired advantage over full data and over random (mean, std, n).
+(task, budget, variant) the paired advantage over full data and over random (mean, std, n). A
+record already there keeps its other tasks (each task holds the command that measured it), so the
+study can be run one task at a time.
 """
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ VARIANTS: dict[str, Method] = {
                         extra=every_epoch),
     "soft-loss-each": Method("soft (loss), every epoch", options={"strategy": "soft", "ratio": CONSTANT},
                              extra=every_epoch, score="loss"),
+    "soft-loss-hot-each": Method("soft (loss) at temperature 4, every epoch",
+                                 options={"strategy": Soft(temperature=4.0), "ratio": CONSTANT},
+                                 extra=every_epoch, score="loss"),
+    "hard-loss-each": Method("hard (loss), every epoch", options={"ratio": CONSTANT}, extra=every_epoch, score="loss"),
     "importance-each": Method("importance (fgrad), every epoch",
                               options={"strategy": Importance(), "ratio": CONSTANT}, extra=every_epoch),
     "soft-decreasing": Method("soft, every epoch, ratio 1.0 -> 0.2 shape",
@@ -88,6 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variants": {name: VARIANTS[name].describe() for name in variants}, "tasks": {},
     }
     out = args.json or record_info.output_dir(args) / "teacher_study.json"
+    if out.exists():
+        kept = json.loads(out.read_text())
+        for task_name, task_record in kept.get("tasks", {}).items():
+            if task_name not in tasks:
+                task_record.setdefault("argv", kept.get("argv"))
+                task_record.setdefault("date", kept.get("date"))
+                record["tasks"][task_name] = task_record
+                record["variants"].update({v: d for v, d in kept.get("variants", {}).items() if v not in record["variants"]})
     for name in tasks:
         points: list[Point] = []
         infeasible: dict[str, str] = {}
@@ -110,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "vs_random": equal_budget(points, method=v, baseline="random-each", budget=b,
                                                            higher_is_better=higher)}
                              for v in variants} for b in budgets}
-        record["tasks"][name] = {"metric": task.metric, "higher_is_better": higher, "epochs": task.defaults.epochs,
+        record["tasks"][name] = {"argv": argv, "date": record["date"], "metric": task.metric, "higher_is_better": higher, "epochs": task.defaults.epochs,
                                  "train_examples": len(task.train), "points": [p.as_dict() for p in points],
                                  "infeasible": infeasible,
                                  "advantage": readings}

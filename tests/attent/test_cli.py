@@ -75,6 +75,6 @@ def test_train_prints_what_it_runs_a_summary_and_where_it_wrote(tmp_path, capsys
         """)
     assert cli.main(["train", "--config", path]) == 0
     out = capsys.readouterr().out
-    assert "120 training examples, 2 epochs, teacher hard fed loss scores; writing to runs/run" in out
+    assert "120 training examples, 2 epochs, teacher soft fed loss scores; writing to runs/run" in out
     assert "done: 2 epochs" in out and "val_accuracy" in out
     assert (tmp_path / "runs" / "run" / "metrics.jsonl").is_file()

@@ -250,6 +250,7 @@ def test_between_selection_points_the_subset_stays_and_full_epochs_return_everyt
 def test_incremental_ratio_and_interval_schedules_drive_the_selection_sizes():
     teacher = Teacher(
         20,
+        strategy="hard",
         epochs=10,
         cycles=2,
         ratio=RatioSchedule.incremental(0.2, 0.6),
@@ -300,7 +301,7 @@ def test_the_documented_difference_from_the_published_loop_holds():
 
 
 def test_new_scores_do_not_change_a_selection_until_the_next_selection_point():
-    teacher = Teacher(10, ratio=0.3, interval=3, warmup_epochs=0, reselect_each_epoch=False)
+    teacher = Teacher(10, strategy="hard", ratio=0.3, interval=3, warmup_epochs=0, reselect_each_epoch=False)
     teacher.observe(torch.arange(10), torch.arange(10.0))
     first = teacher.select(0).indices.tolist()
     teacher.observe(torch.arange(10), -torch.arange(10.0))
@@ -613,13 +614,31 @@ def test_the_default_teacher_reselects_every_epoch_at_a_constant_share_from_epoc
     assert [budgeted.planned_size(e) for e in range(8)] == [25] * 8
 
 
-def test_held_pure_top_k_subsets_draw_the_study_warning():
-    with pytest.warns(UserWarning, match=r"several epochs in a row on a pure top-k subset of 20%"):
+def test_small_pure_top_k_subsets_draw_the_study_warning():
+    with pytest.warns(UserWarning, match=r"several epochs in a row on a pure top-k subset of 20%.*reselect_each_epoch"):
         Teacher(100, strategy="hard", epochs=51, ratio=RatioSchedule(), interval=5, **HELD)
+    with pytest.warns(UserWarning, match=r"selects a pure top-k subset of 20% .*cannot be learned") as caught:
+        Teacher(100, strategy="hard", epochs=51, ratio=RatioSchedule(), interval=5, reselect_each_epoch=True)
+    assert "reselect_each_epoch" not in str(caught[0].message)
+    with pytest.warns(UserWarning, match=r"selects a pure top-k subset of 2[56]% "):
+        Teacher(100, strategy="hard", epochs=8, budget=0.25)  # the budget sets the share
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Teacher(100, strategy="hard", epochs=51, ratio=RatioSchedule(), interval=5, reselect_each_epoch=True)
         Teacher(100, strategy=Hard(random_share=0.3), epochs=51, ratio=RatioSchedule(), interval=5, **HELD)
         Teacher(100, strategy="soft", epochs=51, ratio=RatioSchedule(), interval=5, **HELD)
         Teacher(100, strategy="hard", epochs=51, ratio=0.7, interval=5, **HELD)
-        Teacher(100, epochs=51)  # the default: re-selected every epoch
+        Teacher(100, strategy="hard", epochs=8, budget=0.5)  # half the examples: not the harmful regime
+        Teacher(100, strategy="hard", ratio=0.2)  # open-ended: no plan to read
+        Teacher.published(100, epochs=51)  # the published recipe, asked for by name
+        Teacher(100, epochs=51)  # the default: soft, re-selected every epoch
+        Teacher(100, epochs=8, budget=0.25)
+
+
+def test_the_default_strategy_is_soft_selection():
+    teacher = Teacher(1000, epochs=4, seed=3)
+    assert isinstance(teacher.strategy, Soft) and teacher.strategy == Soft()
+    teacher.observe(torch.arange(1000), torch.linspace(0.0, 8.0, 1000))
+    picked = teacher.select(0).indices
+    assert len(picked) == 500 and len(set(picked.tolist())) == 500
+    # drawn, not ranked: the higher scores are favoured, yet not the top half exactly
+    assert picked.float().mean() > 600 and int((picked < 500).sum()) > 0
