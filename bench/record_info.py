@@ -23,6 +23,9 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", action="store_true",
                         help=f"update the committed records in {RESULTS_DIR.relative_to(REPO)}/ (default: write "
                              f"to {RUNS_DIR}/ in the working directory)")
+    parser.add_argument("--conditions", default="alone on the machine",
+                        help="what else ran on the machine meanwhile, kept in the record beside it (wall times "
+                             "depend on it; default: 'alone on the machine')")
 
 
 def output_dir(args: argparse.Namespace) -> Path:

@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         now = datetime.datetime.now(datetime.timezone.utc).astimezone()
         record = {"benchmark": "attent bench e2e", "date": now.date().isoformat(),
                   "timestamp": now.isoformat(timespec="seconds"), "argv": argv, "device": device.type,
-                  "machine": dict(machine), "versions": dict(versions),
+                  "machine": {**machine, "conditions": args.conditions}, "versions": dict(versions),
                   "method_definitions": {m: METHODS[m].describe() for m in method_ids}, "definitions": DEFINITIONS,
                   **part, "plot": str(plot)}
         out.parent.mkdir(parents=True, exist_ok=True)
