@@ -39,21 +39,23 @@ VARIANTS: dict[str, Method] = {
     "full": FULL_DATA,
     "random-each": Method("random, every epoch", options={"strategy": "random", "ratio": CONSTANT},
                           extra=every_epoch, score="loss"),
-    "default-v0": Method("the former Teacher() defaults (hard, cosine 0.2->0.8, 5-epoch intervals)", score="fgrad",
-                         options={"ratio": RatioSchedule(), "interval": IntervalSchedule(), "warmup_epochs": 1,
+    "default-v0": Method("the first Teacher() defaults (hard, cosine 0.2->0.8, 5-epoch held subsets after a full epoch)", score="fgrad",
+                         options={"strategy": "hard", "ratio": RatioSchedule(), "interval": IntervalSchedule(), "warmup_epochs": 1,
                                   "reselect_each_epoch": False}),
-    "hard-each": Method("hard, every epoch (the new Teacher() default)", options={"ratio": CONSTANT}, extra=every_epoch),
+    "hard-each": Method("hard top-k, every epoch (the former default)", options={"strategy": "hard", "ratio": CONSTANT},
+                        extra=every_epoch),
     "hard-mix30-each": Method("hard + 30% random, every epoch",
                               options={"strategy": Hard(random_share=0.3), "ratio": CONSTANT},
                               extra=every_epoch),
-    "soft-each": Method("soft, every epoch", options={"strategy": "soft", "ratio": CONSTANT},
+    "soft-each": Method("soft (Gumbel-top-k), every epoch — the default", options={"strategy": "soft", "ratio": CONSTANT},
                         extra=every_epoch),
     "soft-loss-each": Method("soft (loss), every epoch", options={"strategy": "soft", "ratio": CONSTANT},
                              extra=every_epoch, score="loss"),
     "soft-loss-hot-each": Method("soft (loss) at temperature 4, every epoch",
                                  options={"strategy": Soft(temperature=4.0), "ratio": CONSTANT},
                                  extra=every_epoch, score="loss"),
-    "hard-loss-each": Method("hard (loss), every epoch", options={"ratio": CONSTANT}, extra=every_epoch, score="loss"),
+    "hard-loss-each": Method("hard (loss), every epoch", options={"strategy": "hard", "ratio": CONSTANT}, extra=every_epoch,
+                             score="loss"),
     "importance-each": Method("importance (fgrad), every epoch",
                               options={"strategy": Importance(), "ratio": CONSTANT}, extra=every_epoch),
     "soft-decreasing": Method("soft, every epoch, ratio 1.0 -> 0.2 shape",
@@ -101,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 task_record.setdefault("argv", kept.get("argv"))
                 task_record.setdefault("date", kept.get("date"))
                 record["tasks"][task_name] = task_record
-                record["variants"].update({v: d for v, d in kept.get("variants", {}).items() if v not in record["variants"]})
+                record["variants"].update({v: VARIANTS[v].describe() if v in VARIANTS else d
+                                           for v, d in kept.get("variants", {}).items() if v not in record["variants"]})
     for name in tasks:
         points: list[Point] = []
         infeasible: dict[str, str] = {}

@@ -1,0 +1,152 @@
+"""The README's time-to-quality tables, printed from the committed records (no training):
+
+    python -m bench.e2e.readme_tables                 # every e2e_<task>.json and teacher_study.json
+    python -m bench.e2e.readme_tables --tasks digits,scb
+
+Per task (``bench/results/e2e_<task>.json``): each method's quality at every budget (seed mean),
+its time to the full-data target and saving against full data's own frontier, its paired
+advantage over full data at b = 0.5 and 0.25 and over the random subset at 0.25, and its
+selection overhead. Then the goal tally of the default teacher over the tasks, and the teacher
+study (``bench/results/teacher_study.json``): each variant's advantage over full data per task and
+budget, and how often and by how much it is behind the random subset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RESULTS = REPO / "bench" / "results"
+TASK_ORDER = ("digits", "digits_augmented", "scb", "icl_regression", "stdlib_lm")
+TASK_LABELS = {"digits": "digits", "digits_augmented": "digits ×10", "scb": "SCB", "icl_regression": "ICL regression",
+               "stdlib_lm": "stdlib LM"}
+DEFAULT = "default"
+SAVING_GOAL = 0.30
+
+
+def _scale(record: Mapping[str, Any]) -> tuple[float, int, str]:
+    """(scale, decimals, unit) of a record's metric: accuracy in percentage points, losses as they are."""
+    return (100.0, 2, "points") if record["metric"] == "val_accuracy" else (1.0, 4, "loss")
+
+
+def _stat(stat: Mapping[str, Any] | None, scale: float, digits: int) -> str:
+    if not stat or not stat.get("n"):
+        return "-"
+    return f"{stat['mean'] * scale:+.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def _value(value: float | None, scale: float, digits: int) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def frontier_table(record: Mapping[str, Any]) -> str:
+    """The markdown table of one task's frontier record."""
+    scale, digits, _ = _scale(record)
+    budgets = record["sizes"]["budgets"]
+    names = {m: d["name"] for m, d in record["method_definitions"].items()}
+    header = ["method", *(f"b={b:g}" for b in budgets), "time to target s", "saving", "vs full b=0.5", "vs full b=0.25",
+              "vs random b=0.25", "selection"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, reading in record["methods"].items():
+        quality = {p["budget"]: p["quality"] for p in reading["frontier"]}
+        label = f"**{names.get(method, method)}**" if method == DEFAULT else names.get(method, method)
+        saved = reading["saving"]
+        cells = [label, *(_value(quality.get(b), scale, digits) for b in budgets),
+                 "never" if reading["time_to_quality"] is None else f"{reading['time_to_quality']:.1f}",
+                 "-" if saved is None else f"{100 * saved:+.0f}%",
+                 _stat(reading["vs_full"].get("0.5"), scale, digits), _stat(reading["vs_full"].get("0.25"), scale, digits),
+                 _stat(reading["vs_random"].get("0.25"), scale, digits),
+                 f"{100 * reading['selection_overhead']['mean']:.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _heading(record: Mapping[str, Any]) -> str:
+    scale, digits, _ = _scale(record)
+    sizes, machine = record["sizes"], record["machine"]
+    side = "less" if record["higher_is_better"] else "plus"
+    full = record["full_time_to_quality"]
+    return (f"{TASK_LABELS.get(record['task'], record['task'])} ({record['metric']}), recipe {sizes['epochs']} epochs × "
+            f"{sizes['train_examples']} examples, {sizes['seeds']} seeds, {record['date']}, "
+            f"{machine.get('conditions', 'conditions not recorded')}; target {_value(record['target'], scale, digits)} "
+            f"(full data b=1 {side} one std; full data reaches it in {_value(full, 1.0, 1)} s):")
+
+
+def goal_tally(records: Mapping[str, Mapping[str, Any]]) -> str:
+    """The default teacher against the issue's goals, task by task."""
+    header = ["task", "saving at full-data quality (goal ≥ 30%)", "vs full b=0.5", "vs full b=0.25", "vs random b=0.5",
+              "vs random b=0.25", "selection overhead (goal ≤ 2%)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, record in records.items():
+        scale, digits, unit = _scale(record)
+        reading = record["methods"].get(DEFAULT)
+        if reading is None:
+            continue
+        saved = reading["saving"]
+        lines.append("| " + " | ".join([
+            f"{TASK_LABELS.get(task, task)} ({unit})", "never reached" if saved is None else f"{100 * saved:+.0f}%",
+            *(_stat(reading[side].get(b), scale, digits) for side in ("vs_full", "vs_random") for b in ("0.5", "0.25")),
+            f"{100 * reading['selection_overhead']['mean']:.1f}%"]) + " |")
+    return "\n".join(lines)
+
+
+def study_table(study: Mapping[str, Any], tasks: Sequence[str]) -> str:
+    """Each variant's advantage over full data per task and budget (points for accuracy, loss
+    otherwise; positive = better), and its cells behind the random subset."""
+    tasks = [t for t in tasks if t in study["tasks"]]
+    budgets = ("0.25", "0.5")
+    variants = [v for v in study["variants"] if v != "full"]
+    header = ["variant", *(f"{TASK_LABELS.get(t, t)} b={b}" for t in tasks for b in budgets), "behind random (cells)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in variants:
+        cells, behind, measured = [], 0, 0
+        for task in tasks:
+            record = study["tasks"][task]
+            scale, digits, _ = _scale(record)
+            digits = 1 if scale == 100.0 else 3
+            for b in budgets:
+                reading = record["advantage"][b].get(variant)
+                cells.append(_stat(reading and reading["vs_full"], scale, digits))
+                versus = reading and reading["vs_random"]
+                if versus and versus["n"] and variant != "random-each":
+                    measured += 1
+                    behind += versus["mean"] < 0
+        name = study["variants"][variant]["name"]
+        lines.append("| " + " | ".join([name, *cells, "-" if not measured else f"{behind} of {measured}"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e.readme_tables", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASK_ORDER))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of the records")
+    args = parser.parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    records = {}
+    for task in tasks:
+        path = args.results / f"e2e_{task}.json"
+        if not path.exists():
+            print(f"({path} not found)\n")
+            continue
+        record = json.loads(path.read_text())
+        if "methods" not in record:
+            print(f"({path} was written by the former harness: no frontier)\n")
+            continue
+        records[task] = record
+        print(_heading(record) + "\n\n" + frontier_table(record) + "\n")
+    if records:
+        print("Default teacher against the goals:\n\n" + goal_tally(records) + "\n")
+    study_path = args.results / "teacher_study.json"
+    if study_path.exists():
+        print("Teacher study (advantage over full data at the same budget, mean ± std over seeds):\n\n"
+              + study_table(json.loads(study_path.read_text()), tasks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
