@@ -100,13 +100,14 @@ def study_table(study: Mapping[str, Any], tasks: Sequence[str]) -> str:
     tasks = [t for t in tasks if t in study["tasks"]]
     budgets = ("0.25", "0.5")
     variants = [v for v in study["variants"] if v != "full"]
-    header = ["variant", *(f"{TASK_LABELS.get(t, t)} b={b}" for t in tasks for b in budgets), "behind random (cells)"]
+    header = ["variant", *(f"{TASK_LABELS.get(t, t)} b={b}" for t in tasks for b in budgets), "behind random (cells)",
+              "worst vs random"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in variants:
-        cells, behind, measured = [], 0, 0
+        cells, behind, measured, worst = [], 0, 0, None
         for task in tasks:
             record = study["tasks"][task]
-            scale, digits, _ = _scale(record)
+            scale, digits, unit = _scale(record)
             digits = 1 if scale == 100.0 else 3
             for b in budgets:
                 reading = record["advantage"][b].get(variant)
@@ -115,8 +116,14 @@ def study_table(study: Mapping[str, Any], tasks: Sequence[str]) -> str:
                 if versus and versus["n"] and variant != "random-each":
                     measured += 1
                     behind += versus["mean"] < 0
+                    # compared across tasks in units of each task's full-data seed spread at that budget
+                    spread = max(record["advantage"][b]["random-each"]["vs_full"]["std"], 1e-12)
+                    if worst is None or versus["mean"] / spread < worst[0]:
+                        worst = (versus["mean"] / spread, f"{versus['mean'] * scale:+.{digits}f} {unit}, "
+                                                          f"{TASK_LABELS.get(task, task)} b={b}")
         name = study["variants"][variant]["name"]
-        lines.append("| " + " | ".join([name, *cells, "-" if not measured else f"{behind} of {measured}"]) + " |")
+        lines.append("| " + " | ".join([name, *cells, "-" if not measured else f"{behind} of {measured}",
+                                        "-" if worst is None else worst[1]]) + " |")
     return "\n".join(lines)
 
 
