@@ -38,13 +38,14 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_gather_scores(indices: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's (indices, scores), concatenated in rank order, on the CPU.
+def all_gather_scores(indices: torch.Tensor, scores: torch.Tensor, steps: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rank's (indices, scores, steps), concatenated in rank order, on the CPU.
 
-    indices: (b,) int64 and scores: (b,) float64 on the CPU, where b may differ between ranks (0
-    included). Each rank's batch is padded to the largest b for the all_gather and trimmed after;
-    indices travel as float64, exact below 2**53. Returns (n,) int64 and (n,) float64, n the sum of
-    the ranks' b. Every rank must call it (it is a collective).
+    indices: (b,) int64, scores: (b,) float64 and steps: (b,) int64 on the CPU, where b may differ
+    between ranks (0 included). Each rank's batch is padded to the largest b for the all_gather
+    and trimmed after; indices and steps travel as float64, exact below 2**53. Returns (n,) int64,
+    (n,) float64 and (n,) int64, n the sum of the ranks' b. Every rank must call it (a collective).
     """
     world = dist.get_world_size()
     device = _collective_device()
@@ -53,10 +54,10 @@ def all_gather_scores(indices: torch.Tensor, scores: torch.Tensor) -> tuple[torc
     dist.all_gather(sizes, size)
     counts = [int(s.item()) for s in sizes]
     longest = max(counts)
-    packed = torch.zeros(2, longest, dtype=torch.float64, device=device)
-    packed[0, : indices.numel()] = indices.to(device=device, dtype=torch.float64)
-    packed[1, : scores.numel()] = scores.to(device=device, dtype=torch.float64)
+    packed = torch.zeros(3, longest, dtype=torch.float64, device=device)
+    for row, values in enumerate((indices, scores, steps)):
+        packed[row, : values.numel()] = values.to(device=device, dtype=torch.float64)
     gathered = [torch.empty_like(packed) for _ in range(world)]
     dist.all_gather(gathered, packed)
     joined = torch.cat([g[:, :count] for g, count in zip(gathered, counts)], dim=1).cpu()
-    return joined[0].to(torch.int64), joined[1]
+    return joined[0].to(torch.int64), joined[1], joined[2].to(torch.int64)

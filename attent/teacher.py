@@ -151,15 +151,36 @@ def _score_tensor(scores: ScoreLike, name: str = "scores") -> torch.Tensor:
     return values.to(device="cpu", dtype=torch.float64)
 
 
-def _mean_per_index(index: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each index once, with the mean of its values (a draw with replacement, or ranks' padded
-    shards, can hold an example more than once)."""
+def _step_tensor(step: int | IndexLike, count: int) -> torch.Tensor:
+    """``step`` as (count,) int64 non-negative steps: one int for every score, or one per score."""
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        return torch.full((count,), check_count("step", step, 0), dtype=torch.int64)
+    steps = _as_tensor(step, "step", "integer steps")
+    if steps.numel() == 0:
+        steps = steps.to(torch.int64)
+    if steps.dtype == torch.bool or steps.is_floating_point() or steps.is_complex() or steps.dim() != 1:
+        raise ValueError(f"step must be an int or a (b,) tensor of integer steps, got {steps.dtype} of shape {_shape(steps)}")
+    steps = steps.to(device="cpu", dtype=torch.int64)
+    if steps.numel() != count:
+        raise ValueError(f"step must be an int or hold one step per score, got shape {_shape(steps)} for {count} scores")
+    if steps.numel() and int(steps.min()) < 0:
+        raise ValueError(f"step must be non-negative, got {steps[steps < 0][:8].tolist()}")
+    return steps
+
+
+def _mean_per_index(index: torch.Tensor, values: torch.Tensor, steps: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each index once, with the mean of its values at its latest step (a draw with replacement,
+    or ranks' padded shards, can hold an example more than once in a step; the scores of several
+    steps observed at once, an example more than once across them)."""
     unique, inverse = torch.unique(index, return_inverse=True)
     if unique.numel() == index.numel():
-        return index, values
-    sums = torch.zeros(unique.numel(), dtype=values.dtype).index_add_(0, inverse, values)
-    counts = torch.bincount(inverse, minlength=unique.numel()).to(values.dtype)
-    return unique, sums / counts
+        return index, values, steps
+    latest = torch.full((unique.numel(),), -1, dtype=torch.int64).scatter_reduce_(0, inverse, steps, "amax")
+    keep = steps == latest[inverse]
+    sums = torch.zeros(unique.numel(), dtype=values.dtype).index_add_(0, inverse[keep], values[keep])
+    counts = torch.bincount(inverse[keep], minlength=unique.numel()).to(values.dtype)
+    return unique, sums / counts, latest
 
 
 class Teacher:
@@ -345,15 +366,16 @@ class Teacher:
         if outside.numel():
             raise ValueError(f"{name} must be in [0, num_examples={self.num_examples}), got {outside[:8].tolist()}")
 
-    def observe(self, indices: IndexLike, scores: ScoreLike, *, step: int | None = None) -> None:
-        """Record the scores of a batch of examples.
+    def observe(self, indices: IndexLike, scores: ScoreLike, *, step: int | IndexLike | None = None) -> None:
+        """Record the scores of a batch of examples (or of several steps' batches at once).
 
-        indices: (b,) integer example indices in [0, N) (an index repeated in one call gets the
-        mean of its scores); scores: (b,) real, larger = more informative, kept in float64. Either
-        may live on any device; the teacher keeps its state on the CPU and never changes the
-        tensors passed in. step: when the scores were measured (default: the number of observe
-        calls so far); the staleness order of ``refresh`` follows it. Under ``torch.distributed``
-        this gathers every rank's batch (a collective).
+        indices: (b,) integer example indices in [0, N); scores: (b,) real, larger = more
+        informative, kept in float64. Either may live on any device; the teacher keeps its state
+        on the CPU and never changes the tensors passed in. step: when the scores were measured,
+        an int for all of them or (b,) non-negative ints, one per score (default: the number of
+        observe calls so far); the staleness order of ``refresh`` follows it. An index repeated in
+        one call keeps the mean of its scores at its latest step. Under ``torch.distributed`` this
+        gathers every rank's batch (a collective).
         """
         index = _index_tensor(indices, "indices")
         values = _score_tensor(scores)
@@ -363,10 +385,10 @@ class Teacher:
                 f"{_shape(values)}"
             )
         self._check_range(index, "indices")
-        when = self._observe_calls if step is None else check_count("step", step, 0)
-        index, values = _mean_per_index(index, values)
+        when = _step_tensor(self._observe_calls if step is None else step, index.numel())
+        index, values, when = _mean_per_index(index, values, when)
         if _distributed.is_distributed():
-            index, values = _mean_per_index(*_distributed.all_gather_scores(index, values))
+            index, values, when = _mean_per_index(*_distributed.all_gather_scores(index, values, when))
         self._scores[index] = values
         self._score_steps[index] = when
         self._observe_calls += 1

@@ -10,12 +10,19 @@ trainer, or a loop of your own).
             weights = teaching.loss_weights(idx)              # the teacher's unbiasing weights (or 1)
             ... backward of (losses * weights).mean(), optimizer step ...
             teaching.observe(idx, teaching.scorer.step_scores(pred, y, losses), step=step)
+    teaching.flush()                                          # before saving or reading the teacher
 
 ``begin_epoch`` runs what the teacher asks for before a selection (a scoring pass over
 ``teacher.refresh_indices(epoch)``, batched by the trainer's ``batches(indices)`` callable), selects,
 orders and shards the epoch, and returns an :class:`EpochStart` (this rank's order and a record for
 logs). Without a teacher the protocol is plain full-data training: every epoch a seeded
 permutation, weights of 1, nothing observed; so a trainer has one code path for both.
+
+``observe`` only keeps the step's scores where they are (on the model's device: no copy to the
+host, no synchronization, no collective per step); ``flush`` hands everything kept to the teacher
+in one ``Teacher.observe`` (each score with its own step), and ``begin_epoch`` flushes first, so
+every selection reads every score observed before it. A trainer flushes before it saves or reads
+the teacher's state (a checkpoint, the end of training).
 
 ``planned_sizes`` / ``planned_steps`` give the work the run will do, from the teacher's plan, so
 learning-rate schedules and progress counters can be sized for the epochs the run actually takes.
@@ -83,6 +90,7 @@ class Teaching:
             raise ValueError(f"full_sizes are for full-data training, each in [1, {num_examples}], got {full_sizes}")
         self.teacher, self.scorer = teacher, scorer
         self.num_examples, self.seed, self.full_sizes = num_examples, seed, full_sizes
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
     def check_epochs(self, epochs: int) -> None:
         """Raise a ValueError unless a run of ``epochs`` epochs fits the teacher's plan (a teacher
@@ -107,6 +115,7 @@ class Teaching:
             shard: under torch.distributed, return this rank's shard of the order (False: the whole
                 order, for trainers whose data loader splits batches between processes itself).
         """
+        self.flush()
         teacher = self.teacher
         if teacher is None:
             order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
@@ -148,9 +157,35 @@ class Teaching:
         return self.teacher is not None
 
     def observe(self, indices: torch.Tensor, scores: torch.Tensor, *, step: int) -> None:
-        """Feed a training step's scores to the teacher (nothing without one)."""
-        if self.teacher is not None:
-            self.teacher.observe(indices, scores, step=step)
+        """Keep a training step's scores for the teacher (nothing without one) until the next
+        :meth:`flush`: indices (b,) integers, scores (b,) real, on any device; step: the optimizer
+        step they were measured at."""
+        if self.teacher is None:
+            return
+        if indices.shape != scores.shape or indices.dim() != 1:
+            raise ValueError(f"indices and scores must have the same shape (b,), got indices {tuple(indices.shape)} and "
+                             f"scores {tuple(scores.shape)}")
+        self._pending.append((indices.detach(), scores.detach(), step))
+
+    @property
+    def pending(self) -> int:
+        """Scores observed and not yet handed to the teacher."""
+        return sum(int(indices.numel()) for indices, _, _ in self._pending)
+
+    def flush(self) -> None:
+        """Hand every kept score to the teacher in one ``Teacher.observe`` (one copy to the host;
+        under torch.distributed one collective, so every rank must call it at the same point)."""
+        if self.teacher is None:
+            return
+        pending, self._pending = self._pending, []
+        if not pending and not _distributed.is_distributed():
+            return
+        sizes = torch.tensor([int(indices.numel()) for indices, _, _ in pending], dtype=torch.int64)
+        steps = torch.tensor([step for _, _, step in pending], dtype=torch.int64).repeat_interleave(sizes)
+        # one concatenation where the tensors live, then one copy to the host
+        indices = torch.cat([indices for indices, _, _ in pending]).cpu() if pending else torch.zeros(0, dtype=torch.int64)
+        scores = torch.cat([scores for _, scores, _ in pending]).cpu() if pending else torch.zeros(0, dtype=torch.float64)
+        self.teacher.observe(indices, scores, step=steps)
 
     def planned_sizes(self, epochs: int) -> list[int | None]:
         """Examples each of the run's ``epochs`` epochs trains on (all ranks together), None where

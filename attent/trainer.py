@@ -420,6 +420,7 @@ class _Run:
         since it gathers each rank's RNG state)."""
         if self.out_dir is None:
             return
+        self.flush_scores()
         start = self.clock.now()
         self.state.wall_time = self.wall()
         self.session_start, self.excluded = start, 0.0
@@ -443,6 +444,13 @@ class _Run:
         loader = indexed_loader(self.train_data, batch_size=self.eval_batch_size, sampler=indices.tolist(),
                                 collate_fn=self.collate_fn)
         return loader_batches(loader, self.device, self.options.label_key)
+
+    def flush_scores(self) -> None:
+        """Hand the steps' kept scores to the teacher (before its state is saved or read); the
+        time counts as selection time."""
+        start = self.clock.now()
+        self.teaching.flush()
+        self.state.selection_time += self.clock.now() - start
 
     def begin_epoch(self, epoch: int) -> torch.Tensor:
         """The epoch's example order (this rank's), from the teaching protocol; records the selection."""
@@ -610,6 +618,7 @@ class _Run:
         return every is not None and step % every == 0
 
     def result(self, stopped: bool) -> FitResult:
+        self.flush_scores()
         state = self.state
         if self.out_dir is not None and state.history and self.rank == 0:
             try:

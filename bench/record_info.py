@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import subprocess
 from pathlib import Path
 
 import torch
@@ -78,7 +79,21 @@ def versions(*extra: str) -> dict:
             found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             found[package] = None
+    found["attent_commit"] = _commit()
     return found
+
+
+def _commit() -> str | None:
+    """The checkout's commit, with ``+modified`` when the library or benchmark code differs from it
+    (None outside a git checkout)."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "attent", "attent_kernels",
+                                  "bench", ":!bench/results"], capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+modified" if changed else "")
 
 
 def device_label(device: torch.device) -> str:

@@ -177,7 +177,10 @@ class AtteNTMixin:
     def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint:
             raise ValueError("AtteNTTrainer cannot resume from a Trainer checkpoint: the teacher's state is not in it")
-        return super().train(None, *args, **kwargs)
+        try:
+            return super().train(None, *args, **kwargs)
+        finally:
+            self.teaching.flush()  # the last epoch's scores, for a teacher read or saved after training
 
     def _epoch_batches(self, examples: int) -> int:
         """Batches of an epoch of ``examples`` on this process: the order in per-device batches,
@@ -237,7 +240,7 @@ class AtteNTMixin:
         loss = (losses * self.teaching.loss_weights(indices).to(losses)).mean()
         start = time.perf_counter()
         scores = self.teaching.scorer.step_scores(pred, labels, losses)
-        self.teaching.observe(indices, scores.cpu(), step=self.state.global_step)
+        self.teaching.observe(indices, scores, step=self.state.global_step)
         self.attent_selection_time += time.perf_counter() - start
         return (loss, outputs) if return_outputs else loss
 

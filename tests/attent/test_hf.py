@@ -10,6 +10,7 @@ peft = pytest.importorskip("peft")
 
 from attent.integrations.hf import INDEX_KEY, AtteNTTrainer  # noqa: E402
 from attent.teacher import Teacher  # noqa: E402
+from tests.attent._spies import watch_observe  # noqa: E402
 
 VOCAB, LENGTH, N_EXAMPLES = 29, 7, 11
 
@@ -48,8 +49,8 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
     initial = copy.deepcopy(model)
     teacher = Teacher(len(train), warmup_epochs=1, strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
     observed, selected = [], {}
-    observe, select = teacher.observe, teacher.select
-    teacher.observe = lambda indices, scores, *, step=None: (observed.append((indices, scores, step)), observe(indices, scores, step=step))
+    select = teacher.select
+    watch_observe(teacher, observed)
     teacher.select = lambda epoch: selected.setdefault(epoch, select(epoch))
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, num_train_epochs=3,
@@ -62,7 +63,7 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
 
     # epoch 0: all 11 examples (3 steps); epochs 1 and 2: the 5 highest-scored (2 steps each)
     assert trainer.state.global_step == 3 + 2 + 2
-    first_indices, first_scores, _ = observed[0]  # the first training batch, scored before any update
+    first_indices, first_scores, _ = min(observed, key=lambda seen: seen[2])  # the first training batch, before any update
     expected = torch.stack([_example_fgrad(initial, train[i]) for i in first_indices.tolist()])
     torch.testing.assert_close(first_scores, expected, rtol=1e-4, atol=1e-6)
     refreshes = [(i, step) for i, _, step in observed if i.numel() == N_EXAMPLES]  # training batches hold 4 at most
@@ -91,6 +92,8 @@ def test_compute_loss_is_the_weighted_mean_of_per_example_losses(tmp_path):
     weights = torch.tensor([0.5, 2.0, 1.5])
     teacher.loss_weights = lambda indices: weights[[picks.index(i) for i in indices.tolist()]]
     loss = trainer.compute_loss(model, dict(batch))
+    assert trainer.teaching.pending == 3 and teacher.stats["observed"] == 0  # kept until the next epoch or the end
+    trainer.teaching.flush()
     per_example = torch.stack([
         F.cross_entropy(model(input_ids=train[i]["input_ids"][None]).logits[0, :-1], train[i]["labels"][1:], ignore_index=-100)
         for i in picks

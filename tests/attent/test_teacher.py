@@ -642,3 +642,57 @@ def test_the_default_strategy_is_soft_selection():
     assert len(picked) == 500 and len(set(picked.tolist())) == 500
     # drawn, not ranked: the higher scores are favoured, yet not the top half exactly
     assert picked.float().mean() > 600 and int((picked < 500).sum()) > 0
+
+
+# --- several steps observed at once (the trainers' buffered scores) ----------------------------
+
+
+def test_observe_with_a_step_per_score_keeps_each_examples_mean_at_its_latest_step():
+    teacher = Teacher(6, epochs=4)
+    teacher.observe(torch.tensor([3, 1, 3, 3, 1, 5]), torch.tensor([1.0, 2.0, 5.0, 7.0, 4.0, 8.0]),
+                    step=torch.tensor([0, 0, 2, 2, 1, 4]))
+    assert teacher.scores[[3, 1, 5]].tolist() == [6.0, 4.0, 8.0]
+    assert teacher.score_steps.tolist() == [-1, 1, -1, 2, -1, 4]
+    with pytest.raises(ValueError, match=r"step must be an int or hold one step per score, got shape \(2,\) for 3 scores"):
+        teacher.observe(torch.arange(3), torch.ones(3), step=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"step must be non-negative, got \[-2\]"):
+        teacher.observe(torch.arange(2), torch.ones(2), step=[1, -2])
+    with pytest.raises(ValueError, match=r"step must be an int or a \(b,\) tensor of integer steps, got torch.float32"):
+        teacher.observe(torch.arange(2), torch.ones(2), step=torch.ones(2))
+
+
+@pytest.mark.parametrize("strategy", ["soft", "hard", "importance"])
+def test_buffered_step_scores_leave_the_teacher_as_step_by_step_observing_does(strategy):
+    """Steps observed through Teaching (kept, then flushed at the next epoch) against the same
+    steps fed to a twin teacher one at a time: the same state, the same next selection. Repeats
+    within a step (importance draws) and across steps included."""
+    from attent.scores import Scorer
+    from attent.teaching import Teaching
+
+    generator = torch.Generator().manual_seed(5)
+    buffered = Teacher(12, epochs=3, strategy=strategy, seed=1)
+    direct = Teacher(12, epochs=3, strategy=strategy, seed=1)
+    teaching = Teaching(buffered, Scorer("loss", "cross_entropy"), num_examples=12)
+    for step in range(7):
+        indices = torch.randint(0, 12, (5,), generator=generator)
+        scores = torch.rand(5, generator=generator, dtype=torch.float64)
+        teaching.observe(indices, scores, step=step)
+        direct.observe(indices, scores, step=step)
+    assert teaching.pending == 35 and buffered.stats["observed"] == 0
+    begun = teaching.begin_epoch(1, step=7)  # flushes before it selects
+    assert teaching.pending == 0
+    assert torch.equal(buffered.scores, direct.scores) and torch.equal(buffered.score_steps, direct.score_steps)
+    assert begun.order.tolist() == direct.epoch_order(1).tolist()
+
+
+def test_teaching_observe_checks_shapes_at_once_and_keeps_nothing_without_a_teacher():
+    from attent.scores import Scorer
+    from attent.teaching import Teaching
+
+    teaching = Teaching(Teacher(4, epochs=2), Scorer("loss", "cross_entropy"), num_examples=4)
+    with pytest.raises(ValueError, match=r"same shape \(b,\), got indices \(3,\) and scores \(2,\)"):
+        teaching.observe(torch.arange(3), torch.ones(2), step=0)
+    full = Teaching(None, Scorer("loss", "cross_entropy"), num_examples=4)
+    full.observe(torch.arange(3), torch.ones(3), step=0)
+    assert full.pending == 0
+    full.flush()

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from attent.trainer import CHECKPOINT_NAME, METRICS_NAME, evaluate, fit
+from tests.attent._spies import watch_observe
 
 N_EXAMPLES, N_FEATURES, N_CLASSES = 37, 5, 3
 
@@ -202,17 +203,14 @@ class _Spy:
 
     def __init__(self, teacher):
         self.selections, self.observed = {}, []
-        select, observe = teacher.select, teacher.observe
+        select = teacher.select
 
         def spy_select(epoch):
             self.selections[epoch] = selection = select(epoch)
             return selection
 
-        def spy_observe(indices, scores, *, step=None):
-            self.observed.append((indices.clone(), scores.clone(), step))
-            observe(indices, scores, step=step)
-
-        teacher.select, teacher.observe = spy_select, spy_observe
+        teacher.select = spy_select
+        watch_observe(teacher, self.observed)
 
 
 class _LoggedData(torch.utils.data.Dataset):
@@ -295,11 +293,11 @@ def test_a_weighted_teachers_update_is_the_gradient_of_the_weighted_loss(strateg
         torch.testing.assert_close(p, q - g, rtol=1e-5, atol=1e-6)
 
 
-def _teacher_resume_run(out_dir, **overrides):
+def _teacher_resume_run(out_dir, refresh="cycle", **overrides):
     from attent.teacher import Teacher
 
     model = _model(dropout=0.2, seed=4)
-    teacher = Teacher(len(_data(3)), warmup_epochs=1, strategy="soft", ratio=0.5, interval=2, epochs=5, refresh="cycle",
+    teacher = Teacher(len(_data(3)), warmup_epochs=1, strategy="soft", ratio=0.5, interval=2, epochs=5, refresh=refresh,
                       reselect_each_epoch=True, seed=2)
     options = dict(loss="cross_entropy", optimizer=torch.optim.Adam(model.parameters(), lr=0.02), teacher=teacher,
                    score="fgrad", epochs=5, batch_size=4, seed=1, progress=False, out_dir=out_dir)
@@ -307,14 +305,19 @@ def _teacher_resume_run(out_dir, **overrides):
     return model, teacher, fit(model, _data(3), **options)
 
 
-def test_resume_with_a_teacher_mid_cycle_reproduces_the_uninterrupted_run(tmp_path):
-    model, teacher, full = _teacher_resume_run(tmp_path / "full")
-    _teacher_resume_run(tmp_path / "split", max_steps=14)  # 10 full-data steps, then 4 into epoch 1's subset
-    resumed_model, resumed_teacher, resumed = _teacher_resume_run(tmp_path / "split", resume_from=tmp_path / "split")
+@pytest.mark.parametrize("refresh", ["cycle", None])
+def test_resume_with_a_teacher_mid_cycle_reproduces_the_uninterrupted_run(tmp_path, refresh):
+    """With refresh passes, and with online scores only (where the scores of the steps before the
+    checkpoint decide the next selection, so the checkpoint must hold them)."""
+    model, teacher, full = _teacher_resume_run(tmp_path / "full", refresh)
+    _teacher_resume_run(tmp_path / "split", refresh, max_steps=14)  # 10 full-data steps, then 4 into epoch 1's subset
+    resumed_model, resumed_teacher, resumed = _teacher_resume_run(tmp_path / "split", refresh, resume_from=tmp_path / "split")
     _same_parameters(resumed_model, model)
-    assert torch.equal(resumed_teacher.state_dict()["scores"], teacher.state_dict()["scores"])
+    for field in ("scores", "score_steps"):
+        assert torch.equal(resumed_teacher.state_dict()[field], teacher.state_dict()[field]), field
     assert resumed.steps == full.steps and [s["selected"] for s in resumed.selections] == [s["selected"] for s in full.selections]
-    assert full.examples_scored == 4 * 37  # a refresh pass over every example before each subset epoch
+    assert resumed_teacher.select(4).indices.tolist() == teacher.select(4).indices.tolist()
+    assert full.examples_scored == (4 * 37 if refresh else 0)  # a refresh pass over every example before each subset epoch
 
 
 def test_an_lr_scheduler_factory_gets_the_planned_steps_and_the_rate_ends_at_zero(tmp_path):
@@ -408,3 +411,29 @@ def test_distributed_ranks_train_identically_and_rank_zero_writes(tmp_path):
 
 if __name__ == "__main__":
     _ddp_rank(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+
+
+def test_after_fit_the_teacher_holds_every_steps_scores_with_their_steps():
+    """The trainer keeps the steps' scores and hands them over in one go (at each epoch start and
+    at the end): after the run the teacher holds the last epoch's scores, each stamped with the
+    step that measured it, as observing step by step would leave it."""
+    from attent.teacher import Teacher
+
+    model = _model()
+    teacher = Teacher(N_EXAMPLES, ratio=0.5, epochs=2, seed=3)
+    seen = []
+    original = teacher.observe
+
+    def observe(indices, scores, *, step=None):
+        seen.append((torch.as_tensor(indices).clone(), torch.as_tensor(scores).clone(), step))
+        return original(indices, scores, step=step)
+
+    teacher.observe = observe
+    result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                 teacher=teacher, score="loss", epochs=2, batch_size=4, progress=False)
+    assert len(seen) == 2  # one hand-over per epoch, not one per step
+    last_indices, last_scores, last_steps = seen[-1]
+    assert last_indices.numel() == teacher.planned_size(1) and int(last_steps.max()) == result.steps - 1
+    assert torch.equal(teacher.score_steps[last_indices], torch.as_tensor(last_steps))
+    assert torch.equal(teacher.scores[last_indices], last_scores.double())
+    assert int((teacher.score_steps >= 0).sum()) == len(set(torch.cat([i for i, _, _ in seen]).tolist()))
