@@ -30,6 +30,7 @@ import json
 import math
 import numbers
 import os
+import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,8 @@ class FitResult:
         same number as that epoch's end-of-epoch ``history`` record), ``step``, ``ratio``, ``selected`` (examples),
         ``is_full``, ``refreshed`` (examples re-scored), ``time`` (seconds), and at a teacher's
         selection points ``histogram`` (counts and bin edges of the finite scores it held then).
+    step_times: seconds of each optimizer step's training (forward, backward, update; the step's
+        scoring is selection time), one per step, resumed runs included.
     """
 
     history: list[dict[str, float]]
@@ -99,6 +102,7 @@ class FitResult:
     epochs_completed: int
     stopped_early: bool
     out_dir: Path | None
+    step_times: list[float] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, float]:
@@ -109,6 +113,16 @@ class FitResult:
     def selection_overhead(self) -> float:
         """Selection time as a fraction of wall time."""
         return self.selection_time / self.wall_time if self.wall_time > 0 else 0.0
+
+    def wall_time_at_step_price(self, seconds_per_step: float | None = None) -> float:
+        """``wall_time`` with every optimizer step's training counted at ``seconds_per_step``
+        (default: this run's median step), selection, scoring and the rest as measured: runs of
+        the same model and batch size priced at one shared median step time compare their work
+        (steps and selection), not the machine's speed while each ran."""
+        if not self.step_times:
+            return self.wall_time
+        price = statistics.median(self.step_times) if seconds_per_step is None else seconds_per_step
+        return self.wall_time - sum(self.step_times) + len(self.step_times) * price
 
 
 def _expect(name: str, value: Any, ok: bool, expected: str) -> None:
@@ -242,6 +256,7 @@ class _State:
     loss_count: int = 0
     history: list = field(default_factory=list)
     selections: list = field(default_factory=list)
+    step_times: list = field(default_factory=list)
 
 
 def evaluate(
@@ -593,6 +608,7 @@ class _Run:
                 spent = self.clock.now() - start
                 state.train_time += spent - scoring
                 state.selection_time += scoring
+                state.step_times.append(spent - scoring)
                 state.batches_done += len(group)
                 bar.update(len(group))
                 wall = self.wall()
@@ -631,7 +647,7 @@ class _Run:
             history=list(state.history), selections=list(state.selections), wall_time=self.wall(),
             train_time=state.train_time, selection_time=state.selection_time, eval_time=state.eval_time,
             examples_seen=state.examples_seen, examples_scored=state.examples_scored, steps=state.step,
-            epochs_completed=state.epoch, stopped_early=stopped, out_dir=self.out_dir,
+            epochs_completed=state.epoch, stopped_early=stopped, out_dir=self.out_dir, step_times=list(state.step_times),
         )
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace as dataclasses_replace
 
 import pytest
 import torch
@@ -88,6 +89,20 @@ def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_uninterrupted_run(tmp
     _same_parameters(resumed, uninterrupted)
     assert second.final["val_loss"] == full.final["val_loss"]
     assert second.examples_seen == full.examples_seen == 3 * len(_data(2))
+    assert len(first.step_times) == 9 and second.step_times[:9] == first.step_times  # the first session's steps kept
+    assert len(second.step_times) == 21 and all(t > 0 for t in second.step_times)
+    assert sum(second.step_times) <= second.train_time + 1e-9  # training only: scoring is selection time
+
+
+def test_wall_time_at_a_step_price_counts_every_step_at_that_price():
+    from attent.trainer import FitResult
+
+    result = FitResult(history=[], selections=[], wall_time=15.0, train_time=12.0, selection_time=1.0, eval_time=0.0,
+                       examples_seen=3, examples_scored=0, steps=3, epochs_completed=1, stopped_early=False, out_dir=None,
+                       step_times=[1.0, 10.0, 1.0])
+    assert result.wall_time_at_step_price() == pytest.approx(15.0 - 12.0 + 3 * 1.0)
+    assert result.wall_time_at_step_price(2.0) == pytest.approx(15.0 - 12.0 + 3 * 2.0)
+    assert dataclasses_replace(result, step_times=[]).wall_time_at_step_price(2.0) == 15.0
 
 
 def test_resume_rejects_a_missing_checkpoint(tmp_path):
@@ -393,7 +408,8 @@ def _ddp_rank(rank, store, out):
 
 def test_distributed_ranks_train_identically_and_rank_zero_writes(tmp_path):
     outs = [tmp_path / f"rank{rank}.pt" for rank in range(WORLD_SIZE)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this file imports tests.*
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     workers = [subprocess.Popen([sys.executable, __file__, str(rank), str(tmp_path / "store"), str(out)], env=env)
                for rank, out in enumerate(outs)]
     assert [w.wait(timeout=120) for w in workers] == [0] * WORLD_SIZE

@@ -37,7 +37,7 @@ def test_quick_run_prints_one_table_and_writes_the_record(harness, tmp_path, cap
     printed = capsys.readouterr().out
     record = json.loads(out.read_text())
 
-    helpers = {"accum_dtype"}  # the dtype rule, not a scoring op
+    helpers = {"accum_dtype", "uses_triton"}  # the dtype rule and the backend predicate, not scoring ops
     public_ops = {name for name in attent_kernels.__all__
                   if callable(getattr(attent_kernels, name)) and name[0].islower() and name not in helpers}
     assert set(cases_module.OPS) == public_ops
