@@ -78,8 +78,10 @@ def run_demo(
     Returns:
         ``{"task", "score", "strategy", "seed", "epochs", "quick", "train_examples", "val_examples",
         "runs", "target", "time_to_quality", "saving", "equal_budget", "verdict", "table", "plot",
-        "record"}``: ``runs`` lists each run (method, budget, quality, wall time at the median
-        step, examples, selection overhead, and ``clock_wall_time``, the plain wall-clock sum); ``target`` is the full-data b = 1 quality less ``TOLERANCE``;
+        "record"}``: ``runs`` lists each run (method, budget, quality, wall time with its training
+        steps priced at the demo's median step, examples, selection overhead, and
+        ``clock_wall_time``, the plain wall-clock sum); ``target`` is the full-data b = 1 quality
+        less ``TOLERANCE``;
         ``time_to_quality`` and ``saving`` read the frontiers (None: never reached);
         ``equal_budget`` maps each budget to the teacher's quality minus full data's.
     """
@@ -114,8 +116,9 @@ def run_demo(
         results[(method.name, budget)] = run_method(task, method, seed=seed, budget=budget, epochs=epochs)
     # one price for a training step in every run: the same model and batch size, the median over all runs' steps
     step_price = statistics.median(t for result in results.values() for t in result.step_times)
-    points = [Point(name, budget, seed, final_metric(result.history, task.metric), result.wall_time_at_step_price(step_price),
-                    result.examples_seen, result.selection_time / result.wall_time_at_step_price(step_price))
+    priced = {key: result.wall_time_at_step_price(step_price) for key, result in results.items()}
+    points = [Point(name, budget, seed, final_metric(result.history, task.metric), priced[(name, budget)],
+                    result.examples_seen, result.selection_time / priced[(name, budget)])
               for (name, budget), result in results.items()]
     clock_times = {key: result.wall_time for key, result in results.items()}
     epochs_run = {key: result.epochs_completed for key, result in results.items()}

@@ -180,11 +180,13 @@ class Teaching:
         pending, self._pending = self._pending, []
         if not pending and not _distributed.is_distributed():
             return
-        sizes = torch.tensor([int(indices.numel()) for indices, _, _ in pending], dtype=torch.int64)
-        steps = torch.tensor([step for _, _, step in pending], dtype=torch.int64).repeat_interleave(sizes)
-        # one concatenation where the tensors live, then one copy to the host
-        indices = torch.cat([indices for indices, _, _ in pending]).cpu() if pending else torch.zeros(0, dtype=torch.int64)
-        scores = torch.cat([scores for _, scores, _ in pending]).cpu() if pending else torch.zeros(0, dtype=torch.float64)
+        if pending:  # one concatenation where the tensors live, then one copy to the host
+            indices = torch.cat([indices for indices, _, _ in pending]).cpu()
+            scores = torch.cat([scores for _, scores, _ in pending]).cpu()
+            sizes = torch.tensor([int(kept.numel()) for kept, _, _ in pending], dtype=torch.int64)
+            steps = torch.tensor([step for _, _, step in pending], dtype=torch.int64).repeat_interleave(sizes)
+        else:  # under torch.distributed a rank with nothing kept still joins the collective
+            indices, scores, steps = (torch.zeros(0, dtype=dtype) for dtype in (torch.int64, torch.float64, torch.int64))
         self.teacher.observe(indices, scores, step=steps)
 
     def planned_sizes(self, epochs: int) -> list[int | None]:
