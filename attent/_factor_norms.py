@@ -3,7 +3,8 @@
 Every function takes factors in canonical form (:func:`canonical`): batch first, positions
 flattened to one dimension T: Outer a (B, T, rows) or Ids (B, T), b (B, T, cols); Diag x, g
 (B, T, n); Direct v (B, numel). Self norms go through the ``attent_kernels`` ops (Triton on CUDA
-tensors; a linear weight's together with its summed gradient on the probe's fused route); inner
+tensors; a linear weight's together with its summed gradient on the probe's fused route, or with
+the other weights that read the same input in one grouped call); inner
 products, needed only for a parameter used more than once in one forward pass (tied embeddings, a
 module called twice), are plain PyTorch on (B, T1, T2) position Grams.
 """
@@ -14,6 +15,7 @@ import torch
 from attent_kernels import (
     accum_dtype,
     embedding_grad_norm_sq,
+    grouped_linear_grad_norm_sq,
     linear_grad_norm_sq,
     linear_weight_grad_and_norm_sq,
     norm_grad_norm_sq,
@@ -93,6 +95,17 @@ def norm_sq(factor: Factor) -> torch.Tensor:
     if isinstance(factor, Diag):
         return norm_grad_norm_sq(factor.x, factor.g, bias=False)
     return factor.v.square().sum(dim=1)
+
+
+def grouped_norm_sq(factors: list[Outer]) -> torch.Tensor:
+    """(K, B) squared norms of K canonical float Outer factors that share their b (the layers'
+    common input x), row k factor k's: one ``grouped_linear_grad_norm_sq`` call, the Gram of x
+    formed once. The tensors meet in their promoted dtype, as in :func:`norm_sq`."""
+    x = factors[0].b
+    dtype = x.dtype
+    for factor in factors:
+        dtype = torch.promote_types(dtype, factor.a.dtype)
+    return grouped_linear_grad_norm_sq(x.to(dtype), [factor.a.to(dtype) for factor in factors], per_layer=True)
 
 
 def weight_grad_and_norm_sq(factor: Outer, path: str) -> tuple[torch.Tensor, torch.Tensor]:

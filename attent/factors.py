@@ -87,10 +87,16 @@ Factor = Union[Outer, Diag, Direct]
 class Capture:
     """A tensor a layer call produced, and how its gradient gives the layer's parameters'
     per-example gradients: ``factors(grad) -> {parameter name: Factor}`` (names relative to the
-    module; a name the probe does not cover is ignored)."""
+    module; a name the probe does not cover is ignored).
+
+    ``input``: the layer's input, where it is the ``b`` of its float :class:`Outer` factors (a
+    linear layer's x). The norms of layers whose captures name the same input tensor in one pass
+    (attention's q, k and v projections of one x) are computed together, the Gram of that input
+    formed once (``attent_kernels.grouped_linear_grad_norm_sq``)."""
 
     tensor: torch.Tensor
     factors: Callable[[torch.Tensor], Mapping[str, Factor]]
+    input: torch.Tensor | None = None
 
 
 LayerRule = Callable[[nn.Module, tuple, Any], Union[Capture, Sequence[Capture]]]

@@ -74,7 +74,7 @@ from attent_kernels import accum_dtype
 
 from . import _factor_norms
 from ._probed_linear import PROBED_LINEAR_NODE, WEIGHT_GRAD_ROUTES, WeightGradRoute, fuses, probed_linear
-from .factors import Capture, Direct, Factor, Layout
+from .factors import Capture, Direct, Factor, Ids, Layout, Outer
 from .layers import GainProducts, WeightCalls, find_layout, find_rule, register_loaded_integrations
 
 __all__ = ["GradNormProbe"]
@@ -95,7 +95,7 @@ class _Record:
     loose: bool = False
     fused: bool = False  # the capture is the output of a probed linear (``attent._probed_linear``)
 
-    def on_grad(self, grad: torch.Tensor) -> None:
+    def on_grad(self, grad: torch.Tensor | None) -> None:
         probe = self.probe()
         if probe is None or self.capture is None or probe._call is None:
             return  # a backward pass the probe does not run: the record lives as long as the graph
@@ -103,15 +103,16 @@ class _Record:
             return  # the layer's own backward consumes the gradient, with its weight gradient
         self.consume(probe._call, grad)
 
-    def consume(self, call: "_Call", grad: torch.Tensor, weight_grads: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    def consume(self, call: "_Call", grad: torch.Tensor | None, weight_grads: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         """Hand the factors of ``grad`` to ``call`` (see ``_Call.consume``) and drop the saved inputs."""
         capture, self.capture = self.capture, None  # the saved inputs go as soon as the gradient has been used
         with torch.no_grad():
             try:
-                factors = capture.factors(grad)
+                # None: the graph reaches the output but passes it no gradient (its parameters get none)
+                factors = {} if grad is None else capture.factors(grad)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise type(error)(f"GradNormProbe: layer {self.layer!r} ({', '.join(self.params)}): {error}") from error
-            return call.consume(self, factors, weight_grads)
+            return call.consume(self, factors, weight_grads, None if capture.input is None else id(capture.input))
 
 
 def _linear_parameter_grads(node: Any, grad_output: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
@@ -174,20 +175,29 @@ class _Call:
     batch: int
     shared: set[int]
     trains: bool  # a training backward (``.grad`` accumulates), not a ``score`` pass
+    # id(Capture.input) -> how many of this pass's records read it, where more than one does
+    input_readers: dict[int, int] = field(default_factory=dict)
     per_layer: dict[str, torch.Tensor] = field(default_factory=dict)
     stashed: dict[int, list[Factor]] = field(default_factory=dict)
     single: set[int] = field(default_factory=set)
+    # id(Capture.input) -> the (layer, Outer) weight factors waiting for the input's other readers
+    grouped: dict[int, list[tuple[str, Outer]]] = field(default_factory=dict)
+    readers_seen: dict[int, int] = field(default_factory=dict)
 
     def add(self, layer: str, sq: torch.Tensor) -> None:
         sq = sq.to(accum_dtype(sq))
         self.per_layer[layer] = self.per_layer[layer] + sq if layer in self.per_layer else sq
 
-    def consume(self, record: _Record, factors: dict[str, Factor], weight_grads: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    def consume(self, record: _Record, factors: dict[str, Factor], weight_grads: tuple[str, ...] = (),
+                input_key: int | None = None) -> dict[str, torch.Tensor]:
         """Add the squared norms of a record's factors to ``per_layer`` (a shared parameter's factors
         are stashed for ``finish``). For the parameters named in ``weight_grads`` (linear weights:
         float Outer factors), the summed gradient (p, d) is formed in the pass that computes the
         norms and returned, {name: float32 gradient}; a shared one is left out (its norms need the
-        cross terms, its gradient is the caller's)."""
+        cross terms, its gradient is the caller's). A record whose capture's input other records
+        of the pass read too (``input_key``, see ``Capture.input``) has its float Outer factors
+        held until the last of those records arrives; then all of them go through one grouped
+        norm (``_group_norms``)."""
         probe = self.probe
         grads: dict[str, torch.Tensor] = {}
         for local, key in record.params.items():
@@ -207,6 +217,10 @@ class _Call:
                     f"GradNormProbe: parameter {probe._names[key]!r} was used twice in one backward pass by "
                     f"layers recorded during that pass (reentrant checkpointing); use use_reentrant=False")
             self.single.add(key)
+            if (input_key in self.input_readers and local not in weight_grads and isinstance(factor, Outer)
+                    and not isinstance(factor.a, Ids)):
+                self.grouped.setdefault(input_key, []).append((record.layer, factor))
+                continue
             try:
                 if local in weight_grads:
                     grads[local], sq = _factor_norms.weight_grad_and_norm_sq(factor, probe._weight_grad)
@@ -215,10 +229,34 @@ class _Call:
                 self.add(record.layer, sq)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise type(error)(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}") from error
+        if input_key in self.input_readers:
+            self.readers_seen[input_key] = self.readers_seen.get(input_key, 0) + 1
+            if self.readers_seen[input_key] == self.input_readers[input_key]:
+                self._group_norms(input_key)
         return grads
+
+    def _group_norms(self, input_key: int) -> None:
+        """The norms of the Outer factors held for one input: those whose b is the same tensor
+        (same memory, shape and strides) in one ``grouped_linear_grad_norm_sq`` call, x's Gram
+        formed once, one row per layer; any other alone."""
+        same_b: dict[tuple, list[tuple[str, Outer]]] = {}
+        for layer, factor in self.grouped.pop(input_key, []):
+            b = factor.b
+            same_b.setdefault((b.data_ptr(), b.shape, b.stride(), b.dtype, b.device), []).append((layer, factor))
+        for entries in same_b.values():
+            layers = [layer for layer, _ in entries]
+            try:
+                rows = _factor_norms.grouped_norm_sq([factor for _, factor in entries])
+            except (ValueError, TypeError, RuntimeError) as error:
+                raise type(error)(f"GradNormProbe: layers {', '.join(map(repr, layers))} (reading one input): "
+                                  f"{error}") from error
+            for layer, row in zip(layers, rows):
+                self.add(layer, row)
 
     def finish(self) -> None:
         probe = self.probe
+        for input_key in list(self.grouped):
+            self._group_norms(input_key)
         for key, factors in self.stashed.items():
             shape = probe._params[key].shape
             try:
@@ -723,7 +761,11 @@ class GradNormProbe:
                                f"{'; '.join(outside)}. Register a rule for the module that uses them, or leave them "
                                f"out with params=")
         shared = self._shared | {key for key, n in uses.items() if n > 1}
-        self._call = _Call(self, batch, shared, trains)
+        readers: dict[int, int] = {}
+        for record in records:
+            if record.capture.input is not None:
+                readers[id(record.capture.input)] = readers.get(id(record.capture.input), 0) + 1
+        self._call = _Call(self, batch, shared, trains, {key: n for key, n in readers.items() if n > 1})
         try:
             pass_fn(edges, records)
             call = self._call

@@ -164,10 +164,10 @@ def feature_slots(p: int, d: int, configs: list[triton.Config]) -> int:
     return feature_tiles(p, d, smallest)
 
 
-def partials(B: int, slots: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Zeroed (B, slots) buffer of per-program partial sums; slots no configuration's grid
-    reaches stay zero."""
-    return torch.zeros(B, slots, dtype=dtype, device=device)
+def partials(rows: int | tuple[int, ...], slots: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeroed (*rows, slots) buffer of per-program partial sums (rows: B, or (K, B) for one row
+    per layer); slots no configuration's grid reaches stay zero."""
+    return torch.zeros(*((rows,) if isinstance(rows, int) else rows), slots, dtype=dtype, device=device)
 
 
 class DotTypes(NamedTuple):

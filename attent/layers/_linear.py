@@ -16,7 +16,7 @@ from ._registry import first_tensor, register_layer, register_layout, register_w
 @register_layer(nn.Linear, params=("weight", "bias"), name="linear", functional=F.linear)
 def _linear(module: nn.Linear, args: tuple, output: torch.Tensor) -> Capture:
     x = first_tensor(args, "nn.Linear")
-    return Capture(output, lambda g: {"weight": Outer(g, x), "bias": Direct(g)})
+    return Capture(output, lambda g: {"weight": Outer(g, x), "bias": Direct(g)}, input=x)
 
 
 def _conv1d(module: nn.Module, args: tuple, output: torch.Tensor) -> Capture:

@@ -98,18 +98,22 @@ def grouped_linear_grad_norm_sq(
     mask: torch.Tensor | None = None,
     path: str = "auto",
     backend: Backend = "auto",
+    per_layer: bool = False,
 ) -> torch.Tensor:
-    """Summed per-example squared gradient norms of several linear layers that read the same x
-    (attention Q, K and V, or the parts of a fused QKV projection); the Gram of x is formed once.
+    """Per-example squared gradient norms of several linear layers that read the same x
+    (attention Q, K and V, or the parts of a fused QKV projection), summed over the layers or
+    one row per layer; the Gram of x is formed once for all of them.
 
     Args:
         x: shared input, (B, d) or (B, T, d).
         gs: one output gradient per layer, each (B, p_k) or (B, T, p_k).
         biases: None or False (no biases), True (every layer has one) or one bool per layer.
         mask, path, backend: as in :func:`linear_grad_norm_sq` (the cost model uses sum_k p_k).
+        per_layer: False: the sum over the layers; True: one row per layer.
 
     Returns:
-        (B,) float32: sum_k ||grad W_k,i||^2 (+ ||grad b_k,i||^2 where biases[k]).
+        (B,) float32: sum_k ||grad W_k,i||^2 (+ ||grad b_k,i||^2 where biases[k]); with
+        ``per_layer``, (K, B) float32, row k layer k's term.
     """
     op = "grouped_linear_grad_norm_sq"
     _check_path(op, path)
@@ -123,7 +127,8 @@ def grouped_linear_grad_norm_sq(
         if len(flags) != len(gs):
             fail(op, f"biases has {len(flags)} entries but gs has {len(gs)}")
     x3, g3s, m3 = _as_3d(op, x, gs, [f"gs[{k}]" for k in range(len(gs))], mask)
-    return implementation(op, backend, __name__, x3, *g3s).grouped_linear_grad_norm_sq(x3, g3s, flags, m3, path)
+    terms = implementation(op, backend, __name__, x3, *g3s).grouped_linear_grad_norm_sq(x3, g3s, flags, m3, path)
+    return terms if per_layer else terms.sum(dim=0)
 
 
 @torch.no_grad()

@@ -27,27 +27,28 @@ def _chunk(t: torch.Tensor, sl: slice, mask: torch.Tensor | None, dtype: torch.d
 
 
 def _ghost_chunk(xc: torch.Tensor, gcs: list[torch.Tensor]) -> torch.Tensor:
-    """sum_{t,s} (x_t . x_s) sum_k (g_kt . g_ks) per example. The x Gram is formed once for all
-    the layers k that share x; rows t are tiled so that each Gram tile stays bounded."""
+    """(K, b): sum_{t,s} (x_t . x_s) (g_kt . g_ks) per layer k and example. The x Gram is formed
+    once for all the layers k that share x; rows t are tiled so that each Gram tile stays bounded."""
     b, T, _ = xc.shape
     tile = rows_per_chunk(b * T, T)
-    out = xc.new_zeros(b)
+    out = xc.new_zeros(len(gcs), b)
     for t0 in range(0, T, tile):
         gx = torch.bmm(xc[:, t0 : t0 + tile], xc.transpose(1, 2))
-        gg = sum(torch.bmm(gc[:, t0 : t0 + tile], gc.transpose(1, 2)) for gc in gcs)
-        out += (gx * gg).sum(dim=(1, 2))
+        for k, gc in enumerate(gcs):
+            out[k] += (gx * torch.bmm(gc[:, t0 : t0 + tile], gc.transpose(1, 2))).sum(dim=(1, 2))
     return out
 
 
 def _direct_chunk(xc: torch.Tensor, gcs: list[torch.Tensor]) -> torch.Tensor:
-    """sum_k ||g_k^T x||_F^2 per example, tiling output features so each tile stays bounded."""
+    """(K, b): ||g_k^T x||_F^2 per layer k and example, tiling output features so each tile stays
+    bounded."""
     b, _, d = xc.shape
-    out = xc.new_zeros(b)
-    for gc in gcs:
+    out = xc.new_zeros(len(gcs), b)
+    for k, gc in enumerate(gcs):
         p = gc.shape[-1]
         tile = rows_per_chunk(b * d, p)
         for p0 in range(0, p, tile):
-            out += torch.bmm(gc[:, :, p0 : p0 + tile].transpose(1, 2), xc).square().sum(dim=(1, 2))
+            out[k] += torch.bmm(gc[:, :, p0 : p0 + tile].transpose(1, 2), xc).square().sum(dim=(1, 2))
     return out
 
 
@@ -58,29 +59,30 @@ def grouped_linear_grad_norm_sq(
     mask: torch.Tensor | None,
     path: str,
 ) -> torch.Tensor:
-    """sum_k (||grad W_k||^2 + [biases[k]] ||grad b_k||^2) per example, for layers k sharing x."""
+    """(K, B): ||grad W_k||^2 + [biases[k]] ||grad b_k||^2 per layer k and example, for layers k
+    sharing x."""
     B, T, d = x.shape
     p = sum(g.shape[-1] for g in gs)
     dtype = accum_dtype(x, *gs)
     ghost = path == "ghost" or (path == "auto" and prefers_ghost(T, d, p))
     per_example = min(T * T if ghost else p * d, MAX_CHUNK_ELEMENTS) + T * (d + p)
     step = rows_per_chunk(per_example, B)
-    out = torch.empty(B, dtype=dtype, device=x.device)
+    out = torch.empty(len(gs), B, dtype=dtype, device=x.device)
     for b0 in range(0, B, step):
         sl = slice(b0, b0 + step)
         xc = _chunk(x, sl, mask, dtype)
         gcs = [_chunk(g, sl, mask, dtype) for g in gs]
-        out[sl] = _ghost_chunk(xc, gcs) if ghost else _direct_chunk(xc, gcs)
-        for gc, has_bias in zip(gcs, biases):
+        out[:, sl] = _ghost_chunk(xc, gcs) if ghost else _direct_chunk(xc, gcs)
+        for k, (gc, has_bias) in enumerate(zip(gcs, biases)):
             if has_bias:
-                out[sl] += gc.sum(dim=1).square().sum(dim=-1)
+                out[k, sl] += gc.sum(dim=1).square().sum(dim=-1)
     return out
 
 
 def linear_grad_norm_sq(
     x: torch.Tensor, g: torch.Tensor, bias: bool, mask: torch.Tensor | None, path: str
 ) -> torch.Tensor:
-    return grouped_linear_grad_norm_sq(x, [g], [bias], mask, path)
+    return grouped_linear_grad_norm_sq(x, [g], [bias], mask, path)[0]
 
 
 def linear_weight_grad_and_norm_sq(
@@ -97,7 +99,7 @@ def linear_weight_grad_and_norm_sq(
     for b0 in range(0, B, step):
         sl = slice(b0, b0 + step)
         xc, gc = _chunk(x, sl, mask, dtype), _chunk(g, sl, mask, dtype)
-        norm_sq[sl] = _direct_chunk(xc, [gc])
+        norm_sq[sl] = _direct_chunk(xc, [gc])[0]
         grad += gc.reshape(-1, p).T @ xc.reshape(-1, d)
     return grad, norm_sq
 

@@ -111,25 +111,25 @@ def _ghost_norm_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,
     g_ptrs, stride_gb, stride_gt, stride_gp, widths,
     mask_ptr, stride_mb, stride_mt,
-    partial_ptr, stride_partial,
+    partial_ptr, stride_layer, stride_partial,
     T, d, tune_T, tune_d, tune_p,
     BIASES: tl.constexpr, HAS_MASK: tl.constexpr,
     OPERAND: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Ghost norm of K linear layers sharing x: sum_{t,s} (x_t . x_s) sum_k (g_kt . g_ks), plus
-    sum_{t,s} g_kt . g_ks = ||sum_t g_kt||^2 for the layers k with a bias.
+    """Ghost norms of K linear layers sharing x, one per layer: sum_{t,s} (x_t . x_s) (g_kt . g_ks),
+    plus sum_{t,s} g_kt . g_ks = ||sum_t g_kt||^2 for the layers k with a bias.
 
     Tiling: one program per (b, pair), the example slowest. Program (b, pair) owns one block pair
     (tb, sb), sb <= tb, of example b (the Grams are symmetric: an off-diagonal pair counts twice). It forms
     the x Gram tile once (tl.dot over d-chunks) and, for each projection k, the g_k Gram tile
-    (tl.dot over p_k-chunks), multiplies them elementwise and reduces; the T x T Grams never
-    leave registers. The g's come as a tuple of tensors (any count, any strides, so the Q/K/V
+    (tl.dot over p_k-chunks), multiplies it elementwise with the x Gram tile and reduces; the
+    T x T Grams never leave registers. The g's come as a tuple of tensors (any count, any strides, so the Q/K/V
     views of one fused projection are read in place) walked by a compile-time loop.
-    Writes partial[b, pair]; the host sums each row (deterministic, no atomics).
+    Writes partial[k, b, pair]; the host sums over the pairs (deterministic, no atomics).
     Cost per example, with p = sum_k p_k: T^2 (d + p) flops (half of the full Gram products, on
     T padded to BLOCK_T); B * n(n + 1) / 2 programs for n = ceil(T / BLOCK_T) blocks, each
-    reading 2 BLOCK_T (d + p) elements; extra memory one accumulator per program.
+    reading 2 BLOCK_T (d + p) elements; extra memory K accumulators per program.
     """
     b, pair, tb, sb = example_pair(tl.program_id(0), T, BLOCK_T)
     mask_base = mask_ptr + b * stride_mb
@@ -143,19 +143,18 @@ def _ghost_norm_kernel(
         zero, x_base, stride_xt, stride_xd, t_rows, t_valid, x_base, stride_xt, stride_xd, s_rows, s_valid,
         d, BLOCK_K, OPERAND, DOT, PRECISION,
     )
-    g_gram = zero
-    bias_sums = tl.zeros((BLOCK_T,), ACC)
+    weight = 1.0 + (sb < tb).to(ACC)
+    out = partial_ptr + b * stride_partial + pair
     for k in tl.static_range(len(BIASES)):
         g_base = g_ptrs[k] + b * stride_gb[k]
-        g_gram_k = gram_tile(
+        g_gram = gram_tile(
             zero, g_base, stride_gt[k], stride_gp[k], t_rows, t_valid, g_base, stride_gt[k], stride_gp[k],
             s_rows, s_valid, widths[k], BLOCK_K, OPERAND, DOT, PRECISION,
         )
-        g_gram += g_gram_k
+        products = x_gram * g_gram
         if BIASES[k]:
-            bias_sums += tl.sum(g_gram_k, axis=1)
-    weight = 1.0 + (sb < tb).to(ACC)
-    tl.store(partial_ptr + b * stride_partial + pair, weight * tl.sum(tl.sum(x_gram * g_gram, axis=1) + bias_sums))
+            products += g_gram
+        tl.store(out + k * stride_layer, weight * tl.sum(tl.sum(products, axis=1)))
 
 
 @triton.autotune(
@@ -327,32 +326,32 @@ def _gradient_gram_kernel(
 def _closed_form_norm_sq(
     x: torch.Tensor, gs: list[torch.Tensor], biases: list[bool], mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """T = 1: ||g^T x||^2 = ||x||^2 ||g||^2 and ||grad b||^2 = ||g||^2, two row reductions read
-    once (memory-bound, no tiles)."""
+    """(K, B) at T = 1: ||g_k^T x||^2 = ||x||^2 ||g_k||^2 and ||grad b_k||^2 = ||g_k||^2, row
+    reductions read once (memory-bound, no tiles)."""
     dtype = accum_dtype(x, *gs)
     x_sq = _reference.masked(x.to(dtype), mask).square().sum(dim=(1, 2))
-    out = torch.zeros_like(x_sq)
+    rows = []
     for g, has_bias in zip(gs, biases):
         g_sq = _reference.masked(g.to(dtype), mask).square().sum(dim=(1, 2))
-        out += g_sq * (x_sq + 1.0) if has_bias else g_sq * x_sq
-    return out
+        rows.append(g_sq * (x_sq + 1.0) if has_bias else g_sq * x_sq)
+    return torch.stack(rows)
 
 
 def _ghost_norm_sq(
     x: torch.Tensor, gs: list[torch.Tensor], biases: list[bool], mask: torch.Tensor | None
 ) -> torch.Tensor:
     B, T, d = x.shape
-    partial = partials(B, pair_slots(T, PAIR_CONFIGS), accum_dtype(x, *gs), x.device)
+    partial = partials((len(gs), B), pair_slots(T, PAIR_CONFIGS), accum_dtype(x, *gs), x.device)
     _ghost_norm_kernel[pair_grid(T, B)](
         x, *x.stride(),
         tuple(gs), tuple(g.stride(0) for g in gs), tuple(g.stride(1) for g in gs), tuple(g.stride(2) for g in gs),
         tuple(g.shape[-1] for g in gs),
         *mask_args(mask, x),
-        partial, partial.stride(0),
+        partial, partial.stride(0), partial.stride(1),
         T, d, tune_key(T), tune_key(d), tune_key(sum(g.shape[-1] for g in gs)),
         BIASES=tuple(biases), HAS_MASK=mask is not None, **dot_types(x, *gs)._asdict(),
     )
-    return partial.sum(dim=1)
+    return partial.sum(dim=2)
 
 
 def _direct_norm_sq(x: torch.Tensor, g: torch.Tensor, bias: bool, mask: torch.Tensor | None) -> torch.Tensor:
@@ -377,26 +376,26 @@ def grouped_linear_grad_norm_sq(
     mask: torch.Tensor | None,
     path: str,
 ) -> torch.Tensor:
-    """sum_k (||grad W_k||^2 + [biases[k]] ||grad b_k||^2) per example, for layers k sharing x:
-    one ghost launch for all k (the x Gram tile formed once per block pair), or one direct launch
-    per k (the direct path shares nothing across k but the reads of x); "auto" takes the path of
-    the cost model, the closed form at T = 1."""
+    """(K, B): ||grad W_k||^2 + [biases[k]] ||grad b_k||^2 per layer k and example, for layers k
+    sharing x: one ghost launch for all k (the x Gram tile formed once per block pair), or one
+    direct launch per k (the direct path shares nothing across k but the reads of x); "auto"
+    takes the path of the cost model, the closed form at T = 1."""
     B, T, d = x.shape
     if B == 0:
-        return torch.zeros(0, dtype=accum_dtype(x, *gs), device=x.device)
+        return torch.zeros(len(gs), 0, dtype=accum_dtype(x, *gs), device=x.device)
     if path == "auto":
         path = _cost.linear_path(B, T, d, [g.shape[-1] for g in gs])
     if path == "closed":
         return _closed_form_norm_sq(x, gs, biases, mask)
     if path == "ghost":
         return _ghost_norm_sq(x, gs, biases, mask)
-    return sum(_direct_norm_sq(x, g, has_bias, mask) for g, has_bias in zip(gs, biases))
+    return torch.stack([_direct_norm_sq(x, g, has_bias, mask) for g, has_bias in zip(gs, biases)])
 
 
 def linear_grad_norm_sq(
     x: torch.Tensor, g: torch.Tensor, bias: bool, mask: torch.Tensor | None, path: str
 ) -> torch.Tensor:
-    return grouped_linear_grad_norm_sq(x, [g], [bias], mask, path)
+    return grouped_linear_grad_norm_sq(x, [g], [bias], mask, path)[0]
 
 
 def batch_slices(B: int, d: int, p: int) -> tuple[int, int]:
@@ -435,7 +434,7 @@ def linear_weight_grad_and_norm_sq(
     if path == "auto":
         path = "fused" if _cost.fused_weight_grad_wins(B, T, d, p) else "separate"
     if path == "separate":
-        return _weight_gemm(x, g, mask), grouped_linear_grad_norm_sq(x, [g], [False], mask, "auto")
+        return _weight_gemm(x, g, mask), linear_grad_norm_sq(x, g, False, mask, "auto")
     per_slice, n_slices = batch_slices(B, d, p)
     grad = torch.empty(n_slices, p, d, dtype=dtype, device=x.device)
     partial = partials(B, feature_slots(p, d, _FEATURE_CONFIGS), dtype, x.device)

@@ -136,6 +136,10 @@ def _grouped_case(B: int, T: int, d: int) -> Case:
         methods = [
             Method("cublas g^T x (fused qkv)", _gemm(x, fused)),
             Method("triton grouped", lambda: ak.grouped_linear_grad_norm_sq(x, gs, backend="triton"), _cost.linear_path(B, T, d, [d] * 3), lambda r: r),
+            Method("triton grouped per layer", lambda: ak.grouped_linear_grad_norm_sq(x, gs, backend="triton", per_layer=True),
+                   _cost.linear_path(B, T, d, [d] * 3), lambda r: r.sum(dim=0)),
+            Method("triton 3 single calls", lambda: sum(ak.linear_grad_norm_sq(x, g, backend="triton") for g in gs),
+                   _cost.linear_path(B, T, d, [d]), lambda r: r),
         ]
         return methods, lambda: ak.grouped_linear_grad_norm_sq(x, gs, path="ghost", backend="reference")
 

@@ -39,6 +39,8 @@ METHODS = {
     "forward, backward, then the norms of p.grad_sample",
     "gemm": "the weight-gradient GEMM g^T x of the batch in the inputs' dtype (cuBLAS on CUDA): the yardstick "
     "of the linear ops (the x gemm column)",
+    "singles": 'one linear_grad_norm_sq call per projection, backend="auto" (the reference on a CPU, Triton on '
+    "CUDA): the layers' norms without the shared Gram of x (grouped op only)",
     "pytorch": "the plain PyTorch computation the fused op replaces: logits then F.cross_entropy, loss only "
     "(cross-entropy ops)",
 }
@@ -324,9 +326,13 @@ def _grouped_methods() -> dict[str, Method]:
     def out_grads(i: Inputs) -> Tensor:
         return torch.cat([i["g0"], i["g1"], i["g2"]], dim=-1)
 
+    def singles(i: Inputs, c: Case) -> Call:
+        return lambda: {"norm_sq": sum(ak.linear_grad_norm_sq(i["x"], i[f"g{k}"]) for k in range(3))}
+
     return {
         "reference": kernel,
         "triton": kernel,
+        "singles": singles,
         "gemm": lambda i, c: gemm(i["x"], out_grads(i)),
         "func": lambda i, c: func_norms(module(i), i["x"], out_grads(i)),
         "opacus": lambda i, c: opacus_norms(module(i), i["x"], out_grads(i)),

@@ -121,6 +121,23 @@ def test_grouped_equals_separate_layers_and_a_fused_qkv_layer(path):
     assert fused[2] == 0
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("T", [None, 1, 3])
+def test_grouped_per_layer_rows_are_each_layers_own_norms(path, T):
+    # B == T == width of the second layer == 3, a width-1 layer: each row is its layer's norms.
+    x, _, gen = _inputs(8, 3, T, 4, 1)
+    lead = (3,) if T is None else (3, T)
+    gs = [randn(gen, *lead, p) for p in (1, 3, 5)]
+    mask = None if T is None else random_mask(gen, 3, T)
+    biases = [False, True, True]
+    rows = grouped_linear_grad_norm_sq(x, gs, biases=biases, mask=mask, path=path, backend="reference", per_layer=True)
+    assert rows.shape == (3, 3)
+    for k, (gk, bk) in enumerate(zip(gs, biases)):
+        assert_matches(rows[k], _oracle_norms(x, gk, bk, mask), torch.float32)
+    summed = grouped_linear_grad_norm_sq(x, gs, biases=biases, mask=mask, path=path, backend="reference")
+    torch.testing.assert_close(rows.sum(dim=0), summed)
+
+
 def test_grouped_bias_flags_none_and_true():
     x, _, gen = _inputs(6, 4, None, 5, 1)
     gs = [randn(gen, 4, 3), randn(gen, 4, 6)]

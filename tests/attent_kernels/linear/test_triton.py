@@ -121,6 +121,21 @@ def test_grouped_matches_reference_and_the_sum_of_single_layers(device, widths, 
         ak.linear_grad_norm_sq(x, g, bias=b, mask=mask, path=path, backend="reference") for g, b in zip(gs, biases)
     )
     assert_matches(got, singles, torch.float32)
+    rows = ak.grouped_linear_grad_norm_sq(x, gs, biases=biases, mask=mask, path=path, backend="triton", per_layer=True)
+    assert rows.shape == (len(widths), B)
+    for k, (g, b) in enumerate(zip(gs, biases)):
+        assert_matches(rows[k], ak.linear_grad_norm_sq(x, g, bias=b, mask=mask, path=path, backend="reference"), torch.float32)
+
+
+@pytest.mark.parametrize("path, T", [("ghost", 5), ("direct", 5), ("auto", 5), ("auto", 1)])
+def test_grouped_per_layer_with_coinciding_sizes(device, path, T):
+    # B == T == one layer's width, a width-1 layer; at T = 1 "auto" takes the closed form.
+    B = 5
+    x = randn(B, T, 7, device=device)
+    gs = [randn(B, T, p, device=device) for p in (B, 1, 19)]
+    rows = ak.grouped_linear_grad_norm_sq(x, gs, biases=[True, True, False], path=path, backend="triton", per_layer=True)
+    expected = ak.grouped_linear_grad_norm_sq(x, gs, biases=[True, True, False], backend="reference", per_layer=True)
+    assert_matches(rows, expected, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
