@@ -13,7 +13,10 @@ over its valid positions, whatever reduction training applies to the batch:
   backward, or a backward w.r.t. activations only in scoring passes.
 
 A :class:`Scorer` owns the score kind, the objective and (for ``"gradnorm"``) the probe: every
-trainer asks it for a training step's scores and for the scores of a refresh pass.
+trainer asks it for a training step's scores and for the scores of a refresh pass. Given the
+model's output head (an ``nn.Linear``), its ``"loss"`` and ``"fgrad"`` refresh passes for the
+cross-entropy losses never form the logits: the head's input goes to
+``attent_kernels.linear_cross_entropy_scores`` (see :meth:`Scorer.score_batch`).
 
 This module also holds the batch conventions the trainers share: a batch is an ``(input, target)``
 pair, or a mapping whose ``label_key`` entry is the target and whose other entries are the model's
@@ -23,7 +26,8 @@ keyword arguments; a model's prediction is its output tensor, the ``logits`` of 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
 
 import torch
@@ -32,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from attent_kernels import accum_dtype, cross_entropy_scores, mse_scores
+from attent_kernels import CEScores, accum_dtype, cross_entropy_scores, linear_cross_entropy_scores, mse_scores
 
 __all__ = [
     "SCORE_KINDS",
@@ -46,6 +50,7 @@ __all__ = [
     "indexed_loader",
     "move_to",
     "prediction_of",
+    "is_linear_head",
     "split_batch",
     "forward_batch",
     "gradnorm_scores",
@@ -170,10 +175,7 @@ class Objective:
             scores = mse_scores(pred, targets)
             count = pred[0].numel()
             return scores.loss if kind == "loss" else scores.fgrad_sq.sqrt() / count
-        scores = cross_entropy_scores(pred, targets, ignore_index=self.ignore_index)
-        if kind == "loss":
-            return scores.loss
-        return scores.fgrad_sq.sqrt() / scores.count.clamp(min=1).to(scores.fgrad_sq.dtype)
+        return _cross_entropy_output_scores(cross_entropy_scores(pred, targets, ignore_index=self.ignore_index), kind)
 
     def correct(self, pred: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example (correct predictions, counted predictions), each (B,) int64, for the
@@ -192,6 +194,14 @@ class Objective:
             return (targets != self.ignore_index).reshape(batch, -1).sum(dim=1)
         per_example = pred[0].numel() if self.name == "mse" else 1
         return torch.full((batch,), per_example, dtype=torch.int64, device=pred.device)
+
+
+def _cross_entropy_output_scores(scores: CEScores, kind: str) -> torch.Tensor:
+    """(B,) ``"loss"`` or ``"fgrad"`` scores from per-example cross-entropy scores: the mean token
+    loss, or sqrt(fgrad_sq) / n_i over the n_i valid tokens (0 for an example with none)."""
+    if kind == "loss":
+        return scores.loss
+    return scores.fgrad_sq.sqrt() / scores.count.clamp(min=1).to(scores.fgrad_sq.dtype)
 
 
 def _accumulated(t: torch.Tensor) -> torch.Tensor:
@@ -330,6 +340,81 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
+# The objectives whose scores a Scorer can take from the output head's input.
+_HEAD_LOSSES: tuple[str, ...] = ("cross_entropy", "lm")
+
+
+def is_linear_head(module: Any) -> bool:
+    """Whether ``module`` can be a :class:`Scorer`'s head: an ``nn.Linear`` that runs
+    ``nn.Linear``'s own forward (no subclass override, no forward replaced on the instance), so
+    its output is hidden @ weight.T + bias."""
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward and "forward" not in vars(module)
+
+
+def _check_head(head: Any, what: str) -> None:
+    if not is_linear_head(head):
+        detail = "a forward of its own" if isinstance(head, nn.Linear) else type(head).__name__
+        raise ValueError(f"{what} must be an nn.Linear running nn.Linear's forward (the output head whose output is "
+                         f"the model's prediction), got {detail}")
+
+
+@dataclass
+class _HeadCall:
+    """One call of the recording head: its input, the weight and bias it read, the placeholder it
+    returned, and the version counters of those tensors at the call."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    output: torch.Tensor
+    versions: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.versions = tuple(t._version for t in self.tensors())
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(t for t in (self.output, self.hidden, self.weight, self.bias) if t is not None)
+
+    def modified(self) -> bool:
+        """Whether any of the call's tensors was modified in place since the call."""
+        return tuple(t._version for t in self.tensors()) != self.versions
+
+
+@contextlib.contextmanager
+def _recording_head(head: nn.Linear, calls: list[_HeadCall]):
+    """Run the block with ``head``'s forward replaced by one that appends a :class:`_HeadCall` to
+    ``calls`` and returns a placeholder of the logits' shape and dtype that holds one element (a
+    zero, expanded); the forward is restored after, also on error."""
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        weight, bias = head.weight, head.bias
+        # F.linear on an empty slice: the output dtype of the real call (autocast included), and its
+        # error when hidden does not fit the weight.
+        dtype = F.linear(hidden.unsqueeze(-2)[..., :0, :], weight[:0], None if bias is None else bias[:0]).dtype
+        output = torch.zeros((), dtype=dtype, device=hidden.device).expand(*hidden.shape[:-1], weight.shape[0])
+        calls.append(_HeadCall(hidden, weight, bias, output))
+        return output
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _unfused_reason(calls: list[_HeadCall], pred: torch.Tensor) -> str | None:
+    """Why the scores cannot come from the recorded head call (None when they can): the head must
+    have run once, the prediction must be its output as it is, and neither that output nor the
+    head's input, weight or bias may have been modified in place after the call."""
+    if len(calls) != 1:
+        return f"the head ran {len(calls)} times in the model's forward (the fused scores need exactly one call)"
+    if pred is not calls[0].output:
+        return "the model's prediction is not the head's output as it is (the model transforms, casts or slices the logits)"
+    if calls[0].modified():
+        return "the model's forward modified the head's output, input, weight or bias in place after the head ran"
+    return None
+
+
 Batches = Iterable[tuple[torch.Tensor, Any, Any]]
 """(example indices (b,) int64, model inputs, targets) per batch, already on the model's device."""
 
@@ -344,18 +429,33 @@ class Scorer:
         probe_params: for ``"gradnorm"``: the parameters (or names) the probe covers (default:
             every trainable parameter).
         ignore_index: target value the cross-entropy losses skip.
+        head: for ``"loss"`` and ``"fgrad"`` with the ``"cross_entropy"`` or ``"lm"`` loss: the
+            model's output head, an ``nn.Linear`` (V, d) submodule whose output is the model's
+            prediction, or its dotted name in the model (``model.get_submodule``). Scoring passes
+            then take the scores from the head's input and weight, never forming the (B, T, V)
+            logits (see :meth:`score_batch`). None: scores from the logits.
 
-    ``attach(model)`` attaches the gradient-norm probe (``"gradnorm"`` only) and ``detach()``
-    removes it; ``with scorer.attached(model):`` does both.
+    ``attach(model)`` attaches the gradient-norm probe (``"gradnorm"`` only) and checks the head
+    against ``model``; ``detach()`` removes the probe; ``with scorer.attached(model):`` does both.
+    ``head_fallback`` is None while the head may be fused, else the reason it is not (set by the
+    first batch that fell back; later batches are scored from the logits).
     """
 
     def __init__(self, kind: ScoreKind = "fgrad", loss: "LossSpec | Objective" = "cross_entropy", *,
-                 probe_params: Any = None, ignore_index: int = -100):
+                 probe_params: Any = None, ignore_index: int = -100, head: nn.Linear | str | None = None):
         _check_score_kind(kind)
         self.kind = kind
         self.objective = Objective.resolve(loss, ignore_index=ignore_index)
         self.probe_params = probe_params
         self.probe: Any = None
+        if head is not None:
+            if kind not in ("loss", "fgrad") or self.objective.name not in _HEAD_LOSSES:
+                raise ValueError(f"head is for score kinds 'loss' and 'fgrad' with loss {' or '.join(map(repr, _HEAD_LOSSES))}; "
+                                 f"got head with kind={kind!r} and loss={self.objective.name!r}")
+            if not isinstance(head, str):
+                _check_head(head, "head")
+        self.head = head
+        self.head_fallback: str | None = None
 
     @property
     def needs_probe(self) -> bool:
@@ -363,7 +463,10 @@ class Scorer:
         return self.kind == "gradnorm"
 
     def attach(self, model: nn.Module) -> None:
-        """Attach the probe to ``model`` (``"gradnorm"``; nothing for the other kinds)."""
+        """Attach the probe to ``model`` (``"gradnorm"``) and check that the head, when given, is
+        one of ``model``'s submodules (ValueError otherwise)."""
+        if self.head is not None:
+            self._head_in(model)
         if self.needs_probe and self.probe is None:
             from .probe import GradNormProbe
 
@@ -374,6 +477,47 @@ class Scorer:
         if self.probe is not None:
             self.probe.remove()
             self.probe = None
+
+    def _head_in(self, model: nn.Module) -> nn.Linear:
+        """The head module in ``model``: the given module, or the submodule of the given name."""
+        head = self.head
+        if isinstance(head, str):
+            try:
+                head = model.get_submodule(head)
+            except AttributeError:
+                raise ValueError(f"head={self.head!r}: {type(model).__name__} has no submodule of that name") from None
+            _check_head(head, f"head={self.head!r}")
+        elif not any(module is head for module in model.modules()):
+            raise ValueError(f"head (an {type(head).__name__} of shape ({head.out_features}, {head.in_features})) "
+                             f"is not a submodule of the model ({type(model).__name__})")
+        return head
+
+    def _fall_back(self, reason: str) -> None:
+        self.head_fallback = reason
+        warnings.warn(f"Scorer: the output head is not fused into the scores: {reason}; this batch and the later ones "
+                      "are scored from the logits", RuntimeWarning, stacklevel=4)
+
+    def _head_scores(self, model: nn.Module, inputs: Any, targets: Any,
+                     autocast_context: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor | None:
+        """The batch's scores from the head's input, or None after falling back (see :meth:`score_batch`)."""
+        head = self._head_in(model)
+        calls: list[_HeadCall] = []
+        try:
+            with torch.no_grad(), _recording_head(head, calls), autocast_context():
+                pred = forward_batch(model, inputs)
+        except RuntimeError as error:
+            self._fall_back(f"the model's forward failed on the head's placeholder output ({error})")
+            return None
+        reason = _unfused_reason(calls, pred)
+        if reason is not None:
+            self._fall_back(reason)
+            return None
+        call = calls[0]
+        self.objective.aligned(call.output, targets)  # the logits' shape checks and messages of the plain path
+        hidden, targets = self.objective.aligned(call.hidden, targets)  # the same alignment, on the head's input
+        scores = linear_cross_entropy_scores(hidden, call.weight, targets, bias=call.bias,
+                                             ignore_index=self.objective.ignore_index)
+        return _cross_entropy_output_scores(scores, self.kind).float()
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module):
@@ -415,6 +559,20 @@ class Scorer:
         ``"loss"`` and ``"fgrad"``: a forward under ``torch.no_grad``; ``"gradnorm"``: a forward and
         ``probe.score`` (the probe must be attached).
 
+        With a head: the forward runs with the head's forward replaced (restored after, also on
+        error) by one that records its input ``hidden`` (..., d) and returns a one-element
+        placeholder expanded to the logits' shape (..., V) and dtype; when the model's prediction
+        is that placeholder, unmodified, from the head's only call, the scores come from
+        ``attent_kernels.linear_cross_entropy_scores(hidden, head.weight, targets, bias=head.bias)``
+        with the objective's alignment (``"lm"``: hidden[:, :-1] with targets[:, 1:]), accumulated
+        in float32 (float64 for a float64 model) from hidden and the weight at their own dtypes:
+        under autocast the logits are not rounded to the autocast dtype as the plain path rounds
+        them. Otherwise (the model transforms, casts or slices the logits, or modifies them in
+        place; the head runs zero or several times; the forward raises a RuntimeError on the
+        placeholder) the batch's forward reruns unchanged and
+        is scored from its logits, ``head_fallback`` records why, one warning says it, and later
+        batches go straight to the logits.
+
         Returns:
             (B,) float32 scores, detached, on the model's device.
         """
@@ -424,6 +582,10 @@ class Scorer:
             with autocast_context():
                 pred = forward_batch(model, inputs)
             return self.probe.score(self.objective.losses(pred, targets)).detach().float().clamp(min=0).sqrt()
+        if self.head is not None and self.head_fallback is None:
+            scores = self._head_scores(model, inputs, targets, autocast_context)
+            if scores is not None:
+                return scores
         with torch.no_grad(), autocast_context():
             pred = forward_batch(model, inputs)
         return self.objective.output_scores(pred, targets, self.kind).float()

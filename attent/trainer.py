@@ -178,6 +178,12 @@ class FitOptions:
     label_key: the targets' key in mapping items.
     ignore_index: target value the cross-entropy losses skip.
     gradnorm_params: parameters (or names) the ``"gradnorm"`` score covers (default: all trainable).
+    score_head: for ``score="loss"`` or ``"fgrad"`` with ``loss="lm"`` or ``"cross_entropy"``: the
+        model's output head (an ``nn.Linear`` whose output is the prediction) or its dotted name
+        in the model; refresh passes then score from the head's input with
+        ``attent_kernels.linear_cross_entropy_scores`` and never form the logits, falling back to
+        the logits (with one warning) for a model that changes the head's output (see
+        :meth:`attent.Scorer.score_batch`). Training steps score from their logits either way.
     num_workers: DataLoader worker processes.
     """
 
@@ -203,6 +209,7 @@ class FitOptions:
     label_key: str = "labels"
     ignore_index: int = -100
     gradnorm_params: Any = None
+    score_head: Any = None
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -224,6 +231,8 @@ class FitOptions:
                 "'step' or 'epoch'")
         _expect("progress", self.progress, isinstance(self.progress, bool), "true or false")
         _expect("label_key", self.label_key, isinstance(self.label_key, str), "a string")
+        _expect("score_head", self.score_head, self.score_head is None or isinstance(self.score_head, (str, nn.Module)),
+                "None, the output head (an nn.Linear) or its dotted name in the model")
         for name in ("max_time", "max_grad_norm"):
             value = getattr(self, name)
             _expect(name, value, value is None or (_is_real(value) and 0 < value < math.inf),
@@ -349,7 +358,7 @@ class _Run:
         self.model, self.train_data, self.eval_data = model, train_data, eval_data
         self.optimizer, self.metrics, self.collate_fn = optimizer, metrics, collate_fn
         self.objective = Objective.resolve(loss, ignore_index=o.ignore_index)
-        self.scorer = Scorer(o.score, self.objective, probe_params=o.gradnorm_params)
+        self.scorer = Scorer(o.score, self.objective, probe_params=o.gradnorm_params, head=o.score_head)
         full_sizes = None if teacher is not None or o.budget == 1.0 else budget_sizes(o.epochs, len(train_data), o.budget)
         self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed, full_sizes=full_sizes)
         self.teaching.check_epochs(o.epochs)

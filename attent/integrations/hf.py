@@ -30,6 +30,12 @@ What it changes:
   that are not -100; ``"cross_entropy"`` otherwise; or any :class:`attent.scores.Objective` loss),
   times the teacher's ``loss_weights``, averaged over the batch. The examples' scores (``loss`` or
   ``fgrad`` from the logits) go to ``teacher.observe`` from the same forward.
+- Scoring passes: with ``loss="lm"`` or ``"cross_entropy"``, the model's output head
+  (``get_output_embeddings()``, when it is an ``nn.Linear``) goes to the scorer, so a refresh pass
+  scores each batch from the head's input with ``attent_kernels.linear_cross_entropy_scores``
+  instead of forming the (B, T, V) logits; a model that changes the head's output (softcapping,
+  scaling) is scored from its logits after one warning. ``score_head=`` names another head (a
+  module or its dotted name) or, ``False``, turns this off.
 - Logs: ``attent_ratio`` (the epoch's selected fraction) and ``attent_selection_time`` (seconds
   spent in scoring passes, selection and scoring) join every log record.
 
@@ -50,6 +56,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .._extras import require
@@ -58,7 +65,7 @@ transformers = require("transformers", "hf")
 from transformers import Trainer  # noqa: E402
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
 
-from ..scores import LossSpec, Scorer, move_to, prediction_of, split_batch  # noqa: E402
+from ..scores import LossSpec, Objective, Scorer, is_linear_head, move_to, prediction_of, split_batch  # noqa: E402
 from ..teacher import Teacher  # noqa: E402
 from ..teaching import Teaching  # noqa: E402
 
@@ -118,15 +125,17 @@ class AtteNTMixin:
     """The AtteNT part of :class:`AtteNTTrainer`, to put in front of any ``transformers.Trainer``
     subclass. Keyword arguments: ``teacher`` (an ``attent.Teacher`` for ``len(train_dataset)``
     examples), ``score`` (``"loss"`` or ``"fgrad"``, default ``"fgrad"``), ``loss`` (default:
-    ``"lm"`` for causal-LM models, else ``"cross_entropy"``), ``ignore_index`` (-100); everything
-    else goes to the Trainer.
+    ``"lm"`` for causal-LM models, else ``"cross_entropy"``), ``ignore_index`` (-100),
+    ``score_head`` (None: the output embeddings when they are an ``nn.Linear`` and the loss is
+    ``"lm"`` or ``"cross_entropy"``; a module or dotted name; ``False``: none); everything else
+    goes to the Trainer.
     """
 
     # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, teacher: Teacher, score: str = "fgrad", loss: LossSpec | None = None,
-                 ignore_index: int = -100, **kwargs: Any):
+                 ignore_index: int = -100, score_head: nn.Module | str | bool | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.train_dataset is None:
             raise ValueError("AtteNTTrainer needs a train_dataset")
@@ -138,9 +147,9 @@ class AtteNTMixin:
             raise ValueError(f"AtteNTTrainer scores examples from the logits: score must be one of {HF_SCORE_KINDS}, "
                              f"got {score!r} ('gradnorm' needs the probe around the backward the Trainer runs "
                              f"itself: use attent.fit)")
-        objective = loss if loss is not None else self._default_loss()
-        self.teaching = Teaching(teacher, Scorer(score, objective, ignore_index=ignore_index),
-                                 num_examples=len(self.train_dataset), seed=self.args.seed)
+        objective = Objective.resolve(loss if loss is not None else self._default_loss(), ignore_index=ignore_index)
+        scorer = Scorer(score, objective, head=self._score_head(score_head, objective))
+        self.teaching = Teaching(teacher, scorer, num_examples=len(self.train_dataset), seed=self.args.seed)
         if teacher.plan.epochs is not None:
             if self.args.max_steps > 0:
                 raise ValueError(f"the teacher plans {teacher.plan.epochs} epochs; pass num_train_epochs="
@@ -164,6 +173,21 @@ class AtteNTMixin:
         model = self.accelerator.unwrap_model(self.model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         return "lm" if type(base).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() else "cross_entropy"
+
+    def _score_head(self, score_head: nn.Module | str | bool | None, objective: Objective) -> nn.Module | str | None:
+        """The scorer's head: ``score_head`` as given, none for ``False``, and for None the model's
+        output embeddings when they can be one (:func:`attent.scores.is_linear_head`) and the loss is
+        a cross-entropy."""
+        if score_head is False:
+            return None
+        if score_head is None:
+            model = self.accelerator.unwrap_model(self.model)
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            return head if objective.name in ("lm", "cross_entropy") and is_linear_head(head) else None
+        if not isinstance(score_head, (str, nn.Module)):
+            raise ValueError(f"score_head must be None (the output embeddings), False (none), the output head module or "
+                             f"its dotted name, got {score_head!r} ({type(score_head).__name__})")
+        return score_head
 
     def _set_signature_columns_if_needed(self) -> None:
         # The Trainer drops batch entries the model's forward does not take; keep the index.
@@ -261,5 +285,9 @@ class AtteNTTrainer(AtteNTMixin, Trainer):
             inputs, shifted here), else ``"cross_entropy"``; ``"mse"`` or a callable
             ``(logits, labels) -> Tensor[B]`` also work.
         ignore_index: label value that carries no loss.
+        score_head: the output head scoring passes take their scores from without forming the
+            logits (see the module docstring): None (default) for the model's output embeddings
+            when they are an ``nn.Linear`` and the loss is ``"lm"`` or ``"cross_entropy"``, an
+            ``nn.Linear`` submodule or its dotted name, or ``False`` for scores from the logits.
         *args, **kwargs: ``transformers.Trainer`` arguments.
     """

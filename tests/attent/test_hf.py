@@ -194,3 +194,34 @@ def test_the_hf_trainer_and_fit_make_the_same_selections(tmp_path):
     for epoch in range(4):
         assert hf_seen[epoch].indices.tolist() == fit_seen[epoch].indices.tolist(), epoch
     torch.testing.assert_close(hf_teacher.scores, fit_teacher.scores, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_scoring_passes_use_the_output_embeddings_as_the_fused_head(tmp_path, monkeypatch):
+    """By default the scorer's head is the model's output embeddings (GPT-2's lm_head, tied to
+    the token embedding): a refresh pass scores from its input through
+    linear_cross_entropy_scores, as the logits scores of score_head=False, without a warning."""
+    import warnings
+
+    import attent.scores as scores_module
+
+    calls = []
+    fused_op = scores_module.linear_cross_entropy_scores
+    monkeypatch.setattr(scores_module, "linear_cross_entropy_scores", lambda *a, **k: calls.append(1) or fused_op(*a, **k))
+    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=2)
+    model = _lora_gpt2()
+    fused = AtteNTTrainer(model=model, args=_args(tmp_path, num_train_epochs=2, per_device_eval_batch_size=4),
+                          train_dataset=_data(0), teacher=teacher, score="fgrad")
+    plain = AtteNTTrainer(model=model, args=_args(tmp_path, num_train_epochs=2, per_device_eval_batch_size=4),
+                          train_dataset=_data(0), teacher=teacher, score="fgrad", score_head=False)
+    assert fused.teaching.scorer.head is model.get_output_embeddings() and plain.teaching.scorer.head is None
+    scores = {}
+    for name, trainer in (("fused", fused), ("plain", plain)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            scores[name] = trainer.teaching.scorer.score_batches(model, trainer._refresh_batches(torch.arange(N_EXAMPLES)),
+                                                                 autocast_context=trainer.accelerator.autocast)
+    assert len(calls) == 3 and fused.teaching.scorer.head_fallback is None  # 11 examples in batches of 4
+    assert torch.equal(scores["fused"][0], scores["plain"][0])
+    torch.testing.assert_close(scores["fused"][1], scores["plain"][1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="score_head must be None .* got True"):
+        AtteNTTrainer(model=model, args=_args(tmp_path), train_dataset=_data(0), teacher=teacher, score_head=True)
