@@ -30,12 +30,14 @@ What it changes:
   that are not -100; ``"cross_entropy"`` otherwise; or any :class:`attent.scores.Objective` loss),
   times the teacher's ``loss_weights``, averaged over the batch. The examples' scores (``loss`` or
   ``fgrad`` from the logits) go to ``teacher.observe`` from the same forward.
-- Scoring passes: with ``loss="lm"`` or ``"cross_entropy"``, the model's output head
-  (``get_output_embeddings()``, when it is an ``nn.Linear``) goes to the scorer, so a refresh pass
-  scores each batch from the head's input with ``attent_kernels.linear_cross_entropy_scores``
-  instead of forming the (B, T, V) logits; a model that changes the head's output (softcapping,
-  scaling) is scored from its logits after one warning. ``score_head=`` names another head (a
-  module or its dotted name) or, ``False``, turns this off.
+- Scoring passes: with ``loss="lm"`` or ``"cross_entropy"`` on a model whose head runs the Triton
+  kernels (CUDA), the output head (``get_output_embeddings()``, when it is an ``nn.Linear``) goes
+  to the scorer, so a refresh pass scores each batch from the head's input with
+  ``attent_kernels.linear_cross_entropy_scores`` instead of forming the (B, T, V) logits; a model
+  that changes the head's output (softcapping, scaling) is scored from its logits after one
+  warning. ``score_head=`` names a head (a module or its dotted name; on a CPU too, where the
+  reference bounds the memory but is slower than the logits at small vocabularies) or, ``False``,
+  turns this off.
 - Logs: ``attent_ratio`` (the epoch's selected fraction) and ``attent_selection_time`` (seconds
   spent in scoring passes, selection and scoring) join every log record.
 
@@ -58,6 +60,8 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from attent_kernels import uses_triton
 
 from .._extras import require
 
@@ -126,9 +130,9 @@ class AtteNTMixin:
     subclass. Keyword arguments: ``teacher`` (an ``attent.Teacher`` for ``len(train_dataset)``
     examples), ``score`` (``"loss"`` or ``"fgrad"``, default ``"fgrad"``), ``loss`` (default:
     ``"lm"`` for causal-LM models, else ``"cross_entropy"``), ``ignore_index`` (-100),
-    ``score_head`` (None: the output embeddings when they are an ``nn.Linear`` and the loss is
-    ``"lm"`` or ``"cross_entropy"``; a module or dotted name; ``False``: none); everything else
-    goes to the Trainer.
+    ``score_head`` (None: the output embeddings when they are an ``nn.Linear`` on CUDA and the
+    loss is ``"lm"`` or ``"cross_entropy"``; a module or dotted name; ``False``: none); everything
+    else goes to the Trainer.
     """
 
     # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
@@ -176,14 +180,16 @@ class AtteNTMixin:
 
     def _score_head(self, score_head: nn.Module | str | bool | None, objective: Objective) -> nn.Module | str | None:
         """The scorer's head: ``score_head`` as given, none for ``False``, and for None the model's
-        output embeddings when they can be one (:func:`attent.scores.is_linear_head`) and the loss is
-        a cross-entropy."""
+        output embeddings when they can be one (:func:`attent.scores.is_linear_head`), run the
+        Triton kernels (``attent_kernels.uses_triton``: on a CPU the reference is slower than the
+        logits at small vocabularies) and the loss is a cross-entropy."""
         if score_head is False:
             return None
         if score_head is None:
             model = self.accelerator.unwrap_model(self.model)
             head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-            return head if objective.name in ("lm", "cross_entropy") and is_linear_head(head) else None
+            fuses = objective.name in ("lm", "cross_entropy") and is_linear_head(head) and uses_triton(head.weight)
+            return head if fuses else None
         if not isinstance(score_head, (str, nn.Module)):
             raise ValueError(f"score_head must be None (the output embeddings), False (none), the output head module or "
                              f"its dotted name, got {score_head!r} ({type(score_head).__name__})")
@@ -287,7 +293,7 @@ class AtteNTTrainer(AtteNTMixin, Trainer):
         ignore_index: label value that carries no loss.
         score_head: the output head scoring passes take their scores from without forming the
             logits (see the module docstring): None (default) for the model's output embeddings
-            when they are an ``nn.Linear`` and the loss is ``"lm"`` or ``"cross_entropy"``, an
+            when they are an ``nn.Linear`` on CUDA and the loss is ``"lm"`` or ``"cross_entropy"``, an
             ``nn.Linear`` submodule or its dotted name, or ``False`` for scores from the logits.
         *args, **kwargs: ``transformers.Trainer`` arguments.
     """

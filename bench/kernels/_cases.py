@@ -519,7 +519,7 @@ OPS: dict[str, OpSpec] = {
         _head_inputs,
         _head_methods(),
         quick=_sizes("B T d V", (4, 8, 16, 100))[0],
-        cpu=_sizes("B T d V", (8, 128, 256, 8000)),
+        cpu=_sizes("B T d V", (8, 128, 256, 8000), (2, 128, 768, 50257)),
         gpu=_sizes("B T d V", (8, 1024, 768, 50257)),
     ),
     "mse_scores": OpSpec(

@@ -159,7 +159,8 @@ def _table(rows: list[dict], roofline: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args = _parser().parse_args(argv)
     case_set = "quick" if args.quick else "full"
     ops = [op for op in args.ops.split(",") if op]
     device = record_info.device()
@@ -205,11 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
     record = {
         "benchmark": "attent bench kernels",
+        "command": " ".join(["attent bench kernels", *argv]),
         "date": now.date().isoformat(),
         "timestamp": now.isoformat(timespec="seconds"),
         "case_set": case_set,
         "device": device.type,
-        "machine": record_info.machine(device),
+        "machine": {**record_info.machine(device), "conditions": args.conditions},
         "versions": record_info.versions(),
         "roofline": roofline,
         "methods": METHODS,

@@ -197,11 +197,13 @@ def test_the_hf_trainer_and_fit_make_the_same_selections(tmp_path):
 
 
 def test_scoring_passes_use_the_output_embeddings_as_the_fused_head(tmp_path, monkeypatch):
-    """By default the scorer's head is the model's output embeddings (GPT-2's lm_head, tied to
-    the token embedding): a refresh pass scores from its input through
-    linear_cross_entropy_scores, as the logits scores of score_head=False, without a warning."""
+    """Where the head runs the Triton kernels (CUDA; here the predicate is patched), the scorer's
+    head is by default the model's output embeddings (GPT-2's lm_head, tied to the token
+    embedding): a refresh pass scores from its input through linear_cross_entropy_scores, as the
+    logits scores of score_head=False, without a warning. On a CPU the default is no head."""
     import warnings
 
+    import attent.integrations.hf as hf_module
     import attent.scores as scores_module
 
     calls = []
@@ -209,6 +211,9 @@ def test_scoring_passes_use_the_output_embeddings_as_the_fused_head(tmp_path, mo
     monkeypatch.setattr(scores_module, "linear_cross_entropy_scores", lambda *a, **k: calls.append(1) or fused_op(*a, **k))
     teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=2)
     model = _lora_gpt2()
+    on_cpu = AtteNTTrainer(model=model, args=_args(tmp_path, num_train_epochs=2), train_dataset=_data(0), teacher=teacher)
+    assert on_cpu.teaching.scorer.head is None
+    monkeypatch.setattr(hf_module, "uses_triton", lambda *tensors: True)
     fused = AtteNTTrainer(model=model, args=_args(tmp_path, num_train_epochs=2, per_device_eval_batch_size=4),
                           train_dataset=_data(0), teacher=teacher, score="fgrad")
     plain = AtteNTTrainer(model=model, args=_args(tmp_path, num_train_epochs=2, per_device_eval_batch_size=4),

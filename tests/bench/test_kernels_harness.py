@@ -64,6 +64,9 @@ def test_quick_run_prints_one_table_and_writes_the_record(harness, tmp_path, cap
     assert record["case_set"] == "quick" and record["device"] == device
     machine, versions = record["machine"], record["versions"]
     assert machine["cpu_model"] and machine["cpu_cores"] >= 1 and "gpu" in machine
+    assert machine["conditions"] == "alone on the machine"
+    assert record["command"] == f"attent bench kernels --quick --json {out}"
+    assert {row["method"] for row in record["results"] if row["op"] == "grouped_linear_grad_norm_sq"} >= {"reference", "singles"}
     assert versions["python"] and versions["torch"] == torch.__version__ and {"triton", "opacus"} <= set(versions)
     assert record["roofline"]["copy_GBps"] > 0 and record["roofline"]["matmul_TFLOPs"]["float32"] > 0
     assert set(record["shapes"]) == public_ops and set(record["work_formulas"]) == public_ops
