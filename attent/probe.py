@@ -180,9 +180,9 @@ class _Call:
     per_layer: dict[str, torch.Tensor] = field(default_factory=dict)
     stashed: dict[int, list[Factor]] = field(default_factory=dict)
     single: set[int] = field(default_factory=set)
-    # id(Capture.input) -> the (layer, Outer) weight factors waiting for the input's other readers
-    grouped: dict[int, list[tuple[str, Outer]]] = field(default_factory=dict)
-    readers_seen: dict[int, int] = field(default_factory=dict)
+    # the (layer, Outer) weight factors waiting for the next reader of one input (id(Capture.input))
+    held_input: int | None = None
+    held: list[tuple[str, Outer]] = field(default_factory=list)
 
     def add(self, layer: str, sq: torch.Tensor) -> None:
         sq = sq.to(accum_dtype(sq))
@@ -196,10 +196,14 @@ class _Call:
         norms and returned, {name: float32 gradient}; a shared one is left out (its norms need the
         cross terms, its gradient is the caller's). A record whose capture's input other records
         of the pass read too (``input_key``, see ``Capture.input``) has its float Outer factors
-        held until the last of those records arrives; then all of them go through one grouped
-        norm (``_group_norms``)."""
+        held while the records that arrive next read the same input (q, k and v, whose gradients
+        come together); the held factors go through one grouped norm (``_group_norms``) when a
+        record of anything else arrives (or the pass ends), so readers far apart in the backward
+        (cross-attention layers reading one encoder output) hold nothing for long."""
         probe = self.probe
         grads: dict[str, torch.Tensor] = {}
+        if self.held_input is not None and self.held_input != input_key:
+            self._group_norms()
         for local, key in record.params.items():
             if local not in factors:
                 continue
@@ -219,7 +223,8 @@ class _Call:
             self.single.add(key)
             if (input_key in self.input_readers and local not in weight_grads and isinstance(factor, Outer)
                     and not isinstance(factor.a, Ids)):
-                self.grouped.setdefault(input_key, []).append((record.layer, factor))
+                self.held_input = input_key
+                self.held.append((record.layer, factor))
                 continue
             try:
                 if local in weight_grads:
@@ -229,18 +234,15 @@ class _Call:
                 self.add(record.layer, sq)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise type(error)(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}") from error
-        if input_key in self.input_readers:
-            self.readers_seen[input_key] = self.readers_seen.get(input_key, 0) + 1
-            if self.readers_seen[input_key] == self.input_readers[input_key]:
-                self._group_norms(input_key)
         return grads
 
-    def _group_norms(self, input_key: int) -> None:
-        """The norms of the Outer factors held for one input: those whose b is the same tensor
-        (same memory, shape and strides) in one ``grouped_linear_grad_norm_sq`` call, x's Gram
-        formed once, one row per layer; any other alone."""
+    def _group_norms(self) -> None:
+        """The norms of the held Outer factors: those whose b is the same tensor (same memory,
+        shape and strides) in one ``grouped_linear_grad_norm_sq`` call, x's Gram formed once, one
+        row per layer; any other alone."""
+        held, self.held, self.held_input = self.held, [], None
         same_b: dict[tuple, list[tuple[str, Outer]]] = {}
-        for layer, factor in self.grouped.pop(input_key, []):
+        for layer, factor in held:
             b = factor.b
             same_b.setdefault((b.data_ptr(), b.shape, b.stride(), b.dtype, b.device), []).append((layer, factor))
         for entries in same_b.values():
@@ -255,8 +257,7 @@ class _Call:
 
     def finish(self) -> None:
         probe = self.probe
-        for input_key in list(self.grouped):
-            self._group_norms(input_key)
+        self._group_norms()  # the readers that came last in the pass
         for key, factors in self.stashed.items():
             shape = probe._params[key].shape
             try:

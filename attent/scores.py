@@ -501,6 +501,10 @@ class Scorer:
                      autocast_context: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor | None:
         """The batch's scores from the head's input, or None after falling back (see :meth:`score_batch`)."""
         head = self._head_in(model)
+        if not is_linear_head(head):
+            self._fall_back("the head no longer runs nn.Linear's forward (a forward was set on it after the Scorer "
+                            "was built, e.g. by a wrapper or another probe)")
+            return None
         calls: list[_HeadCall] = []
         try:
             with torch.no_grad(), _recording_head(head, calls), autocast_context():

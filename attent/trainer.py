@@ -183,7 +183,8 @@ class FitOptions:
         in the model; refresh passes then score from the head's input with
         ``attent_kernels.linear_cross_entropy_scores`` and never form the logits, falling back to
         the logits (with one warning) for a model that changes the head's output (see
-        :meth:`attent.Scorer.score_batch`). Training steps score from their logits either way.
+        :meth:`attent.Scorer.score_batch`). Training steps score from their logits either way. A
+        name is looked up in the model ``fit`` gets (a DDP-wrapped model: ``"module.lm_head"``).
     num_workers: DataLoader worker processes.
     """
 

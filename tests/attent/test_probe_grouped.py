@@ -15,12 +15,13 @@ B = T = 3  # T == B on purpose; the k projection is B wide, the q projection 1 w
 
 
 class SharedInput(nn.Module):
-    """q, k and v read the same normed x; o reads the attention output (another tensor); an
-    optional extra layer reads x through a transposed view (the same memory, another tensor)."""
+    """q, k and v read the same normed x (or the model's input itself, so that they are the last
+    layers of the backward); o reads the attention output (another tensor); an optional extra
+    layer reads x through a transposed view (the same memory, another tensor)."""
 
-    def __init__(self, d: int = 4, *, tied_kv: bool = False, view_reader: bool = False):
+    def __init__(self, d: int = 4, *, tied_kv: bool = False, view_reader: bool = False, normed: bool = True):
         super().__init__()
-        self.norm = nn.LayerNorm(d)
+        self.norm = nn.LayerNorm(d) if normed else nn.Identity()
         self.q = nn.Linear(d, 1)
         self.k = nn.Linear(d, B, bias=False)
         self.v = nn.Linear(d, B)
@@ -58,10 +59,10 @@ def _grouped_calls(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("mode, weight_grad", [("score", "separate"), ("backward", "separate"), ("backward", "fused")])
-@pytest.mark.parametrize("view_reader", [False, True])
-def test_layers_reading_one_input_are_grouped_and_each_layer_exact(monkeypatch, mode, weight_grad, view_reader):
+@pytest.mark.parametrize("view_reader, normed", [(False, True), (True, True), (False, False)])
+def test_layers_reading_one_input_are_grouped_and_each_layer_exact(monkeypatch, mode, weight_grad, view_reader, normed):
     torch.manual_seed(0)
-    model = SharedInput(view_reader=view_reader).double()
+    model = SharedInput(view_reader=view_reader, normed=normed).double()
     x = torch.randn(B, T, 4, dtype=torch.float64)
     calls = _grouped_calls(monkeypatch)
     with GradNormProbe(model, weight_grad=weight_grad) as probe:
@@ -195,3 +196,36 @@ def test_llama_groups_its_qkv_and_its_gate_and_up_projections(monkeypatch):
     for name in ("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.v_proj",
                  "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"):
         torch.testing.assert_close(probe.per_layer[name], expected[name], rtol=1e-8, atol=1e-12, msg=name)
+
+
+class CrossAttentionStack(nn.Module):
+    """Decoder-like layers whose k and v read one encoder output: its readers lie apart in the
+    backward, with each layer's q and output projection in between."""
+
+    def __init__(self, layers: int = 3, d: int = 4):
+        super().__init__()
+        self.q = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+        self.k = nn.ModuleList(nn.Linear(d, d, bias=False) for _ in range(layers))
+        self.v = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+        self.o = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+
+    def forward(self, h: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
+        for q, k, v, o in zip(self.q, self.k, self.v, self.o):
+            weights = torch.softmax(q(h) @ k(enc).transpose(1, 2), dim=-1)
+            h = h + o(weights @ v(enc)).tanh()
+        return h.square().mean(dim=(1, 2))
+
+
+def test_readers_of_one_input_far_apart_are_grouped_by_neighbours_not_held_to_the_end(monkeypatch):
+    torch.manual_seed(7)
+    model = CrossAttentionStack().double()
+    h, enc = torch.randn(B, T, 4, dtype=torch.float64), torch.randn(B, 5, 4, dtype=torch.float64)
+    calls = _grouped_calls(monkeypatch)
+    with GradNormProbe(model, weight_grad="separate") as probe:
+        losses = model(h, enc)
+        expected = _per_layer_oracle(model, losses)
+        probe.score(losses)
+    # Each layer's k and v arrive together: one call of two per layer, none holding all six.
+    assert calls == [2, 2, 2]
+    for name, norms in expected.items():
+        torch.testing.assert_close(probe.per_layer[name], norms, rtol=1e-9, atol=1e-12, msg=name)

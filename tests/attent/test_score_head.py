@@ -301,6 +301,22 @@ def test_the_heads_forward_is_restored_after_the_pass_and_after_an_error_and_gra
     assert torch.equal(failing.head(failing.hidden(ids)), F.linear(failing.hidden(ids), failing.head.weight, failing.head.bias))
 
 
+@pytest.mark.parametrize("kind", ["loss", "fgrad"])
+def test_a_forward_set_on_the_head_after_the_scorer_was_built_falls_back_and_stays(kind):
+    model = TinyLM(7, 5, seed=4)
+    ids, targets = _batch(3, 6, 7, name="lm")
+    scorer = Scorer(kind, "lm", head=model.head)
+
+    def tripled(hidden):
+        return nn.Linear.forward(model.head, hidden) * 3
+
+    model.head.forward = tripled  # as a wrapper's hook or another probe would set it
+    with pytest.warns(RuntimeWarning, match="no longer runs nn.Linear's forward"):
+        fused = scorer.score_batch(model, ids, targets)
+    assert vars(model.head)["forward"] is tripled
+    torch.testing.assert_close(fused, Scorer(kind, "lm").score_batch(model, ids, targets), rtol=0, atol=0)
+
+
 def test_bad_heads_are_refused_with_errors_naming_the_argument():
     model = TinyLM(6, 4)
     ids, targets = _batch(2, 5, 6, name="lm")
