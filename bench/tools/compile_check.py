@@ -167,6 +167,7 @@ def _exercise_linear(module: ModuleType, types: InputTypes) -> None:
     x, g, g_k = _randn(B, T, D, dtype=types.first), _randn(B, T, P, dtype=types.second), _randn(B, T, 16, dtype=types.second)
     mask = _mask(B, T)
     module.grouped_linear_grad_norm_sq(x, [g, g_k], [True, False], mask, "ghost")
+    module.grouped_linear_grad_norm_sq(x, [g, g_k, g], [False] * 3, None, "ghost")  # the probe's q, k and v
     module.linear_grad_norm_sq(x, g, False, None, "ghost")
     module.linear_grad_norm_sq(x, g, True, mask, "direct")
     module.linear_grad_norm_sq(x, g, False, None, "direct")
