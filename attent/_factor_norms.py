@@ -39,11 +39,12 @@ def _to_batch_first(t: torch.Tensor, layout: Layout, batch: int, keep_last: int)
     return t.reshape(batch, -1, *t.shape[t.dim() - keep_last:]) if keep_last else t.reshape(batch, -1)
 
 
-def _common(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if a.dtype == b.dtype:
-        return a, b
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    return a.to(dtype), b.to(dtype)
+def _common(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in their promoted dtype (each returned as it is when all dtypes agree)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def _same_positions(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -101,11 +102,8 @@ def grouped_norm_sq(factors: list[Outer]) -> torch.Tensor:
     """(K, B) squared norms of K canonical float Outer factors that share their b (the layers'
     common input x), row k factor k's: one ``grouped_linear_grad_norm_sq`` call, the Gram of x
     formed once. The tensors meet in their promoted dtype, as in :func:`norm_sq`."""
-    x = factors[0].b
-    dtype = x.dtype
-    for factor in factors:
-        dtype = torch.promote_types(dtype, factor.a.dtype)
-    return grouped_linear_grad_norm_sq(x.to(dtype), [factor.a.to(dtype) for factor in factors], per_layer=True)
+    x, *gs = _common(factors[0].b, *(factor.a for factor in factors))
+    return grouped_linear_grad_norm_sq(x, gs, per_layer=True)
 
 
 def weight_grad_and_norm_sq(factor: Outer, path: str) -> tuple[torch.Tensor, torch.Tensor]:

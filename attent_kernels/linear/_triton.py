@@ -129,7 +129,7 @@ def _ghost_norm_kernel(
     Writes partial[k, b, pair]; the host sums over the pairs (deterministic, no atomics).
     Cost per example, with p = sum_k p_k: T^2 (d + p) flops (half of the full Gram products, on
     T padded to BLOCK_T); B * n(n + 1) / 2 programs for n = ceil(T / BLOCK_T) blocks, each
-    reading 2 BLOCK_T (d + p) elements; extra memory K accumulators per program.
+    reading 2 BLOCK_T (d + p) elements; extra memory K partial sums per program.
     """
     b, pair, tb, sb = example_pair(tl.program_id(0), T, BLOCK_T)
     mask_base = mask_ptr + b * stride_mb
