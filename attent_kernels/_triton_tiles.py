@@ -25,7 +25,8 @@ Conventions the families' kernels keep with these helpers:
   tile), so the programs resident together work on one example's tiles and share its rows in
   L2, and a batch may exceed the 65535 programs of a grid's second and third axes; feature
   tiles run in grouped (swizzled) order.
-- Block sizes are autotuned on GPU, keyed on the sizes rounded up to powers of two (one tuning
+- Block sizes are autotuned on GPU (``autotune``: the results kept on disk across processes),
+  keyed on the sizes rounded up to powers of two (one tuning
   per shape family, so a new sequence length within the family does not re-tune); under the
   interpreter one small configuration is used, because autotuning there is far too slow. The
   choice is made when a family's module is imported.
@@ -33,6 +34,7 @@ Conventions the families' kernels keep with these helpers:
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
@@ -56,6 +58,19 @@ TILE_GROUP = tl.constexpr(8)
 # ---------------------------------------------------------------------------------------------
 # Host side
 # ---------------------------------------------------------------------------------------------
+
+
+# Whether the installed Triton can keep tuning results on disk (``autotune(cache_results=)``).
+CACHES_TUNING = "cache_results" in inspect.signature(triton.autotune).parameters
+
+
+def autotune(**kwargs: Any) -> Callable[[Any], Any]:
+    """``triton.autotune`` with its tuning results kept on disk (``cache_results``, where the
+    installed Triton has it): a new process reuses earlier processes' timings instead of
+    benchmarking every configuration again, as Triton already reuses their compiled kernels."""
+    if CACHES_TUNING:
+        kwargs.setdefault("cache_results", True)
+    return triton.autotune(**kwargs)
 
 
 def autotune_configs(

@@ -22,6 +22,7 @@ from .._checks import accum_dtype
 from .._triton_tiles import (
     PAIR_CONFIGS,
     PAIR_PRUNING,
+    autotune,
     autotune_configs,
     block_count,
     column_grid,
@@ -55,7 +56,7 @@ _SORTED_CONFIGS = autotune_configs(
 _SORTED_PRUNING = shared_memory_pruning(lambda b: b["BLOCK_T"] * (b["BLOCK_T"] + b["BLOCK_D"]))
 
 
-@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d"], prune_configs_by=PAIR_PRUNING, reset_to_zero=["partial_ptr"])
+@autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d"], prune_configs_by=PAIR_PRUNING, reset_to_zero=["partial_ptr"])
 @triton.jit
 def _embedding_norm_kernel(
     ids_ptr, stride_ib, stride_it,
@@ -98,7 +99,7 @@ def _embedding_norm_kernel(
     tl.store(partial_ptr + b * stride_partial + pair, weight * tl.sum(tl.sum(tl.where(same_id, g_gram, 0.0), axis=1)))
 
 
-@triton.autotune(
+@autotune(
     configs=_SORTED_CONFIGS, key=["tune_T", "tune_d"], prune_configs_by=_SORTED_PRUNING, reset_to_zero=["partial_ptr"]
 )
 @triton.jit

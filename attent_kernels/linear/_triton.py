@@ -20,6 +20,7 @@ from .._triton_tiles import (
     PAIR_CONFIGS,
     PAIR_PRUNING,
     TILE_GROUP,
+    autotune,
     autotune_configs,
     dot_types,
     example_pair,
@@ -103,7 +104,7 @@ def _example_weight_grad_tile(
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.autotune(
+@autotune(
     configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=PAIR_PRUNING, reset_to_zero=["partial_ptr"]
 )
 @triton.jit
@@ -157,7 +158,7 @@ def _ghost_norm_kernel(
         tl.store(out + k * stride_layer, weight * tl.sum(tl.sum(products, axis=1)))
 
 
-@triton.autotune(
+@autotune(
     configs=_FEATURE_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=_FEATURE_PRUNING,
     reset_to_zero=["partial_ptr"],
 )
@@ -195,7 +196,7 @@ def _direct_norm_kernel(
     tl.store(partial_ptr + b * stride_partial + tile, tl.sum(tl.sum(grad * grad, axis=1) + g_sum * g_sum))
 
 
-@triton.autotune(
+@autotune(
     configs=_FEATURE_CONFIGS, key=["tune_B", "tune_T", "tune_d", "tune_p"], prune_configs_by=_FEATURE_PRUNING,
     reset_to_zero=["partial_ptr"],
 )
@@ -252,7 +253,7 @@ def _weight_grad_and_norm_kernel(
     tl.store(out, total, mask=(p_cols[:, None] < p) & (d_cols[None, :] < d))
 
 
-@triton.autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=PAIR_PRUNING)
+@autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=PAIR_PRUNING)
 @triton.jit
 def _gradient_gram_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,

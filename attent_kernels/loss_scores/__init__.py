@@ -1,7 +1,11 @@
 """Loss-score family: per-example loss and functional-gradient norm from a model's outputs.
 
-``fgrad_sq`` is the squared norm of the gradient of the example's summed loss w.r.t. its
-outputs: for softmax cross-entropy sum_t ||softmax(z_t) - e_{y_t}||^2, for MSE sum 4 (f - y)^2.
+Normalization, the same in every op of the family: ``loss`` is the example's MEAN loss (over its
+valid tokens for cross-entropy, over its valid elements for MSE), while ``fgrad_sq`` is the squared
+norm of the gradient of the example's SUMMED loss w.r.t. its outputs: for softmax cross-entropy
+sum_t ||softmax(z_t) - e_{y_t}||^2, for MSE sum 4 (f - y)^2. So a sequence's ``fgrad_sq`` grows with
+its length where its ``loss`` does not; divide by ``count`` (cross-entropy) or by the squared
+element count (MSE) for the gradient of the mean loss.
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ __all__ = ["CEScores", "MSEScores", "cross_entropy_scores", "linear_cross_entrop
 class CEScores(NamedTuple):
     """Per-example cross-entropy scores, each (B,) float32 (count: int64).
 
-    loss: mean token loss over the example's valid tokens (0 when it has none).
-    fgrad_sq: sum over valid tokens of ||softmax(z_t) - onehot(y_t)||^2.
+    loss: MEAN token loss over the example's valid tokens (0 when it has none).
+    fgrad_sq: SUM over valid tokens of ||softmax(z_t) - onehot(y_t)||^2: the squared norm of the
+        gradient of the example's summed token loss w.r.t. its logits (divide by count^2 for the
+        mean loss's).
     count: number of valid tokens.
     """
 
@@ -30,18 +36,27 @@ class CEScores(NamedTuple):
 
 
 class MSEScores(NamedTuple):
-    """Per-example MSE scores, each (B,) float32: mean squared error over valid elements, and
-    the squared norm of the summed loss's gradient w.r.t. the prediction, sum 4 (f - y)^2."""
+    """Per-example MSE scores, each (B,) float32 (float64 for float64 inputs).
+
+    loss: MEAN squared error over the example's valid elements (0 when it has none).
+    fgrad_sq: squared norm of the gradient of the example's SUMMED squared error w.r.t. its
+        prediction, sum 4 (f - y)^2 over valid elements (divide by the squared count of valid
+        elements for the mean loss's)."""
 
     loss: torch.Tensor
     fgrad_sq: torch.Tensor
 
 
-def _check_targets(op: str, targets: torch.Tensor, row_shape: torch.Size, vocab: int, ignore_index: int, what: str) -> None:
+def _check_targets(op: str, targets: torch.Tensor, row_shape: torch.Size, vocab: int, ignore_index: int, what: str,
+                   check_range: bool) -> None:
     require_index(op, "ignore_index", ignore_index, allow_none=False)
     require_int(op, "targets", targets)
     if targets.shape != row_shape:
         fail(op, f"targets has shape {shape_str(targets)} but {what} needs targets of shape ({', '.join(map(str, row_shape))})")
+    if not isinstance(check_range, bool):
+        fail(op, f"check_targets must be True or False, got {check_range!r}")
+    if not check_range:
+        return
     valid = targets != ignore_index
     out_of_range = valid & ((targets < 0) | (targets >= vocab))
     if bool(out_of_range.any()):
@@ -50,8 +65,12 @@ def _check_targets(op: str, targets: torch.Tensor, row_shape: torch.Size, vocab:
 
 
 def _per_example(tokens: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows_shape: torch.Size) -> CEScores:
-    """Per-token (loss, fgrad, valid) of the B * T rows -> per-example CEScores (T = 1 for 2-D inputs)."""
-    B, T = rows_shape[0], rows_shape[1] if len(rows_shape) == 2 else 1
+    """Per-token (loss, fgrad, valid) of the B * T rows -> per-example CEScores; 2-D inputs (one
+    token per example, its scores 0 where ignored) are their own per-example scores."""
+    loss_t, fgrad_t, valid = tokens
+    if len(rows_shape) == 1:
+        return CEScores(loss_t, fgrad_t, valid.to(torch.int64))
+    B, T = rows_shape
     loss_t, fgrad_t, valid = (t.reshape(B, T) for t in tokens)
     count = valid.sum(dim=1)
     loss = loss_t.sum(dim=1) / count.clamp(min=1).to(loss_t.dtype)
@@ -64,28 +83,38 @@ def cross_entropy_scores(
     targets: torch.Tensor,
     *,
     ignore_index: int = -100,
+    check_targets: bool = True,
     backend: Backend = "auto",
 ) -> CEScores:
     """Per-example softmax cross-entropy loss, functional-gradient norm and valid-token count.
 
     One pass over the vocabulary per row with an online softmax; no probability tensor and no
-    (B*T, V) float32 copy of the logits is allocated.
+    (B*T, V) float32 copy of the logits is allocated. A small call (at most
+    ``loss_scores._triton.SMALL_LOGITS`` logits) on CUDA is one kernel launch.
 
     Args:
         logits: (B, V) or (B, T, V), any floating dtype.
         targets: (B,) or (B, T) integer class ids in [0, V), or ignore_index.
         ignore_index: target value of positions that contribute nothing.
+        check_targets: check on the host that every target lies in [0, V) or equals
+            ignore_index, and raise a ValueError naming the bad ids (on CUDA: one device
+            synchronization). False skips it, for targets already checked (e.g. by the
+            ``F.cross_entropy`` of the same step): a target outside the range then gives its
+            example NaN scores, never a silently wrong number.
         backend: "auto", "triton" or "reference".
 
     Returns:
-        CEScores(loss, fgrad_sq, count), each (B,).
+        CEScores(loss, fgrad_sq, count), each (B,): ``loss`` the MEAN over the example's valid
+        tokens, ``fgrad_sq`` the SUM over them (float32; float64 for float64 logits); ``count``
+        int64.
     """
     op = "cross_entropy_scores"
     require_float(op, "logits", logits)
     require_rank(op, "logits", logits, (2, 3))
     if logits.shape[-1] == 0:
         fail(op, f"logits has shape {shape_str(logits)}: the class dimension must not be empty")
-    _check_targets(op, targets, logits.shape[:-1], logits.shape[-1], ignore_index, f"logits of shape {shape_str(logits)}")
+    _check_targets(op, targets, logits.shape[:-1], logits.shape[-1], ignore_index, f"logits of shape {shape_str(logits)}",
+                   check_targets)
     require_same_device(op, {"logits": logits, "targets": targets})
     vocab = logits.shape[-1]
     flat_logits, flat_targets = logits.reshape(-1, vocab), targets.reshape(-1).long()
@@ -101,6 +130,7 @@ def linear_cross_entropy_scores(
     *,
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
+    check_targets: bool = True,
     backend: Backend = "auto",
 ) -> CEScores:
     """Cross-entropy scores of the logits hidden @ weight.T (+ bias), computed one vocabulary
@@ -111,10 +141,11 @@ def linear_cross_entropy_scores(
         weight: (V, d) output-head weight.
         targets: (B,) or (B, T) class ids in [0, V), or ignore_index.
         bias: optional (V,) output-head bias.
-        ignore_index, backend: as in :func:`cross_entropy_scores`.
+        ignore_index, check_targets, backend: as in :func:`cross_entropy_scores`.
 
     Returns:
-        CEScores(loss, fgrad_sq, count), each (B,).
+        CEScores(loss, fgrad_sq, count), each (B,): the loss a mean, fgrad_sq a sum over the
+        example's valid tokens, as in :func:`cross_entropy_scores`.
     """
     op = "linear_cross_entropy_scores"
     require_float(op, "hidden", hidden)
@@ -129,7 +160,8 @@ def linear_cross_entropy_scores(
         require_float(op, "bias", bias)
         if bias.shape != weight.shape[:1]:
             fail(op, f"bias has shape {shape_str(bias)} but weight has shape {shape_str(weight)}: bias must be ({weight.shape[0]},)")
-    _check_targets(op, targets, hidden.shape[:-1], weight.shape[0], ignore_index, f"hidden of shape {shape_str(hidden)}")
+    _check_targets(op, targets, hidden.shape[:-1], weight.shape[0], ignore_index, f"hidden of shape {shape_str(hidden)}",
+                   check_targets)
     require_same_device(op, {"hidden": hidden, "weight": weight, "targets": targets, "bias": bias})
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).long()
     impl = implementation(op, backend, __name__, flat_hidden, weight, bias, flat_targets)
@@ -152,7 +184,9 @@ def mse_scores(
         backend: "auto", "triton" or "reference", as for every op; each runs the same expression.
 
     Returns:
-        MSEScores(loss, fgrad_sq), each (B,) float32; an example with no valid element gets 0.
+        MSEScores(loss, fgrad_sq), each (B,) float32 (float64 for float64 inputs): ``loss`` the
+        MEAN squared error over the example's valid elements, ``fgrad_sq`` the squared gradient
+        norm of their SUM, 4 sum (f - y)^2; an example with no valid element gets 0 for both.
     """
     op = "mse_scores"
     check_backend(op, backend)

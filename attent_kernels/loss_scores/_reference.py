@@ -9,7 +9,8 @@ and at the end, with s = r + exp(z_y - m) the softmax denominator,
 Every term of the last sum is non-negative and the log1p form subtracts nothing: no
 cancellation, so both scores keep their relative accuracy when p_y is close to 1 (the forms
 sum_v p_v^2 - 2 p_y + 1 and log s - (z_y - m) lose it; the first can go negative).
-Inputs arrive validated: targets (N,) int64 already checked to lie in [0, V) or equal ignore_index.
+Targets (N,) int64: a valid target outside [0, V) (possible only when the caller skipped the host
+check) gives that row NaN scores, as the Triton kernels do.
 """
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def _token_scores(
             q = q * scale.square() + e.square().sum(dim=1)
             m = m_new
         loss[rows], fgrad[rows] = scores_from_state(m, rest, q, z_y, valid[rows])
-    return loss, fgrad, valid
+    outside = valid & ((targets < 0) | (targets >= vocab))
+    nan = torch.full((), float("nan"), dtype=dtype, device=device)
+    return torch.where(outside, nan, loss), torch.where(outside, nan, fgrad), valid
 
 
 # Below this margin m - z_y the loss is computed as log1p(rest e^(m - z_y)) (exp cannot overflow).

@@ -16,6 +16,7 @@ import triton.language as tl
 from .._checks import accum_dtype
 from .._triton_tiles import (
     TL_DTYPES,
+    autotune,
     autotune_configs,
     block_count,
     column_grid,
@@ -40,7 +41,7 @@ _NORM_CONFIGS = autotune_configs(
 )
 
 
-@triton.autotune(configs=_NORM_CONFIGS, key=["tune_T", "tune_d"], reset_to_zero=["partial_ptr"])
+@autotune(configs=_NORM_CONFIGS, key=["tune_T", "tune_d"], reset_to_zero=["partial_ptr"])
 @triton.jit
 def _norm_grad_norm_kernel(
     x_ptr, stride_xb, stride_xt, stride_xd,

@@ -3,6 +3,9 @@
 shared-memory pruning of the autotuners."""
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,3 +84,18 @@ def test_shared_memory_pruning_drops_only_tiles_above_the_limit_for_the_operand_
     kept = {dtype: [c.kwargs["BLOCK_T"] for c in prune(configs, {}, OPERAND=dtype)] for dtype in (tl.bfloat16, tl.float32, tl.float64)}
     assert kept == {tl.bfloat16: [32, 128, 256], tl.float32: [32, 128], tl.float64: [32]}
     assert 3 * 2 * 128 * 64 * 8 > SHARED_MEMORY_BYTES >= 3 * 2 * 128 * 64 * 4
+
+
+
+def test_every_autotuned_kernel_keeps_its_tuning_on_disk(monkeypatch):
+    """``autotune`` asks Triton to cache tuning results across processes (where it can), and every
+    family's autotuned kernel is built through it."""
+    from attent_kernels import _triton_tiles
+
+    asked = {}
+    monkeypatch.setattr(triton, "autotune", lambda **kwargs: asked.update(kwargs) or (lambda fn: fn))
+    _triton_tiles.autotune(configs=[], key=["n"])
+    assert _triton_tiles.CACHES_TUNING == ("cache_results" in inspect.signature(triton.runtime.autotuner.autotune).parameters)
+    assert asked.get("cache_results") is (True if _triton_tiles.CACHES_TUNING else None)
+    for path in Path(_triton_tiles.__file__).parent.glob("*/_triton.py"):
+        assert "triton.autotune(" not in path.read_text(), f"{path}: build autotuned kernels with _triton_tiles.autotune"

@@ -78,6 +78,16 @@ def _head_both(hidden, weight, bias, targets) -> tuple[CEScores, CEScores]:
     )
 
 
+@pytest.fixture(autouse=True, params=["one launch", "tuned"])
+def ce_route(request, monkeypatch) -> str:
+    """Every test runs the plain cross-entropy kernel on both routes: a small call's one launch of
+    the fixed configuration, finished in the kernel, and the autotuned kernel with its vocabulary
+    slices (SMALL_LOGITS = 0 sends every call there)."""
+    if request.param == "tuned":
+        monkeypatch.setattr(_triton, "SMALL_LOGITS", 0)
+    return request.param
+
+
 def _autograd_oracle(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE) -> CEScores:
     """Per-example mean token loss from F.cross_entropy, the squared norm of autograd's gradient
     of each example's summed loss w.r.t. its logits, and the valid-token count (float64, CPU)."""
@@ -326,3 +336,87 @@ def test_slice_count_fills_the_device_and_covers_the_vocabulary():
         slice_cols, n_slices = _triton._vocab_slices(N, V, configs)
         assert (n_slices - 1) * slice_cols < V <= n_slices * slice_cols
         assert slice_cols % max(c.kwargs["BLOCK_V"] for c in configs) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch-bound path: no host work beyond the launch
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["plain", "head"])
+def test_unchecked_out_of_range_targets_score_nan_in_their_example_only(device, op):
+    """check_targets=False skips the host check; a target outside [0, V) (either side) then makes
+    its example NaN on both backends, and every other example is exact."""
+    B, T, V, d = 4, 3, 37, 5
+    logits, targets = _logits(31, B, T, V, device)
+    hidden, weight, bias, _ = _head(31, B, T, V, d, device)
+    targets[1, 2], targets[3, 0] = V, -7
+    clean_targets = targets.clone()
+    clean_targets[1, 2], clean_targets[3, 0] = 0, 0
+
+    def run(tgt, backend, **kwargs):
+        if op == "plain":
+            return cross_entropy_scores(logits, tgt, backend=backend, **kwargs)
+        return linear_cross_entropy_scores(hidden, weight, tgt, bias=bias, backend=backend, **kwargs)
+
+    with pytest.raises(ValueError, match="targets must lie in"):
+        run(targets, "triton")
+    for backend in ("triton", "reference"):
+        got = _cpu(run(targets, backend, check_targets=False))
+        clean = _cpu(run(clean_targets, backend, check_targets=False))
+        for field in ("loss", "fgrad_sq"):
+            values, reference = getattr(got, field), getattr(clean, field)
+            assert bool(values[[1, 3]].isnan().all()), f"{backend} {field}: an out-of-range target must score NaN"
+            torch.testing.assert_close(values[[0, 2]], reference[[0, 2]], rtol=0, atol=0)
+
+
+def test_check_targets_must_be_a_bool(device):
+    logits, targets = _logits(32, 2, None, 5, device)
+    with pytest.raises(ValueError, match="check_targets must be True or False"):
+        cross_entropy_scores(logits, targets, check_targets="no")
+
+
+HOST_READS = ("__bool__", "item", "tolist", "__int__", "__float__", "__index__")
+
+
+def test_an_unchecked_call_reads_no_tensor_value_on_the_host(device, monkeypatch):
+    """A score call with check_targets=False never reads a tensor's value on the host (on CUDA
+    each read is a synchronization): counted with stand-ins for every host read."""
+    logits, targets = _logits(33, 32, None, 10, device)
+    reads = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _name=name, _original=original, **k: (
+            reads.append(_name), _original(self, *a, **k))[1])
+    cross_entropy_scores(logits, targets, backend="reference", check_targets=False)
+    assert reads == []
+    cross_entropy_scores(logits, targets, backend="reference")
+    assert reads, "the checked call reads the range check's result: the stand-ins must see it"
+
+
+def test_a_small_call_is_one_launch_finished_in_the_kernel(device, ce_route, monkeypatch):
+    """The training step's logits (32 x 10): one launch of the one-configuration kernel, whose
+    programs finish the scores themselves (the host's slice merge never runs)."""
+    if ce_route != "one launch":
+        pytest.skip("the small route only")
+    launches = []
+    for kernel in (_triton._small_cross_entropy_kernel, _triton._cross_entropy_kernel):
+        original = kernel.run
+        monkeypatch.setattr(kernel, "run", lambda *a, _kernel=kernel, _original=original, **k: (
+            launches.append(_kernel), _original(*a, **k))[1])
+    monkeypatch.setattr(_triton._reference, "scores_from_state", lambda *a, **k: pytest.fail("merged on the host"))
+    logits, targets = _logits(34, 32, None, 10, device)
+    got = cross_entropy_scores(logits, targets, backend="triton", check_targets=False)
+    assert launches == [_triton._small_cross_entropy_kernel]
+    assert len(_triton._small_cross_entropy_kernel.configs) == 1
+    expected = _autograd_oracle(logits, targets)
+    assert_matches(got.loss.cpu().double(), expected.loss, torch.float32)
+    assert_matches(got.fgrad_sq.cpu().double(), expected.fgrad_sq, torch.float32)
+
+
+def test_tuning_keys_do_not_change_with_a_short_last_batch():
+    """Row counts share a key per power of two and one key from LARGE_ROWS up, so an LM's short
+    last batch (3 of 8 sequences of 512 tokens) reuses the full batches' tuning."""
+    assert _triton._row_key(29) == _triton._row_key(32)
+    assert _triton._row_key(3 * 512) == _triton._row_key(8 * 512) == _triton._row_key(10**6) == _triton.LARGE_ROWS
+    assert _triton._row_key(3) != _triton._row_key(64)
