@@ -18,6 +18,8 @@ def embedding_grad_norm_sq(
     *,
     mask: torch.Tensor | None = None,
     padding_idx: int | None = None,
+    num_embeddings: int | None = None,
+    check_ids: bool = True,
     path: str = "auto",
     backend: Backend = "auto",
 ) -> torch.Tensor:
@@ -32,6 +34,12 @@ def embedding_grad_norm_sq(
         mask: (B,) or (B, T) bool (or 0/1); False positions contribute nothing.
         padding_idx: positions holding this id contribute nothing (as ``nn.Embedding`` gives
             its padding row no gradient).
+        num_embeddings: the table's row count, when known: ids must lie in [0, num_embeddings).
+        check_ids: check on the host that no id of a counted position (not masked, not padding)
+            is negative or, with ``num_embeddings``, past the table, and raise a ValueError
+            naming them (on CUDA: one device synchronization). False skips it, for ids the
+            lookup itself already checked (``nn.Embedding`` refuses them): the result is then
+            the formula's value for the ids as given.
         path: how the Triton backend computes it: "pairs" (the Gram of g over the block pairs of
             the sequence, O(T^2 d)), "sorted" (each example's ids sorted, then every run of equal
             ids summed in order, O(T d)) or "auto" (the cost model's choice,
@@ -57,6 +65,19 @@ def embedding_grad_norm_sq(
     if padding_idx is not None:
         not_pad = ids != padding_idx
         keep = not_pad if keep is None else keep & not_pad
+    if num_embeddings is not None and (not isinstance(num_embeddings, int) or isinstance(num_embeddings, bool)
+                                       or num_embeddings < 1):
+        fail(op, f"num_embeddings must be a positive integer or None, got {num_embeddings!r}")
+    if not isinstance(check_ids, bool):
+        fail(op, f"check_ids must be True or False, got {check_ids!r}")
+    if check_ids:
+        outside = (ids < 0) if num_embeddings is None else (ids < 0) | (ids >= num_embeddings)
+        if keep is not None:
+            outside &= keep
+        if bool(outside.any()):
+            bound = "non-negative" if num_embeddings is None else f"in [0, {num_embeddings})"
+            fail(op, f"ids must be {bound} at every counted position; found {ids[outside].unique()[:8].tolist()} "
+                     f"in ids of shape {shape_str(ids)} (mask or padding_idx exclude positions that hold no real id)")
     if ids.dim() == 1:
         ids, g, keep = ids[:, None], g[:, None], None if keep is None else keep[:, None]
     ids = ids.long()

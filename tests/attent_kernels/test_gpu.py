@@ -137,8 +137,9 @@ CONFIG_CASES = [(name, i) for name in CALLS for i in range(len(KERNELS[name].con
 @pytest.mark.parametrize("name, index", CONFIG_CASES, ids=[f"{n}-{i}" for n, i in CONFIG_CASES])
 def test_every_autotune_configuration_in_bfloat16(name, index):
     kernel = KERNELS[name]
-    with pinned(kernel, [kernel.configs[index]]):
-        _assert_close(CALLS[name](torch.bfloat16, torch.bfloat16), TOLERANCE["bfloat16"], f"{name} {kernel.configs[index]}")
+    config = kernel.configs[index]  # read before pinning: inside, the kernel's list holds this one configuration
+    with pinned(kernel, [config]):
+        _assert_close(CALLS[name](torch.bfloat16, torch.bfloat16), TOLERANCE["bfloat16"], f"{name} {config}")
 
 
 @pytest.mark.parametrize("policy", list(DTYPES))

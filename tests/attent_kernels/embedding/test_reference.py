@@ -138,3 +138,38 @@ def test_inputs_are_not_modified():
 def test_empty_batch_or_sequence(shape):
     ids, g, _ = _inputs(8, *shape)
     assert torch.equal(embedding_grad_norm_sq(ids, g, padding_idx=0, backend="reference"), torch.zeros(shape[0]))
+
+
+@pytest.mark.parametrize("bad", [-1, -5, 4, 9])
+def test_ids_outside_the_table_are_refused(bad):
+    """A negative id (or one past num_embeddings) at a counted position is an error naming it, on
+    every backend and path; the same id where it is masked out or is the padding id is not."""
+    ids, g, _ = _inputs(9, 3, 6, 4, 5)
+    ids[1, 2] = bad
+    needs_table = bad >= 0
+    kwargs = {"num_embeddings": 4}
+    for backend in ("reference", "triton"):
+        with pytest.raises(ValueError, match=rf"ids must be .*found \[{bad}\]"):
+            embedding_grad_norm_sq(ids, g, backend=backend, **kwargs)
+    if needs_table:  # without the table's size only negative ids are known to be wrong
+        embedding_grad_norm_sq(ids, g, backend="reference")
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 2] = False
+    clean = ids.clone()
+    clean[1, 2] = 0
+    expected = embedding_grad_norm_sq(clean, g, mask=mask, backend="reference", **kwargs)
+    assert torch.equal(embedding_grad_norm_sq(ids, g, mask=mask, backend="reference", **kwargs), expected)
+    padded = embedding_grad_norm_sq(ids, g, padding_idx=bad, num_embeddings=max(bad + 1, 4) if bad >= 0 else 4,
+                                    backend="reference")
+    assert padded.shape == (3,)
+    unchecked = embedding_grad_norm_sq(ids, g, check_ids=False, backend="reference", **kwargs)
+    assert torch.isfinite(unchecked).all()
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_num_embeddings_and_check_ids_are_checked(value):
+    ids, g, _ = _inputs(10, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match="num_embeddings must be a positive integer"):
+        embedding_grad_norm_sq(ids, g, num_embeddings=value)
+    with pytest.raises(ValueError, match="check_ids must be True or False"):
+        embedding_grad_norm_sq(ids, g, check_ids=value if value is not True else 1)

@@ -177,13 +177,16 @@ def test_sorted_runs_put_kept_out_positions_first():
     assert torch.equal(ids.gather(1, order)[:, 1:], torch.tensor([[2, 2, 5, 7], [1, 1, 1, 1]]))
 
 
-def test_ids_beyond_int32_and_negative_ids(device, path):
-    """Runs are numbered after sorting, so ids need not fit 32 bits, and a negative id is an id."""
+def test_ids_beyond_int32_and_unchecked_negative_ids(device, path):
+    """Runs are numbered after sorting, so ids need not fit 32 bits; with the host check off
+    (check_ids=False) the kernels treat a negative id as one more label, as the reference does."""
     gen = torch.Generator().manual_seed(12)
     ids = torch.tensor([[2**40, -3, 2**40, 7, -3, -3]], device=device)
     g = randn(gen, 1, 6, 4).to(device)
-    got, expected = _both(ids, g, path)
+    got, expected = _both(ids, g, path, check_ids=False)
     assert_matches(got, expected, torch.float32)
+    with pytest.raises(ValueError, match=r"found \[-3\]"):
+        _both(ids, g, path)
 
 
 def test_unknown_path_is_a_value_error():
