@@ -191,11 +191,27 @@ def _exercise_norm(module: ModuleType, types: InputTypes) -> None:
 
 
 def _exercise_loss_scores(module: ModuleType, types: InputTypes) -> None:
-    targets = torch.randint(0, V, (N,))
-    module.cross_entropy_token_scores(_randn(N, V, dtype=types.first), targets, -100)
-    hidden, weight = _randn(N, D, dtype=types.first), _randn(V, D, dtype=types.second)
-    module.linear_cross_entropy_token_scores(hidden, weight, _randn(V, dtype=types.second), targets, -100)
-    module.linear_cross_entropy_token_scores(hidden, weight, None, targets, -100)
+    """Both cross-entropy routes (a small call's fixed configuration; the tuned kernel, with
+    SMALL_LOGITS lowered) and both endings of the tuned kernels: vocabulary slices merged on the
+    host, and one slice finished in the kernel (rows enough to fill the device alone)."""
+    from attent_kernels import _cost
+
+    def one_slice_rows(configs: list[Config]) -> int:
+        return _cost.TARGET_PROGRAMS * max(c.kwargs["BLOCK_N"] for c in configs)
+
+    module.cross_entropy_token_scores(_randn(N, V, dtype=types.first), torch.randint(0, V, (N,)), -100)
+    small = module.SMALL_LOGITS
+    module.SMALL_LOGITS = 0
+    try:
+        for rows in (N, one_slice_rows(module._CE_CONFIGS)):
+            module.cross_entropy_token_scores(_randn(rows, V, dtype=types.first), torch.randint(0, V, (rows,)), -100)
+    finally:
+        module.SMALL_LOGITS = small
+    weight, bias = _randn(V, D, dtype=types.second), _randn(V, dtype=types.second)
+    for rows in (N, one_slice_rows(module._HEAD_CONFIGS)):
+        hidden, targets = _randn(rows, D, dtype=types.first), torch.randint(0, V, (rows,))
+        module.linear_cross_entropy_token_scores(hidden, weight, bias, targets, -100)
+        module.linear_cross_entropy_token_scores(hidden, weight, None, targets, -100)
 
 
 EXERCISES: dict[str, Callable[[ModuleType, InputTypes], None]] = {
