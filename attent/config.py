@@ -12,11 +12,13 @@ Example (every key but ``task`` is optional; omitted ones take the task's defaul
       strategy: hard             # or {name: soft, temperature: 0.5} (a strategy with its options)
       ratio: {kind: cosine, initial: 0.2, final: 0.8}   # or a number (constant ratio)
       interval: 5                # or {kind: incremental, initial: 5, maximum: 10}
-      refresh: cycle             # ... any attent.Teacher argument; epochs defaults to the run's
+      refresh: cycle             # ... any attent.Teacher argument; epochs and budget default to the run's
     # teacher: {published: complex, strategy: soft}    # the published recipes (Teacher.published)
     optimizer: {name: adamw, lr: 2.0e-3, weight_decay: 0.05}   # adamw | adam | sgd (+ their options)
     lr_scheduler: {name: warmup_cosine, warmup_epochs: 2}      # none or null: a constant rate
     epochs: 40
+    budget: 0.5                  # the share of the recipe's epochs x N training examples the run may process:
+                                 # full data runs the shortened schedule, a teacher plans its subsets to spend it
     batch_size: 32
     out_dir: runs/digits-fgrad   # relative paths are taken from the working directory
     amp: null                    # ... and any other attent.FitOptions field by name
@@ -43,7 +45,7 @@ from torch import nn
 from ._extras import require
 from .optim import adamw, warmup_cosine, warmup_cosine_steps
 from .schedules import IntervalSchedule, RatioSchedule
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, strategy_from
 from .teacher import Teacher
 from .trainer import FitOptions, FitResult, fit
 
@@ -91,7 +93,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         try:
             config = yaml.safe_load(f)
         except yaml.YAMLError as error:
-            raise ValueError(f"config {path} is not valid YAML: {error}") from None
+            mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+            where = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+            raise ValueError(f"config {path} is not valid YAML{where}: {problem or ' '.join(str(error).split())}") from None
     if not isinstance(config, Mapping):
         raise ValueError(f"config {path} must hold a mapping of keys to values, got {type(config).__name__}")
     config = _numbers(config)
@@ -165,7 +169,9 @@ def _strategy(spec: Any) -> Any:
         raise ValueError(f"config teacher strategy {name!r} takes the options {fields}, got {sorted(options)}") from error
 
 
-def _teacher(spec: Any, num_examples: int, epochs: int, seed: int) -> Teacher | None:
+def _teacher(spec: Any, num_examples: int, epochs: int, budget: float | None, seed: int) -> Teacher | None:
+    """The config's teacher; it inherits the run's ``epochs``, ``seed`` and ``budget`` (when the
+    config sets one) unless its own block sets them."""
     if spec is None:
         return None
     options = _mapping("teacher", spec)
@@ -175,15 +181,33 @@ def _teacher(spec: Any, num_examples: int, epochs: int, seed: int) -> Teacher | 
     options.setdefault("seed", seed)
     if "strategy" in options:
         options["strategy"] = _strategy(options["strategy"])
-    if "published" in options:
-        recipe = options.pop("published")
-        return Teacher.published(num_examples, epochs=options.pop("epochs", epochs), recipe=recipe, **options)
-    options.setdefault("epochs", epochs)
-    if "ratio" in options:
-        options["ratio"] = _schedule(RatioSchedule, "ratio", options["ratio"])
-    if "interval" in options:
-        options["interval"] = _schedule(IntervalSchedule, "interval", options["interval"])
+    if budget is not None:
+        if options.get("budget", budget) != budget:
+            raise ValueError(f"config budget {budget} and teacher budget {options['budget']} differ: set the budget "
+                             "once (a top-level budget reaches the teacher)")
+        if "published" in options and budget != 1.0:
+            raise ValueError(f"config budget {budget}: the published recipe (teacher published: "
+                             f"{options['published']}) has no budget, it trains the whole recipe; remove the budget")
+        if "published" not in options:
+            chosen = strategy_from(options["strategy"]) if "strategy" in options else None
+            if chosen is not None and chosen.sizes_own_subsets:
+                raise ValueError(f"config budget {budget}: teacher strategy {chosen.name!r} sizes its own "
+                                 "subsets from the scores, so no budget can be planned; remove the budget and set the "
+                                 "strategy's options (strategy: {name: infobatch, prune_ratio: 0.5})")
+            if isinstance(options.get("ratio"), numbers.Real):
+                raise ValueError(f"config budget {budget} and teacher ratio {options['ratio']} both fix the subset "
+                                 "sizes: remove one, or give the ratio's shape ({kind: cosine, initial: 0.2, final: "
+                                 "0.8}), which the budget scales")
+            options["budget"] = budget
     try:
+        if "published" in options:
+            recipe = options.pop("published")
+            return Teacher.published(num_examples, epochs=options.pop("epochs", epochs), recipe=recipe, **options)
+        options.setdefault("epochs", epochs)
+        if "ratio" in options:
+            options["ratio"] = _schedule(RatioSchedule, "ratio", options["ratio"])
+        if "interval" in options:
+            options["interval"] = _schedule(IntervalSchedule, "interval", options["interval"])
         return Teacher(num_examples, **options)
     except TypeError as error:
         fields = [name for name in inspect.signature(Teacher).parameters if name != "num_examples"]
@@ -242,6 +266,9 @@ def build_run(config: Mapping[str, Any]) -> dict[str, Any]:
     """The :func:`attent.fit` keyword arguments a checked config describes (model, data, loss,
     optimizer, scheduler, teacher and ``options``, a checked :class:`attent.FitOptions`)."""
     values = {key: config[key] for key in FIT_KEYS if key in config}
+    teacher_spec = config.get("teacher")
+    if "budget" not in values and isinstance(teacher_spec, Mapping) and "budget" in teacher_spec:
+        values["budget"] = teacher_spec["budget"]  # the run spends what its teacher plans
     try:
         FitOptions(**{"epochs": 1, **values})  # the options' own checks, before any work
     except ValueError as error:
@@ -260,7 +287,7 @@ def build_run(config: Mapping[str, Any]) -> dict[str, Any]:
     return dict(
         model=model, train_data=task.train, eval_data=task.val, loss=task.loss, optimizer=optimizer,
         lr_scheduler=_lr_scheduler(config.get("lr_scheduler", {}), optimizer, options, defaults),
-        teacher=_teacher(config.get("teacher"), len(task.train), options.epochs, seed), options=options,
+        teacher=_teacher(teacher_spec, len(task.train), options.epochs, values.get("budget"), seed), options=options,
     )
 
 

@@ -13,12 +13,14 @@ from ._extras import require
 
 Figure = require("matplotlib.figure", "plots").Figure  # noqa: N816 (the class, imported)
 
-__all__ = ["METRIC_PREFERENCE", "default_metric", "plot_curves", "plot_run"]
+__all__ = ["METRIC_PREFERENCE", "default_metric", "metric_label", "plot_curves", "plot_run"]
 
 # The metric a plot shows when none is named: the first one the history holds.
 METRIC_PREFERENCE = ("val_accuracy", "val_ppl", "val_loss", "train_loss")
 X_LABELS = {"wall_time": "wall time (s)", "examples_seen": "training examples seen", "step": "optimizer step",
             "epoch": "epoch"}
+METRIC_LABELS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss",
+                 "val_ppl": "validation perplexity", "train_loss": "training loss"}
 
 
 def default_metric(history: Sequence[Mapping[str, Any]]) -> str:
@@ -27,6 +29,16 @@ def default_metric(history: Sequence[Mapping[str, Any]]) -> str:
         if history and all(name in record for record in history):
             return name
     raise ValueError(f"history records hold none of {METRIC_PREFERENCE}")
+
+
+def metric_label(metric: str) -> str:
+    """An axis label for a history key: ``val_accuracy`` -> ``validation accuracy``, ``val_<name>``
+    -> ``validation <name>``, any other key with its underscores as spaces."""
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    if metric.startswith("val_"):
+        return "validation " + metric[len("val_"):].replace("_", " ")
+    return metric.replace("_", " ")
 
 
 def _finite(value: Any) -> bool:
@@ -40,6 +52,10 @@ def plot_curves(
     metric: str | None = None,
     x: str = "wall_time",
     title: str | None = None,
+    y_label: str | None = None,
+    target: float | None = None,
+    target_label: str = "target",
+    point_label: str | None = None,
 ) -> Path:
     """One line per run of ``metric`` against ``x`` (a history key, e.g. ``wall_time`` or
     ``examples_seen``), saved to ``path``.
@@ -50,6 +66,11 @@ def plot_curves(
         metric: history key to plot (default: :func:`default_metric` of the first run).
         x: history key for the horizontal axis.
         title: figure title.
+        y_label: the vertical axis' label (default: :func:`metric_label` of ``metric``).
+        target: a horizontal dashed line at this value of ``metric``, named ``target_label`` in the legend.
+        target_label: the legend entry of the target line.
+        point_label: a record key whose text (when a record holds it) is written beside that
+            record's point, in its run's colour (e.g. each point's budget).
 
     Returns:
         The written path.
@@ -59,18 +80,30 @@ def plot_curves(
     metric = metric or default_metric(next(iter(runs.values())))
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    for name, history in runs.items():
-        points = [(r[x], r[metric]) for r in history if _finite(r.get(x)) and _finite(r.get(metric))]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    drawn = {name: [r for r in history if _finite(r.get(x)) and _finite(r.get(metric))] for name, history in runs.items()}
+    xs = [r[x] for records in drawn.values() for r in records]
+    middle = (min(xs) + max(xs)) / 2 if xs else 0.0
+    for index, (name, records) in enumerate(drawn.items()):
+        if not records:
+            continue
+        (line,) = ax.plot([r[x] for r in records], [r[metric] for r in records], marker="o", markersize=3, label=name)
+        for record in records if point_label is not None else ():
+            if record.get(point_label) is not None:
+                # labels of several runs at one budget lie close together: each run writes at its own height,
+                # and points in the right half write to their left (inside the axes)
+                right = record[x] > middle
+                ax.annotate(str(record[point_label]), (record[x], record[metric]), xytext=(-4 if right else 4, 4 - 9 * index),
+                            textcoords="offset points", ha="right" if right else "left", fontsize="x-small",
+                            color=line.get_color())
+    if target is not None:
+        ax.axhline(target, color="0.4", linestyle="--", linewidth=1, label=target_label)
     ax.set_xlabel(X_LABELS.get(x, x))
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric_label(metric) if y_label is None else y_label)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
-    if len(runs) > 1:
-        ax.legend()
+    if len(runs) > 1 or target is not None:
+        ax.legend(fontsize="small")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

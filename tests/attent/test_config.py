@@ -98,7 +98,30 @@ def test_published_recipe_and_user_task_factory(tmp_path, monkeypatch):
     assert run["model"].out_features == 2 and len(run["train_data"]) == 30 and teacher.plan.epochs == 4
 
 
+def test_a_top_level_budget_reaches_the_teacher_and_a_teacher_budget_the_run(tmp_path):
+    """The teacher inherits the run's budget as it inherits its epochs; a budget set only in the
+    teacher block is the run's too (fit checks that the two agree)."""
+    for text in ("budget: 0.5\nteacher: {strategy: soft}\n", "teacher: {strategy: soft, budget: 0.5}\n",
+                 "budget: 0.5\nteacher: {strategy: soft, budget: 0.5}\n"):
+        run = build_run(load_config(_write(tmp_path, "task: {name: digits, quick: true}\nepochs: 4\n" + text)))
+        assert run["teacher"].budget == 0.5 and run["options"].budget == 0.5, text
+        assert run["teacher"].plan.epochs == 4
+    full = build_run(load_config(_write(tmp_path, "task: {name: digits, quick: true}\nbudget: 0.5\n")))
+    assert full["teacher"] is None and full["options"].budget == 0.5
+    published = build_run(load_config(_write(tmp_path, "task: {name: digits, quick: true}\nbudget: 1.0\n"
+                                                       "teacher: {published: complex}\n")))
+    assert published["teacher"].budget is None and published["options"].budget == 1.0
+
+
 @pytest.mark.parametrize("text, match", [
+    ("task: {name: digits, quick: true}\nbudget: 0.5\nteacher: {budget: 0.25}\n",
+     r"config budget 0.5 and teacher budget 0.25 differ"),
+    ("task: {name: digits, quick: true}\nbudget: 0.5\nteacher: {ratio: 0.3}\n",
+     r"config budget 0.5 and teacher ratio 0.3 both fix the subset sizes"),
+    ("task: {name: digits, quick: true}\nteacher: {strategy: {name: infobatch, prune_ratio: 0.3}, budget: 0.5}\n",
+     r"config budget 0.5: teacher strategy 'infobatch' sizes its own subsets"),
+    ("task: {name: digits, quick: true}\nbudget: 0.5\nteacher: {published: simple}\n",
+     r"the published recipe \(teacher published: simple\) has no budget"),
     ("task: digits\nepoch: 3\n", r"unknown keys \['epoch'\]"),
     ("epochs: 3\n", "needs a task"),
     ("task: {name: digits, quick: true}\noptimizer: {name: lion}\n", "optimizer name must be one of"),
