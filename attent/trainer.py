@@ -162,7 +162,11 @@ class FitOptions:
     checkpoint_every: also write a checkpoint every this many optimizer steps.
     resume_from: a checkpoint file or a folder holding ``checkpoint.pt``: model, optimizer,
         scheduler, scaler, teacher, position in the epoch and RNG states are restored, so the
-        resumed run reproduces the uninterrupted one (with ``num_workers=0``).
+        resumed run reproduces the uninterrupted one (with ``num_workers=0``). The file is read
+        with ``torch.load(weights_only=True)``: tensors and plain values only, nothing in it runs.
+    trust_checkpoint: read ``resume_from`` with full unpickling, which runs any code the file
+        names: only for a file you trust that the weights-only read refuses (one written before
+        checkpoint format 2, or by a part whose ``state_dict()`` holds other objects).
     seed: seeds torch, numpy and random at the start (not on resume). Without a teacher, epoch e
         visits the examples in the order
         ``torch.randperm(len(train_data), generator=torch.Generator().manual_seed(seed + e))``.
@@ -200,6 +204,7 @@ class FitOptions:
     progress: bool = True
     checkpoint_every: int | None = None
     resume_from: Any = None
+    trust_checkpoint: bool = False
     seed: int = 0
     max_time: float | None = None
     max_steps: int | None = None
@@ -230,7 +235,8 @@ class FitOptions:
         _expect("amp", self.amp, self.amp is None or self.amp in AMP_MODES, f"None or one of {AMP_MODES}")
         _expect("lr_scheduler_interval", self.lr_scheduler_interval, self.lr_scheduler_interval in ("step", "epoch"),
                 "'step' or 'epoch'")
-        _expect("progress", self.progress, isinstance(self.progress, bool), "true or false")
+        for name in ("progress", "trust_checkpoint"):
+            _expect(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         _expect("label_key", self.label_key, isinstance(self.label_key, str), "a string")
         _expect("score_head", self.score_head, self.score_head is None or isinstance(self.score_head, (str, nn.Module)),
                 "None, the output head (an nn.Linear) or its dotted name in the model")
@@ -458,7 +464,7 @@ class _Run:
         self.excluded += self.clock.now() - start
 
     def load_checkpoint(self, resume_from: str | os.PathLike) -> None:
-        state, rng = _checkpoint.read(resume_from, self.parts(), self.world)
+        state, rng = _checkpoint.read(resume_from, self.parts(), self.world, trusted=self.options.trust_checkpoint)
         self.state = _State(**state)
         _checkpoint.set_rng_state(rng[self.rank])
 
