@@ -13,6 +13,7 @@ from . import optim
 from .factors import Capture, Diag, Direct, Ids, Outer
 from .layers import register_layer
 from .probe import GradNormProbe
+from .reference import Reference, ReferenceCost
 from .schedules import EpochPlan, IntervalSchedule, RatioSchedule, TeachingPlan
 from .scores import SCORE_KINDS, IndexedDataset, Objective, Scorer, score_batch, score_pass
 from .strategies import STRATEGIES, Hard, Importance, InfoBatch, Random, Soft, Strategy, register_strategy
@@ -36,6 +37,8 @@ __all__ = [
     "InfoBatch",
     "Teaching",
     "EpochStart",
+    "Reference",
+    "ReferenceCost",
     "Scorer",
     "SCORE_KINDS",
     "RatioSchedule",

@@ -1,0 +1,159 @@
+"""attent.Reference: the three ways it gets its data (a clean holdout, a split of the pool,
+cross-fitting), each training example's reference loss against a loop over single examples with
+the model that scored it, early stopping and the counted cost, the evidence rule by hand, and bad
+input."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from attent import Reference
+from attent.reference import EVIDENCE_MARGIN, EVIDENCE_STDERRS, evidence_of
+
+
+def _data(n, seed, features=3, classes=2):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    return TensorDataset(x, (x[:, 0] > 0).long() if classes == 2 else torch.randint(0, classes, (n,), generator=generator))
+
+
+def _loss_of(model, dataset, i):
+    x, y = dataset[i]
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x[None]), y[None]))
+
+
+def _factory():
+    return nn.Linear(3, 2)
+
+
+def test_clean_holdout_scores_the_whole_pool_with_the_trained_model():
+    pool, holdout = _data(23, 0), _data(50, 1)
+    before = pool.tensors[0].clone()
+    ref = Reference.fit(_factory, pool, loss="cross_entropy", holdout=holdout, max_epochs=4, patience=10, batch_size=16)
+    assert ref.train is pool and torch.equal(ref.train_indices, torch.arange(23)) and ref.holdout_indices.numel() == 0
+    assert len(ref.models) == 1 and not ref.models[0].training and torch.equal(ref.fold, torch.zeros(23, dtype=torch.int64))
+    expected = torch.tensor([_loss_of(ref.models[0], pool, i) for i in range(23)])
+    torch.testing.assert_close(ref.losses, expected, rtol=1e-5, atol=1e-6)
+    # holdout of 50: 10 for validation, 40 trained in batches of 16 (3 steps an epoch), every epoch run (patience 10)
+    epochs = len(ref.val_losses[0])
+    assert epochs == 4
+    cost = ref.cost
+    assert (cost.train_steps, cost.train_examples, cost.val_examples, cost.scored_examples) == (12, 160, 40, 23)
+    assert cost.train_time > 0 and cost.score_time > 0 and cost.time == cost.train_time + cost.score_time
+    assert torch.equal(pool.tensors[0], before)
+
+
+def test_a_fraction_of_the_pool_is_split_off_and_the_learner_trains_on_the_rest():
+    pool = _data(40, 2)
+    ref = Reference.fit(_factory, pool, loss="cross_entropy", holdout=0.15, max_epochs=3, batch_size=8)
+    held, rest = ref.holdout_indices, ref.train_indices
+    assert held.numel() == math.floor(0.15 * 40) == 6 and rest.numel() == 34
+    assert sorted(held.tolist() + rest.tolist()) == list(range(40))
+    assert isinstance(ref.train, Subset) and ref.train.indices == rest.tolist() and len(ref) == 34
+    expected = torch.tensor([_loss_of(ref.models[0], ref.train, i) for i in range(34)])
+    torch.testing.assert_close(ref.losses, expected, rtol=1e-5, atol=1e-6)
+    again = Reference.fit(_factory, pool, loss="cross_entropy", holdout=0.15, max_epochs=3, batch_size=8)
+    assert torch.equal(again.holdout_indices, held) and torch.equal(again.losses, ref.losses)  # seeded
+
+
+def test_cross_fitting_scores_each_half_with_the_model_trained_on_the_other():
+    # two halves that disagree: in each half the label is a different function of the input, so a
+    # model that saw an example's own half would fit it; the other half's model does not
+    n = 41
+    pool = _data(n, 3)
+    ref = Reference.fit(_factory, pool, loss="cross_entropy", holdout="cross-fit", max_epochs=3, batch_size=8)
+    assert ref.train is pool and len(ref.models) == 2 and ref.holdout_indices.numel() == n
+    assert sorted(ref.fold.bincount().tolist()) == [n // 2, n - n // 2]
+    expected = torch.tensor([_loss_of(ref.models[int(ref.fold[i])], pool, i) for i in range(n)])
+    torch.testing.assert_close(ref.losses, expected, rtol=1e-5, atol=1e-6)
+    other = torch.tensor([_loss_of(ref.models[1 - int(ref.fold[i])], pool, i) for i in range(n)])
+    assert not torch.allclose(ref.losses, other)
+    assert ref.cost.scored_examples == n and ref.cost.train_steps == sum(
+        len(h) * math.ceil((size - max(1, math.floor(0.2 * size))) / 8)
+        for h, size in zip(ref.val_losses, (n // 2, n - n // 2)))
+
+
+def test_cross_fit_model_never_trains_on_the_examples_it_scores():
+    # labels +1 on half A and their opposite on half B for the same inputs: a model trained on A is
+    # confidently wrong on B, so every cross-fitted loss is high; scored by its own half's model it would be low
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 3, generator=generator) * 3
+    inputs = torch.cat([x, x])
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    half_a = torch.zeros(40, dtype=torch.bool)
+    half_a[torch.sort(order[:20]).values] = True
+    labels = torch.where(half_a, (inputs[:, 0] > 0).long(), (inputs[:, 0] <= 0).long())
+    pool = TensorDataset(inputs, labels)
+    ref = Reference.fit(_factory, pool, loss="cross_entropy", holdout="cross-fit", max_epochs=40, patience=40,
+                        batch_size=8, lr=0.1)
+    own = torch.tensor([_loss_of(ref.models[1 - int(ref.fold[i])], pool, i) for i in range(40)])
+    assert float(ref.losses.mean()) > float(own.mean()) + 0.5
+
+
+def test_early_stopping_keeps_the_best_validation_loss_and_stops_after_patience():
+    pool, holdout = _data(10, 4), _data(30, 5, classes=3)  # random labels: validation loss soon rises
+    ref = Reference.fit(lambda: nn.Linear(3, 3), pool, loss="cross_entropy", holdout=holdout, max_epochs=60,
+                        patience=2, lr=0.5, batch_size=4)
+    history = ref.val_losses[0]
+    best = min(range(len(history)), key=history.__getitem__)
+    assert len(history) == best + 3 < 60  # two epochs without improvement after the best, then stop
+    # the kept model is the best epoch's: its mean loss on the 6 validation examples (the first 6 of
+    # the seeded permutation of the model's data) is the best one, not the last
+    val = torch.randperm(30, generator=torch.Generator().manual_seed(0))[:6].tolist()
+    kept = sum(_loss_of(ref.models[0], holdout, i) for i in val) / 6
+    assert kept == pytest.approx(history[best], rel=1e-5) and history[-1] > history[best]
+    assert ref.cost.train_steps == len(history) * math.ceil(24 / 4)
+
+
+def test_mse_reference_losses_are_mean_squared_errors():
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(30, 4, generator=generator)
+    pool = TensorDataset(x, x[:, :2] * 2.0)
+    ref = Reference.fit(lambda: nn.Linear(4, 2), pool, loss="mse", holdout=0.2, max_epochs=5, batch_size=8)
+    with torch.no_grad():
+        expected = torch.stack([((ref.models[0](ref.train[i][0]) - ref.train[i][1]) ** 2).mean() for i in range(24)])
+    torch.testing.assert_close(ref.losses, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_evidence_rule_by_hand():
+    held = torch.tensor([1.0, 1.2, 0.8, 1.0])  # mean 1, sample variance 0.02667
+    clean = torch.tensor([1.1, 0.9, 1.0, 1.0])  # mean 1.0: no gap
+    assert not evidence_of(clean, held).selects
+    noisy = torch.tensor([1.0, 1.0, 5.0, 1.0, 1.0, 5.0])  # mean 2.333, variance 4.2667
+    evidence = evidence_of(noisy, held)
+    stderr = math.sqrt(4.266666 / 6 + 0.0266666 / 4)
+    assert evidence.stderr == pytest.approx(stderr, rel=1e-4)
+    assert evidence.selects == (4 / 3 > max(EVIDENCE_STDERRS * stderr, EVIDENCE_MARGIN * 1.0))
+    sharp = torch.tensor([2.0, 2.1, 1.9, 2.0])
+    assert evidence_of(sharp, held).selects and "more than" in evidence_of(sharp, held).reason
+    barely = held + EVIDENCE_MARGIN * 0.9  # a gap inside the relative margin, however tight the spread
+    assert not evidence_of(barely.repeat(100), held.repeat(100)).selects
+    with pytest.raises(ValueError, match="both sides"):
+        evidence_of(torch.zeros(0), held)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(holdout="half"), "holdout must be a Dataset"),
+    (dict(holdout=1.5), r"holdout must be a Dataset, a fraction in \(0, 1\)"),
+    (dict(holdout=0.01), "the reference needs at least 2"),
+    (dict(max_epochs=0), "max_epochs must be an integer >= 1"),
+    (dict(val_fraction=1.0), r"val_fraction must be a number in \(0, 1\)"),
+    (dict(lr=-1.0), "lr must be a positive number"),
+    (dict(holdout=[1, 2, 3]), "holdout must be a Dataset"),
+])
+def test_bad_arguments_name_themselves(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Reference.fit(_factory, _data(20, 0), loss="cross_entropy", **kwargs)
+
+
+def test_bad_pools_and_factories_are_refused():
+    with pytest.raises(ValueError, match="pool must be a map-style dataset"):
+        Reference.fit(_factory, [1, 2, 3].__iter__(), loss="cross_entropy")
+    with pytest.raises(ValueError, match="cross-fitting needs a pool of at least 4"):
+        Reference.fit(_factory, _data(3, 0), loss="cross_entropy", holdout="cross-fit")
+    with pytest.raises(ValueError, match="model_factory must build an nn.Module with trainable parameters"):
+        Reference.fit(lambda: nn.Identity(), _data(20, 0), loss="cross_entropy")
