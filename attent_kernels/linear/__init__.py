@@ -155,8 +155,9 @@ def linear_grad_gram(
         bias: include the bias gradients' inner products.
         path: how the Triton backend computes it: "pairs" (a program per (i, j) walks the T x T2
             block pairs, 2 T T2 (d + p) per pair), "materialize" (the per-example gradients formed
-            tile by tile, then multiplied: the reference's one algorithm) or "auto" (the cost
-            model's choice, ``attent_kernels/_cost.py``). The reference always materializes.
+            tile by tile, then multiplied: the reference's one algorithm) or "auto" ("pairs":
+            materializing never won in the GPU record ``attent_kernels/_cost.py`` is fitted to).
+            The reference always materializes.
         backend: as in :func:`linear_grad_norm_sq`.
 
     Returns:

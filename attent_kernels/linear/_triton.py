@@ -278,8 +278,7 @@ def _gradient_gram_kernel(
     p-chunks), multiplies and reduces, and writes partial[slice, i, j]; the host sums the
     slices (their count is the cost model's: enough programs at small B). When the second set is
     the first (SYMMETRIC) only j <= i is computed (the other programs run no iteration and store
-    nothing) and the host mirrors the lower triangle. Where materializing the per-example
-    gradients is cheaper (``_cost.gram_materializes``), the host does that instead.
+    nothing) and the host mirrors the lower triangle.
     Cost per pair: 2 T T2 (d + p) flops (T, T2 padded to BLOCK_T), halved over the pairs when
     symmetric; reads about T T2 (d + p) / BLOCK_T elements; extra memory slices * B * B2.
     """
@@ -460,16 +459,12 @@ def linear_grad_gram(
     bias: bool,
     path: str,
 ) -> torch.Tensor:
-    """<grad_i, grad2_j> for every pair: with the per-example gradients materialized ("materialize",
-    or "auto" where the cost model finds it cheaper), else the pair kernel. When the second set
+    """<grad_i, grad2_j> for every pair: with the per-example gradients materialized
+    ("materialize"), else ("pairs", "auto") the pair kernel: materializing never won in the GPU
+    record the cost model is fitted to (``attent_kernels/_cost.py``). When the second set
     is the first one (the same tensors), the lower triangle is mirrored, so the result is exactly
     symmetric (the pair kernel computes only that triangle)."""
-    B, T, d = x.shape
-    B2, T2, _ = x2.shape
-    p = g.shape[-1]
     symmetric = x2 is x and g2 is g and mask2 is mask
-    if path == "auto":
-        path = "materialize" if _cost.gram_materializes(B, T, B2, T2, d, p, symmetric) else "pairs"
     if path == "materialize":
         out = _reference.linear_grad_gram(x, g, mask, x2, g2, mask2, bias)
     else:

@@ -578,8 +578,7 @@ def chosen_path(case: Case) -> str:
         fused = not triton or _cost.fused_weight_grad_wins(s["B"], s["T"], s["d"], s["p"])
         return "fused" if fused else "separate"
     if case.op == "linear_grad_gram":
-        pairs = triton and not _cost.gram_materializes(s["B"], s["T"], s["B"], s["T"], s["d"], s["p"], True)
-        return "pairs" if pairs else "materialize"
+        return "pairs" if triton else "materialize"
     if case.op == "embedding_grad_norm_sq":
         if not triton:
             return "index_add"

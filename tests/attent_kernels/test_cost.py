@@ -2,33 +2,76 @@
 shapes the kernels issue names, and the splits it asks for."""
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
 from attent_kernels import _cost
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_t1_takes_the_closed_form_and_long_sequences_of_narrow_layers_the_direct_path():
     assert _cost.linear_path(8, 1, 4096, [4096]) == "closed"
-    assert _cost.linear_path(64, 197, 768, [768]) == "ghost"  # ViT-B/16
     assert _cost.linear_path(8, 512, 4096, [11008]) == "ghost"  # LLaMA-7B at T = 512
     assert _cost.linear_path(8, 8192, 256, [256]) == "direct"
 
 
 def test_ghost_is_credited_with_half_the_gram_and_the_grid_waves():
-    # T doubling quadruples the block pairs; with the device full the cost follows them.
-    short, long = _cost.ghost_cost(64, 1024, 768, [768]), _cost.ghost_cost(64, 2048, 768, [768])
-    assert long == pytest.approx(4 * short, rel=0.05)
+    # T doubling quadruples the block pairs; with the device full the work follows them.
+    short, long = _cost.ghost_terms(64, 1024, 768, [768]), _cost.ghost_terms(64, 2048, 768, [768])
+    assert long[0] == pytest.approx(4 * short[0], rel=0.05)
     # Below one wave the grid does not fill the device: one example costs what a full wave does.
-    assert _cost.ghost_cost(1, 64, 768, [768]) == _cost.ghost_cost(_cost.SM_COUNT * _cost.RESIDENT_PROGRAMS, 64, 768, [768])
-
-
-def test_gram_pairs_for_short_sequences_of_wide_layers_and_materializes_long_narrow_ones():
-    assert not _cost.gram_materializes(8, 16, 8, 16, 4096, 4096, symmetric=True)
-    assert _cost.gram_materializes(4, 4096, 4, 4096, 64, 64, symmetric=True)
+    full = _cost.SM_COUNT * _cost.RESIDENT_PROGRAMS
+    assert _cost.ghost_time(1, 64, 768, [768]) == _cost.ghost_time(full, 64, 768, [768]) < _cost.ghost_time(full + 1, 64, 768, [768])
 
 
 def test_long_sequences_sort_the_embedding_ids():
     assert _cost.embedding_sorts(8, 4096, 4096)
+
+
+def _fit() -> dict:
+    return json.loads((REPO / "bench" / "results" / "cost_fit_h200.json").read_text())
+
+
+def test_the_constants_are_the_committed_fit_of_the_gpu_record():
+    """Every fitted constant of _cost.py is the value bench/gpu/fit_cost.py wrote from the record."""
+    fitted = _fit()["constants"]
+    assert fitted, "the fit holds no constants"
+    for name, value in fitted.items():
+        assert getattr(_cost, name) == value, f"_cost.{name} = {getattr(_cost, name)!r}, the fit says {value!r}"
+
+
+def test_auto_picks_what_the_fit_reports_at_every_recorded_shape():
+    """The committed fit's decisions (the path auto picks at each shape of the record, and its
+    regret against the measured fastest) are the ones the model makes now."""
+    decisions = _fit()["decisions"]
+    assert len(decisions) >= 20
+    for decision in decisions:
+        s = {key: int(value) for key, value in re.findall(r"\b([BTdp])(\d+)", decision["shape"])}
+        if decision["op"] == "linear_grad_norm_sq":
+            pick = _cost.linear_path(s["B"], s["T"], s["d"], [s["p"]])
+        elif decision["op"] == "linear_weight_grad_and_norm_sq":
+            pick = "fused" if _cost.fused_weight_grad_wins(s["B"], s["T"], s["d"], s["p"]) else "separate"
+        elif decision["op"] == "embedding_grad_norm_sq":
+            pick = "sorted" if _cost.embedding_sorts(s["B"], s["T"], s["d"]) else "pairs"
+        else:
+            pick = "pairs"
+        assert pick == decision["pick"], decision
+        measured = decision["measured_s"]
+        assert decision["regret"] == pytest.approx(measured[pick] / min(measured.values()) - 1)
+
+
+def test_constants_are_replaced_only_while_open():
+    before = _cost.GHOST_RATE
+    with _cost.constants(GHOST_RATE=1.0):
+        assert _cost.GHOST_RATE == 1.0
+    assert _cost.GHOST_RATE == before
+    with pytest.raises(ValueError, match="unknown cost-model constants"):
+        with _cost.constants(NOT_A_CONSTANT=1):
+            pass
 
 
 @pytest.mark.parametrize("n, programs, align", [(1, 1, 64), (50257, 64, 256), (300, 1, 64), (4096, 10**6, 128), (0, 3, 16)])
