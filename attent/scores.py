@@ -11,6 +11,11 @@ over its valid positions, whatever reduction training applies to the batch:
 - ``"gradnorm"``: ||dl_i / dtheta||, the per-example parameter-gradient norm over the parameters the
   probe covers (the square root of the probe's g_i^T K_theta g_i); a by-product of the training
   backward, or a backward w.r.t. activations only in scoring passes.
+- ``"learnability"``: l_i - r_i, the learner's loss minus a reference model's loss on the same
+  example (RHO-LOSS's reducible loss; for MSE the difference of the two mean squared errors). The
+  reference losses r (one per training example, :class:`attent.Reference`) are given to the
+  :class:`Scorer`, which looks them up by example index: from the training step's own losses
+  (online, free) and from scoring passes.
 
 A :class:`Scorer` owns the score kind, the objective and (for ``"gradnorm"``) the probe: every
 trainer asks it for a training step's scores and for the scores of a refresh pass. Given the
@@ -60,8 +65,8 @@ __all__ = [
     "score_pass",
 ]
 
-ScoreKind = Literal["loss", "fgrad", "gradnorm"]
-SCORE_KINDS: tuple[str, ...] = ("loss", "fgrad", "gradnorm")
+ScoreKind = Literal["loss", "fgrad", "gradnorm", "learnability"]
+SCORE_KINDS: tuple[str, ...] = ("loss", "fgrad", "gradnorm", "learnability")
 LOSS_NAMES: tuple[str, ...] = ("cross_entropy", "lm", "mse")
 AMP_MODES: tuple[str, ...] = ("bf16", "fp16")
 PerExampleLoss = Callable[[torch.Tensor, Any], torch.Tensor]
@@ -340,8 +345,28 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-# The objectives whose scores a Scorer can take from the output head's input.
+# The objectives whose scores a Scorer can take from the output head's input, and the score kinds.
 _HEAD_LOSSES: tuple[str, ...] = ("cross_entropy", "lm")
+_OUTPUT_KINDS: tuple[str, ...] = ("loss", "fgrad", "learnability")
+
+
+def _reference_losses(kind: str, reference: Any) -> torch.Tensor | None:
+    """The (N,) float32 CPU reference losses of a ``"learnability"`` scorer (a copy), None otherwise."""
+    if kind != "learnability":
+        if reference is not None:
+            raise ValueError(f"reference is for score kind 'learnability', got it with kind={kind!r}")
+        return None
+    if reference is None:
+        raise ValueError("score kind 'learnability' needs reference= (an attent.Reference or the (N,) reference losses "
+                         "of the training examples)")
+    losses = getattr(reference, "losses", reference)
+    if not isinstance(losses, torch.Tensor) or losses.dim() != 1 or not losses.numel() or not (
+            losses.is_floating_point()):
+        got = f"a tensor of shape {_shape(losses)} and dtype {losses.dtype}" if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(f"reference must be an attent.Reference or (N,) real reference losses, N >= 1; got {got}")
+    if not bool(torch.isfinite(losses).all()):
+        raise ValueError(f"reference losses must be finite; {int((~torch.isfinite(losses)).sum())} of {losses.numel()} are not")
+    return losses.detach().to(device="cpu", dtype=torch.float32).clone()
 
 
 def is_linear_head(module: Any) -> bool:
@@ -423,13 +448,16 @@ class Scorer:
     """Turns a model's outputs into per-example scores of one kind (see the module docstring).
 
     Args:
-        kind: ``"loss"``, ``"fgrad"`` or ``"gradnorm"``.
+        kind: ``"loss"``, ``"fgrad"``, ``"gradnorm"`` or ``"learnability"``.
         loss: the training loss: a name, a callable ``(prediction, targets) -> Tensor[B]`` or an
             :class:`Objective`.
+        reference: for ``"learnability"`` (and only for it): the reference losses of the training
+            examples, an :class:`attent.Reference` or a (N,) real tensor (copied), looked up by
+            example index.
         probe_params: for ``"gradnorm"``: the parameters (or names) the probe covers (default:
             every trainable parameter).
         ignore_index: target value the cross-entropy losses skip.
-        head: for ``"loss"`` and ``"fgrad"`` with the ``"cross_entropy"`` or ``"lm"`` loss: the
+        head: for ``"loss"``, ``"fgrad"`` and ``"learnability"`` with the ``"cross_entropy"`` or ``"lm"`` loss: the
             model's output head, an ``nn.Linear`` (V, d) submodule whose output is the model's
             prediction, or its dotted name in the model (``model.get_submodule``). Scoring passes
             then take the scores from the head's input and weight, never forming the (B, T, V)
@@ -442,15 +470,17 @@ class Scorer:
     """
 
     def __init__(self, kind: ScoreKind = "fgrad", loss: "LossSpec | Objective" = "cross_entropy", *,
-                 probe_params: Any = None, ignore_index: int = -100, head: nn.Linear | str | None = None):
+                 probe_params: Any = None, ignore_index: int = -100, head: nn.Linear | str | None = None,
+                 reference: Any = None):
         _check_score_kind(kind)
         self.kind = kind
         self.objective = Objective.resolve(loss, ignore_index=ignore_index)
         self.probe_params = probe_params
         self.probe: Any = None
+        self.reference_losses = _reference_losses(kind, reference)
         if head is not None:
-            if kind not in ("loss", "fgrad") or self.objective.name not in _HEAD_LOSSES:
-                raise ValueError(f"head is for score kinds 'loss' and 'fgrad' with loss {' or '.join(map(repr, _HEAD_LOSSES))}; "
+            if kind not in _OUTPUT_KINDS or self.objective.name not in _HEAD_LOSSES:
+                raise ValueError(f"head is for score kinds 'loss' and 'fgrad' (and 'learnability') with loss {' or '.join(map(repr, _HEAD_LOSSES))}; "
                                  f"got head with kind={kind!r} and loss={self.objective.name!r}")
             if not isinstance(head, str):
                 _check_head(head, "head")
@@ -521,7 +551,7 @@ class Scorer:
         hidden, targets = self.objective.aligned(call.hidden, targets)  # the same alignment, on the head's input
         scores = linear_cross_entropy_scores(hidden, call.weight, targets, bias=call.bias,
                                              ignore_index=self.objective.ignore_index)
-        return _cross_entropy_output_scores(scores, self.kind).float()
+        return _cross_entropy_output_scores(scores, self._output_kind).float()
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module):
@@ -543,13 +573,42 @@ class Scorer:
         weighted.sum().backward()
         return None
 
+    @property
+    def _output_kind(self) -> str:
+        """The kind :meth:`Objective.output_scores` computes for this scorer (learnability: the loss)."""
+        return "loss" if self.kind == "learnability" else self.kind
+
+    @property
+    def num_examples(self) -> int | None:
+        """The training examples the reference losses cover (``"learnability"``), else None."""
+        return None if self.reference_losses is None else self.reference_losses.numel()
+
+    def _minus_reference(self, scores: torch.Tensor, indices: Any) -> torch.Tensor:
+        """``scores`` (B,) less the reference losses of the examples ``indices`` (B,) (learnability)."""
+        if indices is None:
+            raise ValueError("score kind 'learnability' needs the batch's example indices (indices=) to look up the "
+                             "reference losses")
+        index = torch.as_tensor(indices).detach().reshape(-1).cpu()
+        if index.is_floating_point() or index.dtype == torch.bool or index.numel() != scores.numel():
+            raise ValueError(f"indices must be {scores.numel()} integer example indices, one per score; got dtype "
+                             f"{index.dtype} and shape {tuple(torch.as_tensor(indices).shape)} for scores {_shape(scores)}")
+        n = self.reference_losses.numel()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise ValueError(f"indices must lie in [0, {n}) (the reference losses cover {n} training examples), got "
+                             f"values in [{int(index.min())}, {int(index.max())}]")
+        return scores - self.reference_losses[index].to(device=scores.device, dtype=scores.dtype)
+
     def step_scores(self, pred: torch.Tensor, targets: Any, losses: torch.Tensor, *,
-                    norms_sq: torch.Tensor | None = None, coefficients: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) detached scores of a training step: the losses, fgrad from the prediction, or
-        gradnorm from the probe's squared norms ``norms_sq`` of the losses scaled by ``coefficients``
-        (see :func:`gradnorm_scores`)."""
+                    norms_sq: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,
+                    indices: Any = None) -> torch.Tensor:
+        """(B,) detached scores of a training step: the losses, fgrad from the prediction, gradnorm
+        from the probe's squared norms ``norms_sq`` of the losses scaled by ``coefficients`` (see
+        :func:`gradnorm_scores`), or learnability: the losses less the reference losses of the
+        examples ``indices`` (B,)."""
         if self.kind == "loss":
             return losses.detach()
+        if self.kind == "learnability":
+            return self._minus_reference(losses.detach(), indices)
         if self.kind == "fgrad":
             return self.objective.output_scores(pred, targets, "fgrad")
         if norms_sq is None or coefficients is None:
@@ -557,11 +616,13 @@ class Scorer:
         return gradnorm_scores(norms_sq, coefficients)
 
     def score_batch(self, model: nn.Module, inputs: Any, targets: Any, *,
-                    autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
+                    autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                    indices: Any = None) -> torch.Tensor:
         """Scores of one batch with the model in its current mode, no parameter gradient touched.
 
-        ``"loss"`` and ``"fgrad"``: a forward under ``torch.no_grad``; ``"gradnorm"``: a forward and
-        ``probe.score`` (the probe must be attached).
+        ``"loss"``, ``"fgrad"`` and ``"learnability"``: a forward under ``torch.no_grad``
+        (learnability: the loss less the reference losses of the batch's examples ``indices``
+        (B,)); ``"gradnorm"``: a forward and ``probe.score`` (the probe must be attached).
 
         With a head: the forward runs with the head's forward replaced (restored after, also on
         error) by one that records its input ``hidden`` (..., d) and returns a one-element
@@ -586,13 +647,14 @@ class Scorer:
             with autocast_context():
                 pred = forward_batch(model, inputs)
             return self.probe.score(self.objective.losses(pred, targets)).detach().float().clamp(min=0).sqrt()
+        scores = None
         if self.head is not None and self.head_fallback is None:
             scores = self._head_scores(model, inputs, targets, autocast_context)
-            if scores is not None:
-                return scores
-        with torch.no_grad(), autocast_context():
-            pred = forward_batch(model, inputs)
-        return self.objective.output_scores(pred, targets, self.kind).float()
+        if scores is None:
+            with torch.no_grad(), autocast_context():
+                pred = forward_batch(model, inputs)
+            scores = self.objective.output_scores(pred, targets, self._output_kind).float()
+        return self._minus_reference(scores, indices) if self.kind == "learnability" else scores
 
     def score_batches(self, model: nn.Module, batches: Batches, *,
                       autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -605,7 +667,8 @@ class Scorer:
         indices, scores = [], []
         with self.attached(model), eval_mode(model):
             for batch_indices, inputs, targets in batches:
-                scores.append(self.score_batch(model, inputs, targets, autocast_context=autocast_context).cpu())
+                scores.append(self.score_batch(model, inputs, targets, autocast_context=autocast_context,
+                                               indices=batch_indices).cpu())
                 indices.append(torch.as_tensor(batch_indices, dtype=torch.long).cpu())
         if not indices:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float32)

@@ -208,3 +208,71 @@ def test_gradnorm_scores_undo_the_loss_coefficients():
     norms_sq = torch.tensor([4.0, 9.0, 0.25], dtype=torch.float64)
     coefficients = torch.tensor([0.5, -3.0, 0.1])
     torch.testing.assert_close(gradnorm_scores(norms_sq, coefficients), torch.tensor([4.0, 1.0, 5.0]))
+
+
+def _reference(n, seed=9):
+    return torch.rand(n, generator=_gen(seed), dtype=torch.float64) * 3
+
+
+def test_learnability_step_scores_are_the_losses_less_the_reference_at_each_index():
+    g = _gen(10)
+    n = 6  # T == B below on purpose: 6 examples, a batch of 6 in a scrambled order with a repeat
+    reference = _reference(n)
+    logits = torch.randn(6, 6, generator=g)
+    targets = torch.randint(0, 6, (6,), generator=g)
+    indices = torch.tensor([5, 0, 3, 3, 1, 2])
+    scorer = Scorer("learnability", "cross_entropy", reference=reference)
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    expected = torch.stack([losses[i] - float(reference[int(indices[i])]) for i in range(6)])
+    torch.testing.assert_close(scorer.step_scores(logits, targets, losses, indices=indices), expected)
+    mse = Scorer("learnability", "mse", reference=reference)
+    pred, y = torch.randn(6, 1, generator=g), torch.randn(6, 1, generator=g)
+    mse_losses = Objective.resolve("mse").losses(pred, y)
+    expected = torch.stack([(pred[i, 0] - y[i, 0]) ** 2 - float(reference[int(indices[i])]) for i in range(6)])
+    torch.testing.assert_close(mse.step_scores(pred, y, mse_losses, indices=indices), expected)
+
+
+def test_learnability_scoring_pass_matches_single_example_losses_less_the_reference():
+    g = _gen(11)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(7, 4, generator=g), torch.randint(0, 3, (7,), generator=g)
+    reference = _reference(7)
+    scorer = Scorer("learnability", "cross_entropy", reference=reference)
+    order = torch.tensor([6, 2, 4, 0, 1, 5, 3])
+    batches = [(order[:3], x[order[:3]], y[order[:3]]), (order[3:], x[order[3:]], y[order[3:]])]  # a last partial batch
+    indices, scores = scorer.score_batches(model, batches)
+    with torch.no_grad():
+        oracle = torch.stack([F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]) - float(reference[i]) for i in order.tolist()])
+    assert torch.equal(indices, order)
+    torch.testing.assert_close(scores, oracle.float())
+    fused = Scorer("learnability", "cross_entropy", reference=reference, head="2")
+    _, fused_scores = fused.score_batches(model, batches)
+    torch.testing.assert_close(fused_scores, oracle.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_learnability_refuses_what_it_cannot_score():
+    reference = _reference(4).float()
+    with pytest.raises(ValueError, match="'learnability' needs reference="):
+        Scorer("learnability", "cross_entropy")
+    with pytest.raises(ValueError, match="reference is for score kind 'learnability'"):
+        Scorer("loss", "cross_entropy", reference=reference)
+    with pytest.raises(ValueError, match=r"\(N,\) real reference losses"):
+        Scorer("learnability", "cross_entropy", reference=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"\(N,\) real reference losses"):
+        Scorer("learnability", "cross_entropy", reference=torch.arange(3))
+    with pytest.raises(ValueError, match="must be finite; 1 of 4"):
+        Scorer("learnability", "cross_entropy", reference=torch.tensor([0.0, float("nan"), 1.0, 2.0]))
+    scorer = Scorer("learnability", "cross_entropy", reference=reference)
+    logits, targets = torch.randn(3, 2), torch.tensor([0, 1, 0])
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    with pytest.raises(ValueError, match="needs the batch's example indices"):
+        scorer.step_scores(logits, targets, losses)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\).*\[1, 4\]"):
+        scorer.step_scores(logits, targets, losses, indices=torch.tensor([1, 2, 4]))
+    with pytest.raises(ValueError, match="indices must be 3 integer example indices"):
+        scorer.step_scores(logits, targets, losses, indices=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="indices must be 3 integer example indices"):
+        scorer.step_scores(logits, targets, losses, indices=torch.tensor([1.0, 2.0, 0.0]))
+    kept = reference.clone()
+    scorer.reference_losses.add_(1.0)
+    assert torch.equal(reference, kept)  # the scorer holds a copy
