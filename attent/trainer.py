@@ -13,6 +13,21 @@ Time spent selecting (refresh passes, ``select``, scoring work inside the steps,
 measured apart from training time; evaluation and checkpoint writing are excluded from both and
 from ``wall_time``.
 
+No host synchronization per step on CUDA. Each step's times are CUDA events (around the step, and
+around the scoring inside it: that part is selection time), its loss sum and a first-non-finite
+step stay on the device, and its scores stay there until the teacher's hand-over; all of it is
+read at the points the loop waits for the GPU anyway: epoch ends, evaluations, checkpoints and the
+end of the run (a CPU run reads them after every step, where reading costs nothing). Exceptions:
+``max_time`` is compared with the host clock after every step without waiting (the GPU may be a
+queue of work behind it); ``amp="fp16"``'s GradScaler reads its overflow flag every step (torch's
+own synchronization); ``nonfinite_loss="skip"`` reads each step's loss flag before its update.
+
+A non-finite loss stops the run with a ``FloatingPointError`` naming the first step that had one
+(on CUDA: at the next of those points; no checkpoint is written after it), unless
+``nonfinite_loss="skip"``. A run whose mean training loss at an evaluation record exceeds
+``DIVERGENCE_FACTOR`` times the mean loss of its first step (the untrained model's) gets one
+``RuntimeWarning`` that it diverges.
+
 Distributed data parallel: inside an initialized ``torch.distributed`` process group, pass the
 model wrapped in ``DistributedDataParallel`` and call ``fit`` on every rank with the same
 arguments. Each rank trains on its shard of each epoch (the teacher's sampler shards the
@@ -31,6 +46,7 @@ import math
 import numbers
 import os
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -64,9 +80,13 @@ from .scores import (
 from .teacher import Teacher
 from .teaching import Teaching
 
-__all__ = ["FitOptions", "FitResult", "fit", "evaluate", "CHECKPOINT_NAME", "METRICS_NAME"]
+__all__ = ["FitOptions", "FitResult", "fit", "evaluate", "CHECKPOINT_NAME", "METRICS_NAME", "DIVERGENCE_FACTOR"]
 
 METRICS_NAME = "metrics.jsonl"
+# A record's mean training loss above this many times the first step's mean loss draws a warning:
+# a trained model should not do ten times worse than the untrained one it started as.
+DIVERGENCE_FACTOR = 10.0
+NONFINITE_LOSS_MODES = ("raise", "skip")
 Metric = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
@@ -87,7 +107,13 @@ class FitResult:
         ``is_full``, ``refreshed`` (examples re-scored), ``time`` (seconds), and at a teacher's
         selection points ``histogram`` (counts and bin edges of the finite scores it held then).
     step_times: seconds of each optimizer step's training (forward, backward, update; the step's
-        scoring is selection time), one per step, resumed runs included.
+        scoring is selection time), one per step, resumed runs included (on CUDA: measured with
+        CUDA events, resolved at the loop's synchronization points).
+    skipped_steps: the optimizer steps skipped for a non-finite loss (``nonfinite_loss="skip"``).
+
+    ``wall_time``, ``train_time``, ``selection_time``, ``eval_time`` and ``examples_seen`` are the
+    last history record's (a run ends with a record at its last step): writing the last checkpoint
+    and drawing the plots come after it and count nowhere.
     """
 
     history: list[dict[str, float]]
@@ -103,6 +129,7 @@ class FitResult:
     stopped_early: bool
     out_dir: Path | None
     step_times: list[float] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, float]:
@@ -158,7 +185,9 @@ class FitOptions:
     out_dir: when given: ``metrics.jsonl`` (one line per evaluation and per selection),
         ``checkpoint.pt`` (every epoch end, every ``checkpoint_every`` steps and when a budget stops
         training) and the plots of :func:`attent.plots.plot_run` (with the ``plots`` extra).
-    progress: show a tqdm bar with the loss, the selected ratio and the selection overhead.
+    progress: show progress on stderr: on a terminal, tqdm bars (the epochs, with the last
+        record's loss, ratio, wall time and selection share; the current epoch's batches); elsewhere
+        (a log file, a pipe) one plain line per epoch with the same figures, no bars.
     checkpoint_every: also write a checkpoint every this many optimizer steps.
     resume_from: a checkpoint file or a folder holding ``checkpoint.pt``: model, optimizer,
         scheduler, scaler, teacher, position in the epoch and RNG states are restored, so the
@@ -179,6 +208,13 @@ class FitOptions:
         final step), so runs of different epoch lengths are measured at the same progress.
     eval_batch_size: batch size of evaluation and refresh passes (default: batch_size).
     max_grad_norm: clip the gradient norm before each step.
+    nonfinite_loss: what a NaN or infinite training loss does: ``"raise"`` (the default: the run
+        stops with a ``FloatingPointError`` naming the first such step, checked without a per-step
+        host synchronization, see the module docstring) or ``"skip"`` (that step makes no update:
+        its gradients are dropped, its losses stay out of ``train_loss`` and its scores out of the
+        teacher; the step still counts for the step counter, ``examples_seen`` and the learning-rate
+        schedule; ``FitResult.skipped_steps`` lists them and one warning at the end counts them).
+        Skipping reads each step's finiteness on the host (one synchronization per step on CUDA).
     label_key: the targets' key in mapping items.
     ignore_index: target value the cross-entropy losses skip.
     gradnorm_params: parameters (or names) the ``"gradnorm"`` score covers (default: all trainable).
@@ -212,6 +248,7 @@ class FitOptions:
     eval_points: int | None = None
     eval_batch_size: int | None = None
     max_grad_norm: float | None = None
+    nonfinite_loss: str = "raise"
     label_key: str = "labels"
     ignore_index: int = -100
     gradnorm_params: Any = None
@@ -237,6 +274,8 @@ class FitOptions:
                 "'step' or 'epoch'")
         for name in ("progress", "trust_checkpoint"):
             _expect(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
+        _expect("nonfinite_loss", self.nonfinite_loss, self.nonfinite_loss in NONFINITE_LOSS_MODES,
+                f"one of {NONFINITE_LOSS_MODES}")
         _expect("label_key", self.label_key, isinstance(self.label_key, str), "a string")
         _expect("score_head", self.score_head, self.score_head is None or isinstance(self.score_head, (str, nn.Module)),
                 "None, the output head (an nn.Linear) or its dotted name in the model")
@@ -270,9 +309,11 @@ class _State:
     eval_time: float = 0.0
     loss_sum: float = 0.0
     loss_count: int = 0
+    initial_loss: float | None = None
     history: list = field(default_factory=list)
     selections: list = field(default_factory=list)
     step_times: list = field(default_factory=list)
+    skipped_steps: list = field(default_factory=list)
 
 
 def evaluate(
@@ -329,22 +370,84 @@ def evaluate(
     return result
 
 
-class _Clock:
-    """perf_counter that first waits for queued CUDA work, so GPU time lands in the right bucket."""
+class _HostClock:
+    """The loop's clock on a CPU: the work is done when a call returns, so a mark is the host's
+    ``perf_counter`` and every step may be settled at once."""
+
+    settles_every_step = True
+
+    def synchronize(self) -> float:
+        """Wait for the queued work; the host time after it."""
+        return time.perf_counter()
+
+    def mark(self) -> Any:
+        """A point in the work queued so far."""
+        return time.perf_counter()
+
+    def seconds(self, start: Any, end: Any) -> float:
+        """Seconds between two marks (both reached: after ``synchronize``)."""
+        return end - start
+
+
+class _EventClock(_HostClock):
+    """The loop's clock on CUDA: a mark is a timing event recorded on the device's current stream,
+    read only after a ``synchronize`` at the loop's synchronization points, so marking a step costs
+    no host synchronization."""
+
+    settles_every_step = False
 
     def __init__(self, device: torch.device):
         self.device = device
 
-    def now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def synchronize(self) -> float:
+        torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+    def mark(self) -> Any:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def seconds(self, start: Any, end: Any) -> float:
+        return start.elapsed_time(end) / 1000.0
+
+
+def _clock_for(device: torch.device) -> _HostClock:
+    return _EventClock(device) if device.type == "cuda" else _HostClock()
 
 
 def _summary(record: Mapping[str, Any]) -> dict[str, str]:
-    """The progress bar's view of an evaluation record: ratio, train loss and the val metrics."""
+    """The progress view of an evaluation record: ratio, train loss and the val metrics."""
     keys = ["ratio", "train_loss"] + [key for key in record if key.startswith("val_")]
     return {key: f"{record[key]:.4g}" for key in keys if isinstance(record.get(key), (int, float))}
+
+
+class _Progress:
+    """What ``progress=True`` shows on stderr: on a terminal, tqdm bars (the epochs, and the current
+    epoch's batches); elsewhere (a log file, a pipe) no bars, whose carriage returns and escape
+    codes would fill the log, but one plain line per epoch."""
+
+    def __init__(self, enabled: bool, epochs: int, done: int):
+        self.enabled, self.epochs = enabled, epochs
+        self.terminal = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=epochs, initial=done, desc="epochs", unit="epoch", dynamic_ncols=True, disable=not self.terminal)
+
+    def batches(self, epoch: int, total: int, done: int) -> tqdm:
+        """The bar of epoch ``epoch``'s batches (disabled off a terminal)."""
+        return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{self.epochs}", position=1, leave=False,
+                    dynamic_ncols=True, disable=not self.terminal)
+
+    def epoch_done(self, epoch: int, figures: Mapping[str, str]) -> None:
+        """Epoch ``epoch`` (1-based) ended with these figures."""
+        if self.terminal:
+            self.bar.update(1)
+            self.bar.set_postfix(figures, refresh=True)
+        elif self.enabled:
+            print(f"epoch {epoch}/{self.epochs}: " + ", ".join(f"{key} {value}" for key, value in figures.items()),
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _Run:
@@ -387,11 +490,19 @@ class _Run:
         if callable(lr_scheduler) and not hasattr(lr_scheduler, "step"):
             lr_scheduler = lr_scheduler(optimizer, self.planned_steps)
         self.lr_scheduler = lr_scheduler
-        self.clock = _Clock(self.device)
+        self.clock = _clock_for(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if o.amp == "fp16" else None
         self.state = _State()
         self.session_start = 0.0
         self.excluded = 0.0
+        # What the steps keep on the device until the next settle(): each step's clock marks (its
+        # start and end, and the scoring inside it), the loss sum since the last record, the first
+        # step with a non-finite loss (-1: none) and the first step's loss sum and count.
+        self.unsettled: list[tuple[Any, Any, list[tuple[Any, Any]]]] = []
+        self.loss_total: torch.Tensor | None = None
+        self.first_nonfinite: torch.Tensor | None = None
+        self.initial_pending: tuple[torch.Tensor, int] | None = None
+        self.warned_divergence = False
 
     def steps_of(self, examples: int) -> int:
         """Optimizer steps of an epoch of ``examples`` (all ranks): this rank's shard in batches,
@@ -402,16 +513,44 @@ class _Run:
     # ------------------------------------------------------------ bookkeeping
 
     def wall(self) -> float:
-        return self.state.wall_time + (self.clock.now() - self.session_start) - self.excluded
+        """Training wall seconds by the host clock (exact after ``settle``, which waits for the GPU)."""
+        return self.state.wall_time + (time.perf_counter() - self.session_start) - self.excluded
+
+    def settle(self) -> None:
+        """Wait for the queued work, then read what the steps kept on the device: their clock marks
+        into ``step_times``, ``train_time`` and ``selection_time``, the loss sum into
+        ``state.loss_sum``, the first step's mean loss into ``state.initial_loss``; a non-finite loss
+        raises a FloatingPointError naming the first step that had one."""
+        self.clock.synchronize()
+        state, clock = self.state, self.clock
+        for start, end, scoring in self.unsettled:
+            spent = clock.seconds(start, end)
+            inside = sum(clock.seconds(first, last) for first, last in scoring)
+            state.train_time += spent - inside
+            state.selection_time += inside
+            state.step_times.append(spent - inside)
+        self.unsettled = []
+        state.loss_sum = float(self.loss_total)
+        if self.initial_pending is not None:
+            total, count = self.initial_pending
+            state.initial_loss, self.initial_pending = float(total) / count, None
+        bad = int(self.first_nonfinite)
+        if bad >= 0:
+            raise FloatingPointError(
+                f"fit: the training loss is not finite (NaN or inf) at optimizer step {bad} (0-based; the run stopped at "
+                f"step {state.step}, and no checkpoint was written after it); lower the learning rate, clip the "
+                f"gradients (max_grad_norm=) or check the data, or pass nonfinite_loss='skip' to skip such steps")
 
     def record(self, epoch: float) -> dict[str, float]:
+        self.settle()
+        self.flush_scores()
         state = self.state
-        start = self.clock.now()
+        start = time.perf_counter()
         values = {} if self.eval_data is None else evaluate(
             self.model, self.eval_data, loss=self.objective, batch_size=self.eval_batch_size, collate_fn=self.collate_fn,
             device=self.device, amp=self.options.amp, label_key=self.options.label_key, metrics=self.metrics,
         )
-        spent = self.clock.now() - start
+        spent = self.clock.synchronize() - start
         self.excluded += spent
         state.eval_time += spent
         entry = {
@@ -427,10 +566,23 @@ class _Run:
             "train_loss": state.loss_sum / state.loss_count if state.loss_count else float("nan"),
             **values,
         }
+        self.warn_if_diverging(entry["train_loss"])
         state.loss_sum, state.loss_count = 0.0, 0
+        self.loss_total.zero_()
         state.history.append(entry)
         self.log({"event": "eval", **entry})
         return entry
+
+    def warn_if_diverging(self, train_loss: float) -> None:
+        """Warn once when the mean training loss since the previous record exceeds
+        DIVERGENCE_FACTOR times the first step's mean loss (where that is positive)."""
+        initial = self.state.initial_loss
+        if self.warned_divergence or initial is None or initial <= 0 or not train_loss > DIVERGENCE_FACTOR * initial:
+            return
+        self.warned_divergence = True
+        warnings.warn(f"fit: the training loss diverges: its mean before step {self.state.step} is {train_loss:.4g}, more "
+                      f"than {DIVERGENCE_FACTOR:g} times the first step's {initial:.4g}; lower the learning rate or clip "
+                      f"the gradients (max_grad_norm=)", RuntimeWarning, stacklevel=5)
 
     def log(self, entry: Mapping[str, Any]) -> None:
         if self.out_dir is None or self.rank != 0:
@@ -451,8 +603,9 @@ class _Run:
         since it gathers each rank's RNG state)."""
         if self.out_dir is None:
             return
+        self.settle()
         self.flush_scores()
-        start = self.clock.now()
+        start = time.perf_counter()
         self.state.wall_time = self.wall()
         self.session_start, self.excluded = start, 0.0
         rng = [_checkpoint.rng_state()]
@@ -461,7 +614,7 @@ class _Run:
             dist.all_gather_object(rng, _checkpoint.rng_state())
         if self.rank == 0:
             _checkpoint.write(self.out_dir, self.parts(), asdict(self.state), rng)
-        self.excluded += self.clock.now() - start
+        self.excluded += time.perf_counter() - start
 
     def load_checkpoint(self, resume_from: str | os.PathLike) -> None:
         state, rng = _checkpoint.read(resume_from, self.parts(), self.world, trusted=self.options.trust_checkpoint)
@@ -479,18 +632,19 @@ class _Run:
     def flush_scores(self) -> None:
         """Hand the steps' kept scores to the teacher (before its state is saved or read); the
         time counts as selection time."""
-        start = self.clock.now()
+        start = self.clock.synchronize()
         self.teaching.flush()
-        self.state.selection_time += self.clock.now() - start
+        self.state.selection_time += self.clock.synchronize() - start
 
     def begin_epoch(self, epoch: int) -> torch.Tensor:
         """The epoch's example order (this rank's), from the teaching protocol; records the selection."""
+        self.settle()
         state = self.state
-        start = self.clock.now()
+        start = time.perf_counter()
         begun = self.teaching.begin_epoch(epoch, step=state.step, model=self.model, batches=self.refresh_batches,
                                           autocast_context=lambda: autocast(self.device, self.options.amp))
         state.examples_scored += begun.refreshed
-        spent = self.clock.now() - start
+        spent = self.clock.synchronize() - start
         state.selection_time += spent
         state.ratio = begun.record["ratio"]
         record = {**begun.record, "time": spent}
@@ -500,13 +654,15 @@ class _Run:
 
     # ------------------------------------------------------------ training
 
-    def train_group(self, group: list[tuple[torch.Tensor, Any]]) -> float:
-        """One optimizer step over ``group`` (up to grad_accum micro-batches); returns the scoring
-        seconds spent inside it."""
-        model, objective, scaler, teaching = self.model, self.objective, self.scaler, self.teaching
+    def train_group(self, group: list[tuple[torch.Tensor, Any]]) -> list[tuple[Any, Any]]:
+        """One optimizer step over ``group`` (up to grad_accum micro-batches); returns the clock marks
+        around the scoring work inside it (selection time). Nothing is read on the host (but see
+        ``nonfinite_loss="skip"`` and fp16): the loss sum, the first non-finite step and the scores
+        stay on the device until ``settle`` and the teacher's hand-over."""
+        model, objective, scaler, teaching, clock, state = self.model, self.objective, self.scaler, self.teaching, self.clock, self.state
         total = sum(int(indices.numel()) for indices, _ in group)
-        scoring, loss_scale = 0.0, 1.0
-        pending = []
+        scoring: list[tuple[Any, Any]] = []
+        pending, loss_sum, loss_scale = [], None, 1.0
         for position, (indices, batch) in enumerate(group):
             inputs, targets = split_batch(move_to(batch, self.device), self.options.label_key)
             # DDP: reduce the gradients once, after the group's last micro-batch.
@@ -518,39 +674,67 @@ class _Run:
                 if not losses.requires_grad:
                     raise ValueError("the loss does not depend on the model's trainable parameters (a loss callable "
                                      "that returns detached values, or a model without trainable parameters?)")
-                coefficients = torch.full_like(losses, 1.0 / total) * teaching.loss_weights(indices).to(losses)
+                weights = teaching.loss_weights(indices).to(device=losses.device, dtype=losses.dtype, non_blocking=True)
+                coefficients = torch.full_like(losses, 1.0 / total) * weights
                 loss_scale = scaler.get_scale() if scaler is not None else 1.0
                 weighted = losses * coefficients if scaler is None else scaler.scale(losses * coefficients)
                 norms_sq = self.scorer.backward(weighted)
-            self.state.loss_sum += float(losses.detach().double().sum())
-            self.state.loss_count += int(indices.numel())
+            batch_sum = losses.detach().double().sum()
+            loss_sum = batch_sum if loss_sum is None else loss_sum + batch_sum
             if not teaching.observes:
                 continue
-            start = self.clock.now()
+            start = clock.mark()
             scores = self.scorer.step_scores(pred, targets, losses, norms_sq=norms_sq,
                                              coefficients=None if norms_sq is None else coefficients * loss_scale)
             pending.append((indices, scores))
-            scoring += self.clock.now() - start
+            scoring.append((start, clock.mark()))
+        # float32 losses summed in float64 cannot overflow: the sum is finite exactly when every loss is
+        finite = torch.isfinite(loss_sum)
+        skipped = self.options.nonfinite_loss == "skip" and not self.finite_on_every_rank(finite)
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            state.skipped_steps.append(state.step)
+        else:
+            self.update()
+            self.loss_total += loss_sum
+            state.loss_count += total
+            if state.initial_loss is None and self.initial_pending is None:
+                self.initial_pending = (loss_sum, total)
+            self.first_nonfinite = torch.where(finite | (self.first_nonfinite >= 0), self.first_nonfinite, state.step)
+        if self.lr_scheduler is not None and not self.step_scheduler_per_epoch:
+            self.lr_scheduler.step()
+        state.step += 1
+        state.examples_seen += total * self.world
+        # fp16: gradnorm scores of a step whose scaled gradients overflowed are not finite; skip them
+        overflowed = not skipped and scaler is not None and self.scorer.needs_probe and scaler.get_scale() < loss_scale
+        if skipped or overflowed:
+            return scoring
+        start = clock.mark()
+        for indices, scores in pending:
+            teaching.observe(indices, scores, step=state.step - 1)
+        scoring.append((start, clock.mark()))
+        return scoring
+
+    def update(self) -> None:
+        """The optimizer step from the accumulated gradients (unscaled and clipped as configured)."""
+        scaler = self.scaler
         if scaler is not None:
             scaler.unscale_(self.optimizer)
         if self.options.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.options.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.max_grad_norm)
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.lr_scheduler is not None and not self.step_scheduler_per_epoch:
-            self.lr_scheduler.step()
-        self.state.step += 1
-        self.state.examples_seen += total * self.world
-        # fp16: gradnorm scores of a step whose scaled gradients overflowed are not finite; skip them
-        overflowed = scaler is not None and self.scorer.needs_probe and scaler.get_scale() < loss_scale
-        start = self.clock.now()
-        for indices, scores in ([] if overflowed else pending):
-            teaching.observe(indices, scores, step=self.state.step - 1)
-        return scoring + self.clock.now() - start
+
+    def finite_on_every_rank(self, finite: torch.Tensor) -> bool:
+        """Whether a step's loss was finite on every rank (read on the host: a synchronization)."""
+        flag = finite.to(torch.int32).reshape(1)
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def out_of_budget(self) -> bool:
         """True once max_steps or max_time is spent (under torch.distributed: on any rank, so that
@@ -574,10 +758,13 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         if self.teaching.observes:
             self.scorer.attach(self.model)
-        self.session_start, self.excluded = self.clock.now(), 0.0
-        stopped = False
-        epochs_bar = tqdm(total=self.epochs, initial=state.epoch, desc="epochs", unit="epoch", dynamic_ncols=True,
-                          disable=not self.options.progress or self.rank != 0)
+        # the checkpoint's float64 loss sum continues on the device: a resumed run adds what the
+        # uninterrupted one adds, in the same order
+        self.loss_total = torch.full((), state.loss_sum, dtype=torch.float64, device=self.device)
+        self.first_nonfinite = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.session_start, self.excluded = self.clock.synchronize(), 0.0
+        stopped, n_batches = False, 1
+        progress = _Progress(self.options.progress and self.rank == 0, self.epochs, state.epoch)
         try:
             while state.epoch < self.epochs:
                 epoch = state.epoch
@@ -587,51 +774,48 @@ class _Run:
                 rest = state.epoch_order[state.batches_done * self.batch_size:].tolist()
                 loader = indexed_loader(self.train_data, batch_size=self.batch_size, sampler=rest, collate_fn=self.collate_fn,
                                         seed=self.options.seed + epoch, num_workers=self.options.num_workers)
-                self.run_epoch(epoch, iter(loader), n_batches)
+                self.run_epoch(epoch, iter(loader), n_batches, progress)
                 if state.batches_done >= n_batches:
                     state.epoch, state.epoch_order, state.batches_done = epoch + 1, None, 0
                     if self.lr_scheduler is not None and self.step_scheduler_per_epoch:
                         self.lr_scheduler.step()
-                    epochs_bar.update(1)
+                    self.settle()
                     if self.eval_steps is None or state.step in self.eval_steps or state.epoch == self.epochs:
-                        epochs_bar.set_postfix(_summary(self.record(float(epoch + 1))), refresh=True)
+                        self.record(float(state.epoch))
+                    progress.epoch_done(state.epoch, self.figures())
                     self.save_checkpoint()
                 if self.out_of_budget():
                     stopped = state.epoch < self.epochs
-                    if state.epoch_order is not None:
-                        self.record(epoch + state.batches_done / n_batches)
-                        self.save_checkpoint()
                     break
+            if not state.history or state.history[-1]["step"] != state.step:  # stopped between records
+                self.record(state.epoch + (0.0 if state.epoch_order is None else state.batches_done / n_batches))
+                self.save_checkpoint()
         finally:
-            epochs_bar.close()
+            progress.close()
             self.scorer.detach()
+        if state.skipped_steps:
+            warnings.warn(f"fit: skipped {len(state.skipped_steps)} optimizer steps whose loss was not finite (steps "
+                          f"{state.skipped_steps[:8]}{' ...' if len(state.skipped_steps) > 8 else ''})", RuntimeWarning,
+                          stacklevel=3)
         return self.result(stopped)
 
-    def run_epoch(self, epoch: int, batches: Iterator, n_batches: int) -> None:
+    def run_epoch(self, epoch: int, batches: Iterator, n_batches: int, progress: _Progress) -> None:
         """Train on the rest of an epoch's batches, until they run out or a budget (max_steps,
         max_time) is spent."""
-        state = self.state
-        bar = tqdm(total=n_batches, initial=state.batches_done, desc=f"epoch {epoch + 1}/{self.epochs}", position=1,
-                   disable=not self.options.progress or self.rank != 0, leave=False, dynamic_ncols=True)
+        state, clock = self.state, self.clock
+        bar = progress.batches(epoch, n_batches, state.batches_done)
         try:
             while True:
-                start = self.clock.now()
+                start = clock.mark()
                 group = list(itertools.islice(batches, self.grad_accum))
                 if not group:
                     return
-                loss_before, count_before = state.loss_sum, state.loss_count
                 scoring = self.train_group(group)
-                spent = self.clock.now() - start
-                state.train_time += spent - scoring
-                state.selection_time += scoring
-                state.step_times.append(spent - scoring)
+                self.unsettled.append((start, clock.mark(), scoring))
                 state.batches_done += len(group)
                 bar.update(len(group))
-                wall = self.wall()
-                bar.set_postfix(
-                    loss=f"{(state.loss_sum - loss_before) / max(1, state.loss_count - count_before):.4f}",
-                    ratio=f"{state.ratio:.2f}", sel=f"{100 * state.selection_time / max(wall, 1e-9):.1f}%",
-                )
+                if clock.settles_every_step:
+                    self.settle()
                 every = self.options.checkpoint_every
                 if every is not None and state.step % every == 0:
                     self.save_checkpoint()
@@ -642,6 +826,17 @@ class _Run:
         finally:
             bar.close()
 
+    def figures(self) -> dict[str, str]:
+        """The progress view at an epoch end (after ``settle``): the step, the record taken at it
+        (ratio, train loss, metrics) and the wall time with its selection share."""
+        state = self.state
+        recorded = bool(state.history) and state.history[-1]["step"] == state.step
+        now = state.history[-1] if recorded else {"ratio": state.ratio, "wall_time": self.wall(),
+                                                  "selection_time": state.selection_time}
+        wall = now["wall_time"]
+        return {"step": str(state.step), **_summary(now), "wall": f"{wall:.3g} s",
+                "selection": f"{100 * now['selection_time'] / max(wall, 1e-9):.1f}%"}
+
     def evaluation_due(self, step: int) -> bool:
         """Whether a mid-epoch evaluation falls at ``step`` (eval_points, else eval_every)."""
         if self.eval_steps is not None:
@@ -650,21 +845,25 @@ class _Run:
         return every is not None and step % every == 0
 
     def result(self, stopped: bool) -> FitResult:
-        self.flush_scores()
+        """The run's result; its times are the last record's (the run ends with one), so the last
+        checkpoint and the plots drawn here count nowhere."""
         state = self.state
-        if self.out_dir is not None and state.history and self.rank == 0:
+        last = state.history[-1]
+        result = FitResult(
+            history=list(state.history), selections=list(state.selections), wall_time=last["wall_time"],
+            train_time=last["train_time"], selection_time=last["selection_time"], eval_time=last["eval_time"],
+            examples_seen=last["examples_seen"], examples_scored=last["examples_scored"], steps=state.step,
+            epochs_completed=state.epoch, stopped_early=stopped, out_dir=self.out_dir, step_times=list(state.step_times),
+            skipped_steps=list(state.skipped_steps),
+        )
+        if self.out_dir is not None and self.rank == 0:
             try:
                 from .plots import plot_run
             except ImportError as error:  # the run's records are written; only the pictures need matplotlib
                 warnings.warn(f"fit: no plots in {self.out_dir}: {error}", RuntimeWarning, stacklevel=3)
             else:
                 plot_run(state.history, state.selections, self.out_dir)
-        return FitResult(
-            history=list(state.history), selections=list(state.selections), wall_time=self.wall(),
-            train_time=state.train_time, selection_time=state.selection_time, eval_time=state.eval_time,
-            examples_seen=state.examples_seen, examples_scored=state.examples_scored, steps=state.step,
-            epochs_completed=state.epoch, stopped_early=stopped, out_dir=self.out_dir, step_times=list(state.step_times),
-        )
+        return result
 
 
 def fit(

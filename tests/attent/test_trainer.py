@@ -2,9 +2,12 @@
 accumulation, exact resume, mixed precision, logs and plots, and the teacher's part in the loop."""
 import copy
 import json
+import math
 import os
+import re
 import subprocess
 import sys
+import time
 from dataclasses import replace as dataclasses_replace
 
 import pytest
@@ -453,3 +456,220 @@ def test_after_fit_the_teacher_holds_every_steps_scores_with_their_steps():
     assert torch.equal(teacher.score_steps[last_indices], torch.as_tensor(last_steps))
     assert torch.equal(teacher.scores[last_indices], last_scores.double())
     assert int((teacher.score_steps >= 0).sum()) == len(set(torch.cat([i for i, _, _ in seen]).tolist()))
+
+
+# ---------------------------------------------------------------- host synchronization, non-finite losses, timings
+
+
+class _CudaStandIns:
+    """The CUDA branch of the loop's clock on CPU tensors: ``torch.cuda.synchronize`` counted, timing
+    events that fail when read before a synchronize (as a real event not yet reached would), and
+    every tensor-to-host read (``item``, ``float``, ``int``, ``bool``, ``tolist``) counted."""
+
+    READS = ("item", "__float__", "__int__", "__bool__", "tolist")
+
+    def __init__(self, monkeypatch):
+        import attent.trainer as trainer
+
+        self.syncs = self.reads = 0
+        stand_ins = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                assert enable_timing
+                self.at = self.generation = None
+
+            def record(self, stream=None):
+                self.at, self.generation = time.perf_counter(), stand_ins.syncs
+
+            def elapsed_time(self, end):
+                assert stand_ins.syncs > max(self.generation, end.generation), "an event read before a synchronize"
+                return 1000.0 * (end.at - self.at)
+
+        def synchronize(device=None):
+            self.syncs += 1
+
+        monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+        monkeypatch.setattr(trainer, "_clock_for", lambda device: trainer._EventClock(device))
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counted(getattr(torch.Tensor, name)))
+
+    def _counted(self, read):
+        def counted(tensor, *args, **kwargs):
+            self.reads += 1
+            return read(tensor, *args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("score", ["loss", "gradnorm"])
+def test_on_cuda_the_loop_neither_synchronizes_nor_reads_a_tensor_per_step(monkeypatch, score):
+    """Runs of 6 and of 2 steps per epoch (batches of 4 and 12 over the teacher's 24 of 48 examples,
+    the same epochs, teacher and evaluation) synchronize and read tensors on the host equally often: nothing per
+    step. Their step times come from events read after a synchronize."""
+    from attent.teacher import Teacher
+
+    stand_ins = _CudaStandIns(monkeypatch)
+    counts = []
+    for batch_size in (4, 12):
+        model = _model()
+        stand_ins.syncs = stand_ins.reads = 0
+        result = fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                     teacher=Teacher(48, ratio=0.5, epochs=2, seed=1), score=score, epochs=2, batch_size=batch_size,
+                     eval_data=_data(3, 10), eval_batch_size=10, progress=False)
+        counts.append((stand_ins.syncs, stand_ins.reads))
+        assert result.steps == 2 * 24 // batch_size and len(result.step_times) == result.steps
+        assert all(t > 0 for t in result.step_times) and sum(result.step_times) <= result.train_time + 1e-9
+        assert 0 < result.selection_time and result.train_time + result.selection_time <= result.wall_time
+    assert counts[0] == counts[1] and counts[0][0] > 0
+
+
+def _poisoned_data(n=37, poisoned=11):
+    """Regression data whose target ``poisoned`` is NaN: every step that trains on it has a NaN loss."""
+    x, _ = _data(n=n).tensors
+    y = x.sum(dim=1)
+    y[poisoned] = float("nan")
+    return TensorDataset(x, y)
+
+
+def _steps_holding(example, n, batch, epochs, seed):
+    """The 0-based optimizer steps whose batch holds ``example`` in a full-data run."""
+    per_epoch = math.ceil(n / batch)
+    return [epoch * per_epoch + int((torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)) == example)
+                                    .nonzero()) // batch for epoch in range(epochs)]
+
+
+def _regression_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(N_FEATURES, 6), nn.Tanh(), nn.Linear(6, 1), nn.Flatten(0))
+
+
+@pytest.mark.parametrize("on_cuda, checkpoint_every, stopped_at", [(False, 2, 3), (True, None, 8), (True, 2, 4)])
+def test_a_nonfinite_loss_stops_the_run_naming_its_first_step(monkeypatch, tmp_path, on_cuda, checkpoint_every, stopped_at):
+    """The first bad step is step 2 (0-based). On a CPU the run stops right after it; on CUDA
+    (stand-ins) at the next synchronization point (the epoch's end at step 8, or a checkpoint at
+    step 4), still naming step 2; no checkpoint is written after it."""
+    if on_cuda:
+        _CudaStandIns(monkeypatch)
+    model, seed = _regression_model(), 4
+    assert _steps_holding(11, 37, 5, 2, seed)[0] == 2
+    with pytest.raises(FloatingPointError, match=rf"at optimizer step 2 \(0-based; the run stopped at step {stopped_at},"):
+        fit(model, _poisoned_data(), loss="mse", optimizer=torch.optim.SGD(model.parameters(), lr=0.01), epochs=2,
+            batch_size=5, seed=seed, progress=False, out_dir=tmp_path, checkpoint_every=checkpoint_every)
+    checkpoint = tmp_path / CHECKPOINT_NAME
+    assert not checkpoint.exists() if checkpoint_every is None else torch.load(checkpoint, weights_only=False)["state"]["step"] == 2
+
+
+def test_nonfinite_loss_skip_makes_no_update_at_those_steps_and_says_so():
+    seed, data = 4, _poisoned_data()
+    skipped = _steps_holding(11, 37, 5, 3, seed)
+    model = _regression_model()
+    with pytest.warns(RuntimeWarning, match=r"skipped 3 optimizer steps whose loss was not finite"):
+        result = fit(model, data, loss="mse", optimizer=torch.optim.SGD(model.parameters(), lr=0.01), epochs=3,
+                     batch_size=5, seed=seed, progress=False, nonfinite_loss="skip")
+    assert result.skipped_steps == skipped and result.steps == 24
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    # the same run by hand: each batch holding the NaN target makes no update, the others train
+    by_hand = _regression_model()
+    optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.01)
+    x, y = data.tensors
+    for epoch in range(3):
+        for chunk in torch.randperm(37, generator=torch.Generator().manual_seed(seed + epoch)).split(5):
+            if 11 not in chunk.tolist():
+                optimizer.zero_grad()
+                F.mse_loss(by_hand(x[chunk]), y[chunk], reduction="mean").backward()
+                optimizer.step()
+    _same_parameters(model, by_hand, exact=False)
+    with pytest.raises(ValueError, match=r"nonfinite_loss must be one of \('raise', 'skip'\)"):
+        fit(model, data, loss="mse", optimizer=optimizer, epochs=1, nonfinite_loss="ignore")
+
+
+def test_a_diverging_loss_draws_one_warning_and_a_converging_one_none():
+    """lr 1e6 on cross-entropy: finite but exploding losses, warned about once; lr 0.1: no warning."""
+    import warnings
+
+    model = _model()
+    with pytest.warns(RuntimeWarning, match=r"the training loss diverges: its mean before step \d+ is .* more than 10 "
+                                            r"times the first step's") as caught:
+        result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=1e6),
+                     epochs=3, batch_size=8, progress=False)
+    assert sum("diverges" in str(w.message) for w in caught) == 1 and result.final["train_loss"] > 10
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*diverges")
+        fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=3,
+            batch_size=8, progress=False)
+
+
+def test_result_times_are_the_last_records_and_exclude_the_plots(tmp_path, monkeypatch):
+    import attent.plots as plots
+    from attent.teacher import Teacher
+
+    draw = plots.plot_run
+    monkeypatch.setattr(plots, "plot_run", lambda *args: (time.sleep(0.3), draw(*args)))
+    model = _model()
+    result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                 teacher=Teacher(N_EXAMPLES, ratio=0.5, epochs=2), epochs=2, batch_size=8, out_dir=tmp_path,
+                 progress=False)
+    last = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()][-1]
+    assert result.wall_time == last["wall_time"] and result.selection_time == last["selection_time"] > 0
+    assert result.selection_overhead == last["selection_time"] / last["wall_time"]
+    assert result.train_time == last["train_time"] and result.examples_seen == last["examples_seen"]
+
+
+def test_a_stop_between_records_ends_with_a_record_at_the_last_step():
+    """eval_points=1 records only at the planned last step; max_steps stops at an epoch end before it."""
+    model = _model()
+    result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=3,
+                 batch_size=8, eval_points=1, max_steps=5, progress=False)
+    assert result.stopped_early and [r["step"] for r in result.history] == [5]
+
+
+def test_progress_off_a_terminal_is_one_plain_line_per_epoch_and_bars_on_one(capsys, monkeypatch):
+    model, options = _model(), dict(loss="cross_entropy", epochs=3, batch_size=8, eval_data=_data(4, 9), progress=True)
+    fit(model, _data(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1), **options)
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines) and "\x1b" not in "".join(lines)
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all(re.search(r"step \d+, ratio 1, train_loss [\d.]+, val_loss [\d.]+, val_accuracy [\d.]+, wall [\d.e-]+ s, "
+                         r"selection [\d.]+%$", line) for line in lines), lines
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    fit(model, _data(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1), **options)
+    assert "\r" in capsys.readouterr().err
+
+
+class _InterruptAt:
+    """A constant learning-rate scheduler that raises at its ``at``-th step (the run dies there)."""
+
+    def __init__(self, optimizer, at):
+        self.optimizer, self.at, self.calls = optimizer, at, 0
+
+    def step(self):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def test_resume_from_a_checkpoint_between_records_keeps_the_loss_sum_bit_exact(tmp_path):
+    """A run dies after a mid-epoch checkpoint (step 4, no record since the start): resumed, its
+    first record's mean training loss is the uninterrupted run's to the bit."""
+    def run(out_dir, at, **extra):
+        model = _model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        return fit(model, _data(), loss="cross_entropy", optimizer=optimizer, lr_scheduler=_InterruptAt(optimizer, at),
+                   epochs=2, batch_size=5, seed=2, progress=False, out_dir=out_dir, **extra)
+
+    full = run(tmp_path / "full", at=0)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "split", at=6, checkpoint_every=4)
+    resumed = run(tmp_path / "split", at=0, resume_from=tmp_path / "split")
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
