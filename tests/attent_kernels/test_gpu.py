@@ -80,8 +80,14 @@ def _targets() -> torch.Tensor:
     return torch.where(torch.rand(N, device="cuda") < 0.1, -100, targets)
 
 
-def _ce(first: torch.dtype, second: torch.dtype) -> Pairs:
-    got, expected = _both(ak.cross_entropy_scores, _randn(N, V, dtype=first, scale=3.0), _targets())
+def _ce(first: torch.dtype, second: torch.dtype, small: bool) -> Pairs:
+    """The small call's one-configuration kernel, or (SMALL_LOGITS lowered) the tuned one."""
+    saved = loss_triton.SMALL_LOGITS
+    loss_triton.SMALL_LOGITS = N * V if small else 0
+    try:
+        got, expected = _both(ak.cross_entropy_scores, _randn(N, V, dtype=first, scale=3.0), _targets())
+    finally:
+        loss_triton.SMALL_LOGITS = saved
     return [(got.loss, expected.loss), (got.fgrad_sq, expected.fgrad_sq)]
 
 
@@ -100,7 +106,8 @@ CALLS: dict[str, Callable[[torch.dtype, torch.dtype], Pairs]] = {
     "_embedding_norm_kernel": lambda a, b: _embedding("pairs", b),
     "_sorted_embedding_norm_kernel": lambda a, b: _embedding("sorted", b),
     "_norm_grad_norm_kernel": _norm,
-    "_cross_entropy_kernel": _ce,
+    "_cross_entropy_kernel": lambda a, b: _ce(a, b, small=False),
+    "_small_cross_entropy_kernel": lambda a, b: _ce(a, b, small=True),
     "_linear_cross_entropy_kernel": _head,
 }
 DTYPES = {
@@ -132,6 +139,10 @@ def _assert_close(pairs: Pairs, tolerance: float, what: str) -> None:
 
 
 CONFIG_CASES = [(name, i) for name in CALLS for i in range(len(KERNELS[name].configs))]
+
+
+def test_every_kernel_has_a_call_that_launches_it():
+    assert set(KERNELS) == set(CALLS)
 
 
 @pytest.mark.parametrize("name, index", CONFIG_CASES, ids=[f"{n}-{i}" for n, i in CONFIG_CASES])
