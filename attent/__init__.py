@@ -12,6 +12,7 @@ The scoring ops themselves (one per layer family, Triton on GPU) live in ``atten
 from . import optim
 from .factors import Capture, Diag, Direct, Ids, Outer
 from .layers import register_layer
+from .pool import PoolSelection
 from .probe import GradNormProbe
 from .reference import Reference, ReferenceCost
 from .schedules import EpochPlan, IntervalSchedule, RatioSchedule, TeachingPlan
@@ -39,6 +40,7 @@ __all__ = [
     "EpochStart",
     "Reference",
     "ReferenceCost",
+    "PoolSelection",
     "Scorer",
     "SCORE_KINDS",
     "RatioSchedule",
