@@ -3,11 +3,14 @@
 A plain PyTorch loop adopts it in three lines::
 
     teacher = attent.Teacher(len(ds), epochs=E)
-    loader = DataLoader(IndexedDataset(ds), batch_size=64, sampler=teacher.sampler())
+    data = attent.IndexedDataset(ds)                     # yields (index, item)
+    loader = DataLoader(data, batch_size=64, sampler=teacher.sampler(data))
     ...  # per step, with the batch's example indices idx and per-example losses:
     teacher.observe(idx, per_example_loss.detach())
 
-(``attent.scores.IndexedDataset`` yields ``(index, item)``.) With the weighted strategies
+``sampler(data)`` checks what the loop would otherwise get silently wrong: that the loader's
+dataset has N examples and yields ``(index, item)`` pairs, and (each epoch) that the loop does not
+run past the teacher's planned epochs (``epochs=None`` builds an open-ended teacher). With the weighted strategies
 (``"importance"``, ``"infobatch"``) the loop also multiplies each example's loss by
 ``teacher.loss_weights(idx)`` before averaging.
 
@@ -101,7 +104,7 @@ from torch.utils.data import Sampler
 
 from . import _distributed
 from ._teacher_state import COUNTERS, STATE_VERSION, Selection, checked_state, selection_state
-from .schedules import IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
+from .schedules import EpochPlan, IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
 from .strategies import DEFAULT_RATIO, Hard, PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
 
 __all__ = ["Selection", "Teacher", "TeacherSampler"]
@@ -130,16 +133,30 @@ def _as_tensor(value: Any, name: str, what: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a (b,) tensor or sequence of {what}, got {value!r:.80}") from error
 
 
+# What indices that are not example indices usually mean in a plain loop.
+_NOT_INDICES = ("; a batch of inputs where the example indices belong? A loader over the bare dataset yields (x, y), not "
+                "(index, (x, y)): wrap it, data = attent.IndexedDataset(ds), and pass data to both DataLoader(data, ...) and "
+                "teacher.sampler(data)")
+
+
 def _index_tensor(indices: IndexLike, name: str) -> torch.Tensor:
     """``indices`` as a (b,) int64 CPU tensor (a copy when it lives elsewhere or has another dtype)."""
     index = _as_tensor(indices, name, "integer example indices")
     if index.numel() == 0:
         index = index.to(torch.int64)
     if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
-        raise ValueError(f"{name} must hold integer example indices, got dtype {index.dtype}")
+        raise ValueError(f"{name} must hold integer example indices, got dtype {index.dtype}" + _NOT_INDICES)
     if index.dim() != 1:
-        raise ValueError(f"{name} must have shape (b,), got {_shape(index)}")
+        raise ValueError(f"{name} must have shape (b,), got {_shape(index)}" + _NOT_INDICES)
     return index.to(device="cpu", dtype=torch.int64)
+
+
+def _is_example_index(value: Any, index: int) -> bool:
+    """Whether ``value`` (an item's first element) is the integer ``index``."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool) \
+            and int(value) == index
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) == index
 
 
 def _score_tensor(scores: ScoreLike, name: str = "scores") -> torch.Tensor:
@@ -395,6 +412,15 @@ class Teacher:
         self._counters["observed"] += index.numel()
         self._counters["nonfinite_scores"] += int((~torch.isfinite(values)).sum())
 
+    def _plan_at(self, epoch: int) -> EpochPlan:
+        """The plan of epoch ``epoch`` (0-based); past the planned epochs a ValueError that says how
+        to build a teacher for a longer loop."""
+        epochs = self.plan.epochs
+        if epochs is not None and isinstance(epoch, numbers.Integral) and epoch >= epochs:
+            raise ValueError(f"epoch {epoch} (0-based) is past the teacher's plan of {epochs} epochs: build the teacher "
+                             f"with epochs= the loop's length, or epochs=None for an open-ended teacher")
+        return self.plan.at(epoch)
+
     def refresh_indices(self, epoch: int) -> torch.Tensor | None:
         """The examples to re-score (forward only) and ``observe`` before ``select(epoch)``.
 
@@ -403,7 +429,7 @@ class Teacher:
         made. Under ``torch.distributed``, this rank's share (every world-size-th index from its
         rank), so that the ranks score disjoint parts and ``observe`` gathers them.
         """
-        plan = self.plan.at(epoch)
+        plan = self._plan_at(epoch)
         if self.refresh is None or not plan.is_selection_point or not self.strategy.reads_scores:
             return None
         if self._subset is not None and self._subset.selected_at == epoch:
@@ -421,7 +447,7 @@ class Teacher:
         """How many examples ``select(epoch)`` will return: N on full-data epochs, m = max(1,
         floor(ratio N)) on subset epochs, None where the strategy sizes its subsets from the
         scores (InfoBatch)."""
-        plan = self.plan.at(epoch)
+        plan = self._plan_at(epoch)
         if plan.is_full:
             return self.num_examples
         if self.strategy.sizes_own_subsets or plan.ratio is None:
@@ -439,7 +465,7 @@ class Teacher:
         of the same selection reuse it (however many scores arrive meanwhile); full-data epochs
         return every index with ``is_full=True``. The result also sets ``loss_weights``.
         """
-        plan = self.plan.at(epoch)
+        plan = self._plan_at(epoch)
         if plan.is_full:
             if self._full is None:
                 self._full = Selection(torch.arange(self.num_examples), None, 1.0, True)
@@ -503,9 +529,41 @@ class Teacher:
             return torch.ones(index.numel(), dtype=torch.float32, device=device)
         return self._active_weights[index].to(device)
 
-    def sampler(self, *, shuffle: bool = True) -> "TeacherSampler":
-        """A ``torch.utils.data.Sampler`` over the selected example indices (see ``TeacherSampler``)."""
+    def sampler(self, data: Any = None, *, shuffle: bool = True) -> "TeacherSampler":
+        """A ``torch.utils.data.Sampler`` over the selected example indices (see ``TeacherSampler``).
+
+        data: the map-style dataset the DataLoader reads, ``attent.IndexedDataset(ds)``. Checked
+        here: it has N examples (a teacher built for fewer would never train the rest; for more,
+        the loader would ask for items that do not exist), and its first and last items are
+        ``(index, item)`` pairs (a loader over the bare dataset yields ``(x, y)``, and the loop's
+        ``idx`` would be a batch of inputs). Omitted: nothing can be checked, and a warning says so.
+        """
+        if data is None:
+            warnings.warn("teacher.sampler() without the loader's dataset cannot check that it has num_examples="
+                          f"{self.num_examples} examples yielded as (index, item) pairs; pass it: teacher.sampler(data) "
+                          "with data = attent.IndexedDataset(ds)", UserWarning, stacklevel=2)
+        else:
+            self._check_loader_data(data)
         return TeacherSampler(self, shuffle=shuffle)
+
+    def _check_loader_data(self, data: Any) -> None:
+        if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+            raise ValueError(f"data must be the map-style dataset the DataLoader reads (attent.IndexedDataset(ds)), got "
+                             f"{type(data).__name__}")
+        n = len(data)
+        if n != self.num_examples:
+            consequence = (f"examples {self.num_examples} to {n - 1} would never be trained" if n > self.num_examples else
+                           f"the sampler would ask for examples {n} to {self.num_examples - 1}, which do not exist")
+            raise ValueError(f"the loader's dataset has {n} examples but the teacher was built for num_examples="
+                             f"{self.num_examples}: {consequence}; build it as Teacher(len(data), ...)")
+        for index in sorted({0, n - 1}):
+            item = data[index]
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and _is_example_index(item[0], index)):
+                first = type(item[0]).__name__ if isinstance(item, (tuple, list)) and item else type(item).__name__
+                raise ValueError(f"the loader's dataset must yield (index, item) pairs, so that each batch carries its "
+                                 f"examples' indices; item {index} is a {type(item).__name__} starting with a {first}. "
+                                 "Wrap it: data = attent.IndexedDataset(ds), and pass data to both DataLoader(data, ...) "
+                                 "and teacher.sampler(data)")
 
     def epoch_order(self, epoch: int, *, shuffle: bool = True, shard: bool = True) -> torch.Tensor:
         """The example order of ``epoch``: the selection, shuffled with a generator seeded from
@@ -585,9 +643,10 @@ class TeacherSampler(Sampler[int]):
 
     Each pass yields ``teacher.epoch_order(epoch)``; a completed pass moves to the next epoch;
     ``set_epoch(epoch)`` sets it explicitly (call it before each epoch when resuming, as with
-    ``DistributedSampler``). ``len()`` is the length of the current epoch's shard, and 0 once the
-    epochs of a teacher with a known length are over. Both call ``select``: observe the
-    ``refresh_indices(epoch)`` scores first.
+    ``DistributedSampler``). ``len()`` is the length of the current epoch's shard, 0 once the
+    epochs of a teacher with a known length are over; iterating past them raises a ValueError (a
+    loop longer than the plan would otherwise train on nothing; ``Teacher(..., epochs=None)`` is
+    open-ended). Both call ``select``: observe the ``refresh_indices(epoch)`` scores first.
     """
 
     def __init__(self, teacher: Teacher, *, shuffle: bool = True):
@@ -604,7 +663,9 @@ class TeacherSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self._finished():
-            return
+            epochs = self.teacher.plan.epochs
+            raise ValueError(f"the loop starts epoch {self.epoch} (0-based) but the teacher plans {epochs} epochs; build "
+                             f"it with epochs= the loop's length, or epochs=None for an open-ended teacher")
         epoch = self.epoch
         yield from self.teacher.epoch_order(epoch, shuffle=self.shuffle).tolist()
         if self.epoch == epoch:

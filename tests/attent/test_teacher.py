@@ -6,9 +6,10 @@ import warnings
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from attent.schedules import IntervalSchedule, RatioSchedule
+from attent.scores import IndexedDataset
 from attent.strategies import Hard, Importance, InfoBatch, Soft
 from attent.teacher import Selection, Teacher
 
@@ -338,7 +339,7 @@ def test_refresh_fraction_asks_for_the_stalest_examples_never_scored_first():
 
 
 def run(teacher: Teacher, epochs: range, shuffle_orders: list, selections: list) -> None:
-    sampler = teacher.sampler()
+    sampler = teacher.sampler(IndexedDataset(range(teacher.num_examples)))
     for epoch in epochs:
         fresh = teacher.refresh_indices(epoch)
         if fresh is not None:
@@ -434,12 +435,13 @@ def test_loss_weights_survive_a_resume():
 
 def test_sampler_yields_the_selection_shuffled_and_advances_epochs_by_itself():
     teacher = observed(Teacher(12, ratio=0.5, interval=2, warmup_epochs=1), torch.arange(12.0))
-    sampler = teacher.sampler()
+    indexed = IndexedDataset(range(12))
+    sampler = teacher.sampler(indexed)
     epoch0 = list(sampler)
     assert sorted(epoch0) == list(range(12)) and epoch0 != list(range(12))
     assert sampler.epoch == 1 and len(sampler) == 6
     assert sorted(sampler) == list(range(6, 12))
-    assert list(teacher.sampler(shuffle=False)) == list(range(12))
+    assert list(teacher.sampler(indexed, shuffle=False)) == list(range(12))
     sampler.set_epoch(0)
     assert list(sampler) == epoch0
 
@@ -447,7 +449,8 @@ def test_sampler_yields_the_selection_shuffled_and_advances_epochs_by_itself():
 def test_plain_loop_adopts_the_teacher_in_three_lines():
     data = torch.arange(30.0)
     teacher = Teacher(30, epochs=6, cycles=1, ratio=0.5, interval=5, **HELD)
-    loader = DataLoader(list(zip(range(30), data)), batch_size=4, sampler=teacher.sampler())
+    indexed = IndexedDataset(data)
+    loader = DataLoader(indexed, batch_size=4, sampler=teacher.sampler(indexed))
     trained = []
     for _epoch in range(6):
         count = 0
@@ -575,7 +578,7 @@ def test_observe_keeps_scores_in_float64_and_averages_repeated_indices():
 
 def test_select_outside_the_run_and_loss_weights_out_of_range():
     teacher = Teacher(10, epochs=4)
-    with pytest.raises(ValueError, match=r"epoch must be in \[0, epochs=4\), got 4"):
+    with pytest.raises(ValueError, match=r"epoch 4 \(0-based\) is past the teacher's plan of 4 epochs"):
         teacher.select(4)
     with pytest.raises(ValueError, match=r"indices must be in \[0, num_examples=10\), got \[12\]"):
         teacher.loss_weights(torch.tensor([1, 12]))
@@ -696,3 +699,67 @@ def test_teaching_observe_checks_shapes_at_once_and_keeps_nothing_without_a_teac
     full.observe(torch.arange(3), torch.ones(3), step=0)
     assert full.pending == 0
     full.flush()
+
+
+# --- what a plain loop would otherwise get silently wrong ------------------------------------
+
+
+def _pairs(n):
+    g = torch.Generator().manual_seed(n)
+    return TensorDataset(torch.randn(n, 3, generator=g), torch.randint(0, 2, (n,), generator=g))
+
+
+@pytest.mark.parametrize("built_for, message", [
+    (80, r"the loader's dataset has 100 examples but the teacher was built for num_examples=80: examples 80 to 99 would "
+         r"never be trained; build it as Teacher\(len\(data\), ...\)"),
+    (120, r"has 100 examples but the teacher was built for num_examples=120: the sampler would ask for examples 100 to "
+          r"119, which do not exist"),
+])
+def test_the_sampler_refuses_a_dataset_of_another_size(built_for, message):
+    with pytest.raises(ValueError, match=message):
+        Teacher(built_for, epochs=2).sampler(IndexedDataset(_pairs(100)))
+
+
+def test_the_sampler_refuses_a_dataset_without_indices_and_says_to_wrap_it():
+    ds = _pairs(100)
+    with pytest.raises(ValueError, match=r"must yield \(index, item\) pairs.*item 0 is a tuple starting with a Tensor\. "
+                                         r"Wrap it: data = attent.IndexedDataset\(ds\)"):
+        Teacher(100, epochs=2).sampler(ds)
+    with pytest.raises(ValueError, match=r"item 0 is a tuple starting with a int"):  # pairs, but not each item's own index
+        Teacher(100, epochs=2).sampler([(i + 1, i) for i in range(100)])
+    with pytest.raises(ValueError, match=r"item 99 is a tuple starting with a int"):
+        Teacher(100, epochs=2).sampler([(i, i) for i in range(99)] + [(0, 99)])
+    assert len(Teacher(100, epochs=2).sampler([(torch.tensor(i), i) for i in range(100)])) == 50
+    with pytest.warns(UserWarning, match=r"teacher.sampler\(\) without the loader's dataset cannot check"):
+        Teacher(100, epochs=2).sampler()
+    with pytest.raises(ValueError, match="data must be the map-style dataset the DataLoader reads"):
+        Teacher(100, epochs=2).sampler(iter(range(100)))
+
+
+def test_indices_that_are_a_batch_of_inputs_say_to_wrap_the_dataset():
+    teacher = Teacher(100, epochs=2)
+    x, _ = _pairs(100).tensors
+    for bad in (x[:4], x[:4, 0], x[:4].long()):  # float (b, 3) inputs, float (b,), integer (b, 3)
+        hint = r"A loader over the bare dataset yields \(x, y\), not \(index, \(x, y\)\): wrap it, data = attent.IndexedDataset\(ds\)"
+        with pytest.raises(ValueError, match=hint):
+            teacher.observe(bad, torch.ones(len(bad)))
+        with pytest.raises(ValueError, match=hint):
+            teacher.loss_weights(bad)
+
+
+def test_a_loop_longer_than_the_plan_is_refused_and_an_open_ended_teacher_runs_on():
+    data = IndexedDataset(_pairs(10))
+    teacher = Teacher(10, ratio=0.5, epochs=2)
+    loader = DataLoader(data, batch_size=4, sampler=teacher.sampler(data))
+    assert [sum(len(idx) for idx, _ in loader) for _ in range(2)] == [5, 5]
+    with pytest.raises(ValueError, match=r"the loop starts epoch 2 \(0-based\) but the teacher plans 2 epochs; build it with "
+                                         r"epochs= the loop's length, or epochs=None for an open-ended teacher"):
+        next(iter(loader))
+    assert len(loader) == 0  # nothing left to train; only iterating past the plan is an error
+    for call in (teacher.select, teacher.refresh_indices, teacher.planned_size, teacher.epoch_order):
+        with pytest.raises(ValueError, match=r"epoch 2 \(0-based\) is past the teacher's plan of 2 epochs: build the teacher "
+                                             r"with epochs= the loop's length, or epochs=None"):
+            call(2)
+    open_ended = Teacher(10, ratio=0.5)
+    loader = DataLoader(data, batch_size=4, sampler=open_ended.sampler(data))
+    assert [sum(len(idx) for idx, _ in loader) for _ in range(4)] == [5, 5, 5, 5]
