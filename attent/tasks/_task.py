@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from ..optim import adamw, warmup_cosine_steps
 
-__all__ = ["METRIC_GOALS", "TrainDefaults", "Task", "higher_is_better"]
+__all__ = ["METRIC_GOALS", "TrainDefaults", "ReferenceRecipe", "Task", "higher_is_better"]
 
 # Whether a larger ("max") or a smaller ("min") value of a history metric is better.
 METRIC_GOALS: dict[str, str] = {"val_accuracy": "max", "val_loss": "min", "val_ppl": "min", "train_loss": "min"}
@@ -41,6 +41,30 @@ class TrainDefaults:
 
 
 @dataclass(frozen=True)
+class ReferenceRecipe:
+    """How a task's reference model (:class:`attent.Reference`) is built: a small model from
+    ``model_factory``, trained on ``holdout`` (a clean Dataset the task supplies, a fraction of the
+    pool, or ``"cross-fit"``) with AdamW at ``lr`` in batches of ``batch_size``, early-stopped on its
+    validation loss (at most ``max_epochs``, ``patience``)."""
+
+    model_factory: Callable[[], nn.Module]
+    holdout: Any
+    lr: float = 1e-2
+    batch_size: int = 64
+    max_epochs: int = 50
+    patience: int = 3
+    weight_decay: float = 0.0
+
+    def fit(self, task: "Task", seed: int) -> Any:
+        """The reference of ``task``'s training pool, drawn from ``seed``."""
+        from ..reference import Reference
+
+        return Reference.fit(self.model_factory, task.train, loss=task.loss, holdout=self.holdout, lr=self.lr,
+                             batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
+                             weight_decay=self.weight_decay, seed=seed)
+
+
+@dataclass(frozen=True)
 class Task:
     """A testbed: data, a model factory, the loss, the metric and a training recipe.
 
@@ -49,6 +73,7 @@ class Task:
     loss: the :func:`attent.fit` loss name (``"cross_entropy"``, ``"lm"`` or ``"mse"``).
     metric: the history key runs are compared on (``"val_accuracy"``, ``"val_loss"``, ...).
     defaults: the training recipe. info: task facts (sizes, and the ground truth of synthetic tasks).
+    reference: how to build the task's reference model (the waste testbeds), or None.
     """
 
     name: str
@@ -59,6 +84,7 @@ class Task:
     metric: str
     defaults: TrainDefaults
     info: Mapping[str, Any] = field(default_factory=dict)
+    reference: ReferenceRecipe | None = None
 
     def __post_init__(self) -> None:
         higher_is_better(self.metric)

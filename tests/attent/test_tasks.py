@@ -36,6 +36,11 @@ EXPECTED = {
     "stdlib_lm": (3072, 512, (64,), torch.int64, (64,), torch.int64, (64, 257)),
     "scb": (6144, 1024, (12,), torch.int64, (), torch.int64, (16,)),
     "icl_regression": (8192, 1024, (12, 7), torch.float32, (1,), torch.float32, (1,)),
+    "digits_noisy": (11500, 360, (1, 8, 8), torch.float32, (), torch.int64, (10,)),
+    "digits_flipped": (11500, 360, (1, 8, 8), torch.float32, (), torch.int64, (10,)),
+    "digits_off_target": (11500, 180, (1, 8, 8), torch.float32, (), torch.int64, (10,)),
+    "prose_lm": (3072, 512, (64,), torch.int64, (64,), torch.int64, (64, 257)),
+    "icl_corrupted": (49152, 1024, (12, 7), torch.float32, (1,), torch.float32, (1,)),
 }
 
 
@@ -78,10 +83,14 @@ def test_another_seed_draws_other_training_data(name):
     assert not torch.equal(a.train[0][0], b.train[0][0])
 
 
-@pytest.mark.parametrize("name", ["digits", "digits_augmented", "scb", "icl_regression"])
+@pytest.mark.parametrize("name", ["digits", "digits_augmented", "scb", "icl_regression", "digits_noisy",
+                                  "digits_off_target", "icl_corrupted"])
 def test_no_validation_input_appears_in_training(tasks, name):
     task = tasks[name]
     assert not _rows(task.train) & _rows(task.val)
+    if task.reference is not None:
+        holdout = task.info["holdout"]
+        assert not _rows(task.train) & _rows(holdout) and not _rows(holdout) & _rows(task.val)
 
 
 def test_digits_augmented_holds_each_training_image_and_nine_jittered_copies(tasks):
@@ -246,3 +255,73 @@ def test_format_table_aligns_columns():
     assert table[2] == "full data   0.9" and table[3] == "a          0.95"
     with pytest.raises(ValueError, match="cells"):
         format_table(["a", "b"], [["only one"]])
+
+
+def _pool_labels(task):
+    return torch.stack([task.train[i][1] for i in range(len(task.train))])
+
+
+def test_digits_waste_pools_hold_the_documented_noise(tasks):
+    augmented = tasks["digits_augmented"]
+    truth = {row.numpy().tobytes(): int(augmented.train[i][1]) for i, row in
+             enumerate(augmented.train.tensors[0].reshape(len(augmented.train), -1))}
+    for name in ("digits_noisy", "digits_flipped", "digits_off_target"):
+        task = tasks[name]
+        images, labels = task.train.tensors
+        clean = torch.tensor([truth[row.numpy().tobytes()] for row in images.reshape(len(images), -1)])
+        assert torch.equal(task.info["clean_labels"], clean)
+        held_images, held_labels = task.info["holdout"].tensors
+        assert torch.equal(held_labels, torch.tensor([truth[r.numpy().tobytes()] for r in held_images.reshape(len(held_images), -1)]))
+        wasted = task.info["wasted"]
+        if name == "digits_noisy":  # 30% redrawn uniformly: 9 in 10 of them change
+            assert torch.equal(wasted, labels != clean) and 0.25 < float(wasted.float().mean()) < 0.29
+            assert len(task.train) + len(task.info["holdout"]) == len(augmented.train)
+        elif name == "digits_flipped":  # about half of the 3s labelled 5, half of the 9s labelled 7, nothing else
+            assert torch.equal(wasted, labels != clean)
+            assert set(zip(clean[wasted].tolist(), labels[wasted].tolist())) == {(3, 5), (9, 7)}
+            for digit in (3, 9):
+                assert 0.45 < float(wasted[clean == digit].float().mean()) < 0.55
+        else:  # right labels, half of the classes off target: validation and holdout on 0-4 only
+            assert torch.equal(labels, clean) and torch.equal(wasted, clean >= 5)
+            assert int(task.val.tensors[1].max()) == 4 and int(held_labels.max()) == 4 and int(labels.max()) == 9
+    noisy_again = make_task("digits_noisy", seed=3)
+    assert torch.equal(noisy_again.train.tensors[1], tasks["digits_noisy"].train.tensors[1])
+    assert not torch.equal(make_task("digits_noisy", seed=4).train.tensors[1], noisy_again.train.tensors[1])
+
+
+def test_prose_pool_is_30_percent_prose_windows_and_validation_is_held_out_prose(tasks):
+    task = tasks["prose_lm"]
+    tokenizer = ByteTokenizer()
+    wasted = task.info["wasted"]
+    assert int((~wasted).sum()) == round(0.3 * len(task.train))
+    prose_end = task.info["prose_tokens"]
+    starts = task.train.starts
+    assert bool((starts[~wasted] <= prose_end - 64).all()) and bool((starts[wasted] >= prose_end).all())
+    code = [tokenizer.decode(task.train[i][0]) for i in wasted.nonzero().flatten()[:200].tolist()]
+    prose = [tokenizer.decode(task.train[i][0]) for i in (~wasted).nonzero().flatten()[:200].tolist()]
+    assert sum("def " in t or "import " in t or "self" in t for t in code) > sum("def " in t or "self" in t for t in prose)
+    # split by topic; the documentation repeats a few 64-byte passages across topics, so a handful of windows coincide
+    assert len(_rows(task.val) & _rows(task.train)) <= 0.01 * len(task.val)
+    assert len(_rows(task.info["holdout"]) & _rows(task.val)) <= 0.01 * len(task.val)
+
+
+def test_corrupted_icl_prompts_are_30_percent_and_only_they_break_least_squares(tasks):
+    from attent.tasks.waste import InContextRidge
+
+    task = tasks["icl_corrupted"]
+    prompts, targets = task.train.tensors
+    wasted = task.info["wasted"]
+    assert 0.28 < float(wasted.float().mean()) < 0.32 and task.defaults.epochs == 1
+    ridge = InContextRidge(5, 11)
+    with torch.no_grad():
+        ridge.log_ridge.fill_(-20.0)
+        errors = (ridge(prompts[:2000]) - targets[:2000]).squeeze(1).abs()
+    assert float(errors[~wasted[:2000]].max()) < 1e-3 and float(errors[wasted[:2000]].median()) > 0.1
+
+
+@pytest.mark.parametrize("name", ["digits_noisy", "digits_flipped", "digits_off_target", "prose_lm", "icl_corrupted"])
+def test_waste_references_train_on_the_clean_holdout_and_score_the_pool(name):
+    task = make_task(name, seed=1, quick=True)
+    reference = task.reference.fit(task, seed=1)
+    assert reference.train is task.train and reference.losses.shape == (len(task.train),)
+    assert bool(torch.isfinite(reference.losses).all()) and reference.cost.train_steps > 0
