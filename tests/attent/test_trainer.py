@@ -673,3 +673,61 @@ def test_resume_from_a_checkpoint_between_records_keeps_the_loss_sum_bit_exact(t
         run(tmp_path / "split", at=6, checkpoint_every=4)
     resumed = run(tmp_path / "split", at=0, resume_from=tmp_path / "split")
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+
+
+# ---------------------------------------------------------------- on a GPU (marked gpu, skipped without CUDA)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("kind", ["loss", "fgrad", "gradnorm"])
+def test_fit_with_a_teacher_on_cuda_end_to_end(kind, tmp_path):
+    """fit on CUDA with a teacher, end to end: lr 0 keeps the model fixed, so every score the teacher
+    holds is checked against the CPU oracle (torch.func per-example gradients for gradnorm); the
+    run writes its records and checkpoint, and its times are the last record's."""
+    from attent.teacher import Teacher
+
+    data, model = _data(7), _model()
+    oracle_model = copy.deepcopy(model)
+    teacher = Teacher(len(data), warmup_epochs=1, ratio=0.5, interval=1, epochs=3, seed=2)
+    result = fit(model, data, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.0), teacher=teacher,
+                 score=kind, epochs=3, batch_size=5, device="cuda", eval_data=_data(3, 11), out_dir=tmp_path, progress=False)
+    assert next(model.parameters()).is_cuda and result.steps == 8 + 2 * 4 and len(result.step_times) == result.steps
+    assert all(t > 0 for t in result.step_times) and result.selection_time > 0
+    last = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()][-1]
+    assert result.wall_time == last["wall_time"] and (tmp_path / CHECKPOINT_NAME).is_file()
+    held = torch.nonzero(teacher.score_steps >= 0).flatten()
+    assert held.numel() == len(data)
+    expected = _oracle_scores(oracle_model, data, held, kind)
+    torch.testing.assert_close(teacher.scores[held].float(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_on_a_real_gpu_fit_synchronizes_no_more_with_more_steps(monkeypatch):
+    """Runs of 6 and of 2 steps per epoch call torch.cuda.synchronize and read tensors equally often."""
+    from attent.teacher import Teacher
+
+    counts = {"syncs": 0, "reads": 0}
+
+    def counted(what, call):
+        def wrapper(*args, **kwargs):
+            counts[what] += 1
+            return call(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(torch.cuda, "synchronize", counted("syncs", torch.cuda.synchronize))
+    for name in _CudaStandIns.READS:
+        monkeypatch.setattr(torch.Tensor, name, counted("reads", getattr(torch.Tensor, name)))
+    seen = []
+    for batch_size in (4, 12):
+        model = _model()
+        counts.update(syncs=0, reads=0)
+        fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            teacher=Teacher(48, ratio=0.5, epochs=2, seed=1), score="loss", epochs=2, batch_size=batch_size,
+            eval_data=_data(3, 10), eval_batch_size=10, device="cuda", progress=False)
+        seen.append(dict(counts))
+    assert seen[0] == seen[1] and seen[0]["syncs"] > 0
