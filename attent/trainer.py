@@ -339,8 +339,8 @@ def evaluate(
     """
     objective = Objective.resolve(loss)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    loss_sum, positions, correct, counted, examples = 0.0, 0, 0, 0, 0
-    extra = {name: 0.0 for name in (metrics or {})}
+    sums: dict[str, torch.Tensor] = {}  # float64 on the device, read once at the end
+    examples = 0
     with eval_mode(model), torch.no_grad():
         for _, batch in indexed_loader(data, batch_size=batch_size, collate_fn=collate_fn):
             inputs, targets = split_batch(move_to(batch, device), label_key)
@@ -348,25 +348,27 @@ def evaluate(
                 pred = forward_batch(model, inputs)
                 losses = objective.losses(pred, targets)
             counts = objective.token_counts(pred, targets)
-            loss_sum += float((losses.double() * counts).sum())
-            positions += int(counts.sum())
+            batch_sums = {"loss": losses.double() * counts, "positions": counts}
             examples += pred.shape[0]
             if objective.name == "cross_entropy":
-                hits, valid = objective.correct(pred, targets)
-                correct, counted = correct + int(hits.sum()), counted + int(valid.sum())
+                batch_sums["correct"], batch_sums["counted"] = objective.correct(pred, targets)
             for name, fn in (metrics or {}).items():
                 values = fn(pred, targets)
                 if not isinstance(values, torch.Tensor) or values.shape != pred.shape[:1]:
                     raise ValueError(f"metric {name!r} must return per-example values of shape ({pred.shape[0]},)")
-                extra[name] += float(values.double().sum())
+                batch_sums[f"val_{name}"] = values
+            for key, values in batch_sums.items():
+                total = values.double().sum()
+                sums[key] = total if key not in sums else sums[key] + total
     if examples == 0:
         raise ValueError("eval data is empty")
-    result = {"val_loss": loss_sum / max(positions, 1)}
+    totals = dict(zip(sums, torch.stack(list(sums.values())).tolist()))
+    result = {"val_loss": totals.pop("loss") / max(totals.pop("positions"), 1)}
     if objective.name == "cross_entropy":
-        result["val_accuracy"] = correct / max(counted, 1)
+        result["val_accuracy"] = totals.pop("correct") / max(totals.pop("counted"), 1)
     if objective.name == "lm":
         result["val_ppl"] = math.exp(min(result["val_loss"], 700.0))
-    result.update({f"val_{name}": total / examples for name, total in extra.items()})
+    result.update({key: total / examples for key, total in totals.items()})
     return result
 
 

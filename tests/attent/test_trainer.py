@@ -507,8 +507,9 @@ class _CudaStandIns:
 @pytest.mark.parametrize("score", ["loss", "gradnorm"])
 def test_on_cuda_the_loop_neither_synchronizes_nor_reads_a_tensor_per_step(monkeypatch, score):
     """Runs of 6 and of 2 steps per epoch (batches of 4 and 12 over the teacher's 24 of 48 examples,
-    the same epochs, teacher and evaluation) synchronize and read tensors on the host equally often: nothing per
-    step. Their step times come from events read after a synchronize."""
+    the same epochs, teacher and evaluation set, evaluated in 3 and in 1 batches) synchronize and read
+    tensors on the host equally often: nothing per step or evaluation batch. Their step times come
+    from events read after a synchronize."""
     from attent.teacher import Teacher
 
     stand_ins = _CudaStandIns(monkeypatch)
@@ -518,7 +519,7 @@ def test_on_cuda_the_loop_neither_synchronizes_nor_reads_a_tensor_per_step(monke
         stand_ins.syncs = stand_ins.reads = 0
         result = fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
                      teacher=Teacher(48, ratio=0.5, epochs=2, seed=1), score=score, epochs=2, batch_size=batch_size,
-                     eval_data=_data(3, 10), eval_batch_size=10, progress=False)
+                     eval_data=_data(3, 10), progress=False)
         counts.append((stand_ins.syncs, stand_ins.reads))
         assert result.steps == 2 * 24 // batch_size and len(result.step_times) == result.steps
         assert all(t > 0 for t in result.step_times) and sum(result.step_times) <= result.train_time + 1e-9
@@ -728,6 +729,6 @@ def test_on_a_real_gpu_fit_synchronizes_no_more_with_more_steps(monkeypatch):
         counts.update(syncs=0, reads=0)
         fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
             teacher=Teacher(48, ratio=0.5, epochs=2, seed=1), score="loss", epochs=2, batch_size=batch_size,
-            eval_data=_data(3, 10), eval_batch_size=10, device="cuda", progress=False)
+            eval_data=_data(3, 10), device="cuda", progress=False)
         seen.append(dict(counts))
     assert seen[0] == seen[1] and seen[0]["syncs"] > 0
