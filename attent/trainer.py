@@ -17,10 +17,14 @@ No host synchronization per step on CUDA. Each step's times are CUDA events (aro
 around the scoring inside it: that part is selection time), its loss sum and a first-non-finite
 step stay on the device, and its scores stay there until the teacher's hand-over; all of it is
 read at the points the loop waits for the GPU anyway: epoch ends, evaluations, checkpoints and the
-end of the run (a CPU run reads them after every step, where reading costs nothing). Exceptions:
-``max_time`` is compared with the host clock after every step without waiting (the GPU may be a
-queue of work behind it); ``amp="fp16"``'s GradScaler reads its overflow flag every step (torch's
-own synchronization); ``nonfinite_loss="skip"`` reads each step's loss flag before its update.
+end of the run (a CPU run reads them after every step, where reading costs nothing). A pair of
+events measures the GPU's timeline between the two points: a step's time includes any wait for the
+host (loading its batch), the scoring's is the time its kernels (and any launch gap between them)
+take; the sum of the steps' times stays below ``wall_time``, whose host clock is read right after a
+synchronization. Exceptions: ``max_time`` is compared with the host clock after every step without
+waiting (the GPU may be a queue of work behind it); ``amp="fp16"`` reads the GradScaler's scale
+every step, and its ``step`` reads the overflow flag (torch's own synchronization);
+``nonfinite_loss="skip"`` reads each step's loss flag before its update.
 
 A non-finite loss stops the run with a ``FloatingPointError`` naming the first step that had one
 (on CUDA: at the next of those points; no checkpoint is written after it), unless
@@ -94,8 +98,8 @@ Metric = Callable[[torch.Tensor, Any], torch.Tensor]
 class FitResult:
     """What a ``fit`` run did.
 
-    history: one record per evaluation (every epoch end, every ``eval_every`` steps, and when
-        training stops early), each with ``epoch`` (epochs completed, a float), ``step``
+    history: one record per evaluation (every epoch end, every ``eval_every`` steps, or the
+        ``eval_points``; and the run's last step, where training stops early), each with ``epoch`` (epochs completed, a float), ``step``
         (optimizer steps), ``wall_time`` (training wall-clock seconds, every scoring pass
         included, evaluation excluded), ``train_time``, ``selection_time``, ``examples_seen``
         (training examples forwarded in training steps), ``examples_scored`` (in refresh passes),
@@ -111,8 +115,8 @@ class FitResult:
         CUDA events, resolved at the loop's synchronization points).
     skipped_steps: the optimizer steps skipped for a non-finite loss (``nonfinite_loss="skip"``).
 
-    ``wall_time``, ``train_time``, ``selection_time``, ``eval_time`` and ``examples_seen`` are the
-    last history record's (a run ends with a record at its last step): writing the last checkpoint
+    ``wall_time``, ``train_time``, ``selection_time``, ``eval_time``, ``examples_seen`` and
+    ``examples_scored`` are the last history record's (a run ends with a record at its last step): writing the last checkpoint
     and drawing the plots come after it and count nowhere.
     """
 
