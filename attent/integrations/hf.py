@@ -29,7 +29,9 @@ What it changes:
 - Loss: per-example losses (``loss="lm"`` for causal LMs: mean over each example's shifted labels
   that are not -100; ``"cross_entropy"`` otherwise; or any :class:`attent.scores.Objective` loss),
   times the teacher's ``loss_weights``, averaged over the batch. The examples' scores (``loss`` or
-  ``fgrad`` from the logits) go to ``teacher.observe`` from the same forward.
+  ``fgrad`` from the logits, or ``learnability``: the loss less a reference model's loss on the
+  example, ``reference=`` an :class:`attent.Reference` or (N,) reference losses of the training
+  examples) go to ``teacher.observe`` from the same forward.
 - Scoring passes: with ``loss="lm"`` or ``"cross_entropy"`` on a model whose head runs the Triton
   kernels (CUDA), the output head (``get_output_embeddings()``, when it is an ``nn.Linear``) goes
   to the scorer, so a refresh pass scores each batch from the head's input with
@@ -77,7 +79,7 @@ __all__ = ["INDEX_KEY", "HF_SCORE_KINDS", "AtteNTMixin", "AtteNTTrainer"]
 
 # The batch entry that carries each example's dataset index from the sampler to compute_loss.
 INDEX_KEY = "attent_index"
-HF_SCORE_KINDS = ("loss", "fgrad")
+HF_SCORE_KINDS = ("loss", "fgrad", "learnability")
 
 
 class _IndexTagged(Dataset):
@@ -128,7 +130,8 @@ class _EpochOrderSampler(Sampler[int]):
 class AtteNTMixin:
     """The AtteNT part of :class:`AtteNTTrainer`, to put in front of any ``transformers.Trainer``
     subclass. Keyword arguments: ``teacher`` (an ``attent.Teacher`` for ``len(train_dataset)``
-    examples), ``score`` (``"loss"`` or ``"fgrad"``, default ``"fgrad"``), ``loss`` (default:
+    examples), ``score`` (``"loss"``, ``"fgrad"`` (default) or ``"learnability"`` with ``reference``,
+    the reference losses of the ``len(train_dataset)`` examples), ``loss`` (default:
     ``"lm"`` for causal-LM models, else ``"cross_entropy"``), ``ignore_index`` (-100),
     ``score_head`` (None: the output embeddings when they are an ``nn.Linear`` on CUDA and the
     loss is ``"lm"`` or ``"cross_entropy"``; a module or dotted name; ``False``: none); everything
@@ -139,7 +142,8 @@ class AtteNTMixin:
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, teacher: Teacher, score: str = "fgrad", loss: LossSpec | None = None,
-                 ignore_index: int = -100, score_head: nn.Module | str | bool | None = None, **kwargs: Any):
+                 ignore_index: int = -100, score_head: nn.Module | str | bool | None = None, reference: Any = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.train_dataset is None:
             raise ValueError("AtteNTTrainer needs a train_dataset")
@@ -152,7 +156,10 @@ class AtteNTMixin:
                              f"got {score!r} ('gradnorm' needs the probe around the backward the Trainer runs "
                              f"itself: use attent.fit)")
         objective = Objective.resolve(loss if loss is not None else self._default_loss(), ignore_index=ignore_index)
-        scorer = Scorer(score, objective, head=self._score_head(score_head, objective))
+        scorer = Scorer(score, objective, head=self._score_head(score_head, objective), reference=reference)
+        if scorer.num_examples is not None and scorer.num_examples != len(self.train_dataset):
+            raise ValueError(f"reference holds {scorer.num_examples} reference losses but train_dataset has "
+                             f"{len(self.train_dataset)} examples")
         self.teaching = Teaching(teacher, scorer, num_examples=len(self.train_dataset), seed=self.args.seed)
         if teacher.plan.epochs is not None:
             if self.args.max_steps > 0:
@@ -269,7 +276,7 @@ class AtteNTMixin:
         losses = self.objective.losses(pred, labels)
         loss = (losses * self.teaching.loss_weights(indices).to(losses)).mean()
         start = time.perf_counter()
-        scores = self.teaching.scorer.step_scores(pred, labels, losses)
+        scores = self.teaching.scorer.step_scores(pred, labels, losses, indices=indices)
         self.teaching.observe(indices, scores, step=self.state.global_step)
         self.attent_selection_time += time.perf_counter() - start
         return (loss, outputs) if return_outputs else loss
@@ -286,7 +293,10 @@ class AtteNTTrainer(AtteNTMixin, Trainer):
     Args:
         teacher: an ``attent.Teacher`` built for ``len(train_dataset)`` examples and
             ``num_train_epochs`` epochs (or open-ended).
-        score: ``"loss"`` or ``"fgrad"`` (default): what each training step feeds the teacher.
+        score: ``"loss"``, ``"fgrad"`` (default) or ``"learnability"``: what each training step feeds
+            the teacher.
+        reference: for ``"learnability"``: an :class:`attent.Reference` of the training set, or its
+            (N,) reference losses.
         loss: per-example loss, default ``"lm"`` for causal-LM models (labels aligned with the
             inputs, shifted here), else ``"cross_entropy"``; ``"mse"`` or a callable
             ``(logits, labels) -> Tensor[B]`` also work.

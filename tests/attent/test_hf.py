@@ -230,3 +230,28 @@ def test_scoring_passes_use_the_output_embeddings_as_the_fused_head(tmp_path, mo
     torch.testing.assert_close(scores["fused"][1], scores["plain"][1], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="score_head must be None .* got True"):
         AtteNTTrainer(model=model, args=_args(tmp_path), train_dataset=_data(0), teacher=teacher, score_head=True)
+
+
+def test_learnability_scores_are_the_loss_less_the_reference_of_each_example(tmp_path):
+    """score="learnability": each training batch's scores are the examples' mean shifted-token
+    losses less their reference losses (the model frozen at lr 0: a loop over single examples)."""
+    train = _data(3)
+    model = _lora_gpt2()
+    reference = torch.linspace(0.5, 3.0, N_EXAMPLES)
+    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, epochs=2, interval=1)
+    observed = []
+    watch_observe(teacher, observed)
+    trainer = AtteNTTrainer(model=model, args=_args(tmp_path, learning_rate=0.0, lr_scheduler_type="constant",
+                                                    num_train_epochs=2),
+                            train_dataset=train, teacher=teacher, score="learnability", reference=reference)
+    trainer.train()
+    indices = torch.cat([i for i, _, _ in observed])
+    scores = torch.cat([s for _, s, _ in observed])
+    with torch.no_grad():
+        expected = torch.stack([
+            F.cross_entropy(model(input_ids=train[i]["input_ids"][None]).logits[0, :-1], train[i]["labels"][1:],
+                            ignore_index=-100) - reference[i] for i in indices.tolist()])
+    torch.testing.assert_close(scores.float(), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="reference holds 4 reference losses but train_dataset has 11"):
+        AtteNTTrainer(model=model, args=_args(tmp_path), train_dataset=train, teacher=teacher, score="learnability",
+                      reference=torch.ones(4))
