@@ -10,6 +10,8 @@ module called twice), are plain PyTorch on (B, T1, T2) position Grams.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from attent_kernels import (
@@ -90,12 +92,31 @@ def norm_sq(factor: Factor) -> torch.Tensor:
     """(B,) squared norm of a canonical factor's per-example gradient."""
     if isinstance(factor, Outer):
         if isinstance(factor.a, Ids):
-            return embedding_grad_norm_sq(factor.a.ids, factor.b, padding_idx=factor.a.padding_idx)
+            # the layer's lookup already refused ids outside its table: no host check (a device sync)
+            return embedding_grad_norm_sq(factor.a.ids, factor.b, padding_idx=factor.a.padding_idx, check_ids=False)
         x, g = _common(factor.b, factor.a)
         return linear_grad_norm_sq(x, g)
     if isinstance(factor, Diag):
         return norm_grad_norm_sq(factor.x, factor.g, bias=False)
     return factor.v.square().sum(dim=1)
+
+
+def rounded_by_autocast(factor: Factor, dtype: torch.dtype | None,
+                        cast: Callable[[torch.Tensor, torch.dtype], torch.Tensor]) -> Factor:
+    """``factor`` as its layer's matmul multiplied it. ``dtype``: the autocast dtype the layer call
+    ran under (None outside autocast). A float :class:`Outer` with one factor in ``dtype`` and the
+    other float32 is a matmul autocast ran in ``dtype`` on a float32 input it cast first, so the
+    per-example gradient is made of that rounded input: the float32 factor comes back rounded to
+    ``dtype`` by ``cast(tensor, dtype)`` (the kernels then read both in 16 bits and accumulate in
+    float32). Any other factor is returned as it is."""
+    if dtype is None or not isinstance(factor, Outer) or isinstance(factor.a, Ids):
+        return factor
+    a, b = factor.a, factor.b
+    if a.dtype == dtype and b.dtype == torch.float32:
+        return Outer(a, cast(b, dtype), factor.batch_dim)
+    if b.dtype == dtype and a.dtype == torch.float32:
+        return Outer(cast(a, dtype), b, factor.batch_dim)
+    return factor
 
 
 def grouped_norm_sq(factors: list[Outer]) -> torch.Tensor:

@@ -57,7 +57,10 @@ is probed through the type's functional call on its weight, or refused.
 
 Works under autocast, ``model.eval()``/``train()`` (with dropout on, the norms are those of that
 forward pass) and gradient checkpointing (``score`` needs ``use_reentrant=False``; ``backward``
-takes both).
+takes both). Under autocast a layer's matmul multiplies its float32 input cast to the autocast
+dtype, so that rounded input is what its weight gradient is made of: the kernels get it, with the
+16-bit output gradient, in 16 bits (they accumulate in float32), never float32 copies. The hooks
+read no tensor value on the host (no device synchronization per layer).
 """
 from __future__ import annotations
 
@@ -94,6 +97,7 @@ class _Record:
     probe: "weakref.ReferenceType[GradNormProbe]"
     loose: bool = False
     fused: bool = False  # the capture is the output of a probed linear (``attent._probed_linear``)
+    autocast: torch.dtype | None = None  # the autocast dtype the layer call ran under, None outside autocast
 
     def on_grad(self, grad: torch.Tensor | None) -> None:
         probe = self.probe()
@@ -183,10 +187,18 @@ class _Call:
     # the (layer, Outer) weight factors waiting for the next reader of one input (id(Capture.input))
     held_input: int | None = None
     held: list[tuple[str, Outer]] = field(default_factory=list)
+    # the last float32 input rounded to an autocast dtype, (input, rounded), for its next readers (q, k, v)
+    rounded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def add(self, layer: str, sq: torch.Tensor) -> None:
         sq = sq.to(accum_dtype(sq))
         self.per_layer[layer] = self.per_layer[layer] + sq if layer in self.per_layer else sq
+
+    def _round(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``tensor`` rounded to ``dtype``, once for the readers of one input that arrive together."""
+        if self.rounded is None or self.rounded[0] is not tensor or self.rounded[1].dtype != dtype:
+            self.rounded = (tensor, tensor.to(dtype))
+        return self.rounded[1]
 
     def consume(self, record: _Record, factors: dict[str, Factor], weight_grads: tuple[str, ...] = (),
                 input_key: int | None = None) -> dict[str, torch.Tensor]:
@@ -208,7 +220,8 @@ class _Call:
             if local not in factors:
                 continue
             try:
-                factor = _factor_norms.canonical(factors[local], record.layout, probe._params[key].shape, self.batch)
+                factor = _factor_norms.rounded_by_autocast(factors[local], record.autocast, self._round)
+                factor = _factor_norms.canonical(factor, record.layout, probe._params[key].shape, self.batch)
             except ValueError as error:
                 raise ValueError(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}; if this layer "
                                  f"keeps its examples at another dimension, pass GradNormProbe(..., batch_dim="
@@ -258,6 +271,7 @@ class _Call:
     def finish(self) -> None:
         probe = self.probe
         self._group_norms()  # the readers that came last in the pass
+        self.rounded = None
         for key, factors in self.stashed.items():
             shape = probe._params[key].shape
             try:
@@ -306,6 +320,64 @@ class _BroadcastCheck:
         dim = node._saved_dim
         dim = dim - 2**64 if dim >= 2**63 else dim  # autograd keeps the dim as an unsigned int
         return dim % source[1] != source[2]
+
+
+_BROADCASTING = _ELEMENTWISE | {"ExpandBackward0", "WhereBackward0", "MaximumBackward0", "MinimumBackward0"}
+
+
+def _output_shape(node: Any, nr: int) -> tuple[int, ...] | None:
+    """The shape of output ``nr`` of a graph node's forward op (None where the node does not say)."""
+    try:
+        return tuple(node._input_metadata[nr].shape)
+    except (AttributeError, IndexError, RuntimeError):
+        return None
+
+
+class _SharedCheck:
+    """Finds the tensors the batch shares, from the graph (never from sizes): where an elementwise op
+    or an expand broadcasts an input over a dim of size B (the input has size 1 there, or no such
+    dim), whatever produced that input holds one value for every example, so a probed layer below it
+    whose declared batch dim is that dim keeps no examples there, even where a size equals B (relative
+    position buckets (T, T) with T == B). Such a layer is refused by name (``refuse``); a rule that
+    expands its output to the batch before the broadcast (T5's) gets the examples apart."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.edges: list[tuple[Any, Any, tuple[int, ...], tuple[int, ...], set[int]]] = []
+
+    def visit(self, node: Any, below: dict[Any, bool]) -> None:
+        """Note the inputs of ``node`` it broadcasts over a dim of size B that have probed layers below."""
+        if self.batch < 2 or type(node).__name__ not in _BROADCASTING:
+            return
+        out = _output_shape(node, 0)
+        for child, nr in node.next_functions:
+            shape = None if out is None or child is None or not below.get(child) else _output_shape(child, nr)
+            if shape is None or len(shape) > len(out):
+                continue
+            offset = len(out) - len(shape)
+            dims = {k for k, size in enumerate(out) if size == self.batch and (k < offset or shape[k - offset] == 1)}
+            if dims:
+                self.edges.append((node, child, shape, out, dims))
+
+    def refuse(self, waiting: dict[Any, list[tuple["_Record", int]]], below: dict[Any, bool]) -> None:
+        """Raise naming the first probed layer below a broadcast input whose batch dim was broadcast."""
+        for node, child, shape, out, dims in self.edges:
+            stack, seen = [child], set()
+            while stack:
+                current = stack.pop()
+                if current in seen:
+                    continue
+                seen.add(current)
+                for record, _ in waiting.get(current, ()):
+                    if not record.layout.flattened and record.layout.dim in dims:
+                        raise ValueError(
+                            f"GradNormProbe: layer {record.layer!r} computes a tensor the batch shares: it reaches the "
+                            f"loss broadcast over the batch ({type(node).__name__} takes shape {shape} to {out}, dim "
+                            f"{record.layout.dim} of size {self.batch} made by the broadcast), so its tensors hold no "
+                            f"examples at dim {record.layout.dim}, whatever their sizes. Register a rule that expands "
+                            f"its output to the batch before the broadcast (as the T5 relative-bias rule does), or "
+                            f"leave its parameters out with params=")
+                stack.extend(c for c, _ in current.next_functions if c is not None and below.get(c))
 
 
 def _overrides(module: nn.Module, entry: Any) -> bool:
@@ -594,8 +666,10 @@ class GradNormProbe:
         if self._removed or not self._recording(capture.tensor):
             return
         tensor = capture.tensor
+        device = tensor.device.type
         record = _Record(recorder.layer, recorder.params, recorder.layout, capture, weakref.ref(self), recorder.loose,
-                         fused=isinstance(tensor.grad_fn, PROBED_LINEAR_NODE))
+                         fused=isinstance(tensor.grad_fn, PROBED_LINEAR_NODE),
+                         autocast=torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
         tensor.register_hook(lambda grad: record.on_grad(grad))
         tensor.grad_fn.metadata.setdefault(_MARK, []).append((weakref.ref(record), tensor.output_nr))
 
@@ -693,7 +767,7 @@ class GradNormProbe:
             raise ValueError("losses does not require grad: run the forward pass with gradients enabled, with the model attached to this probe")
         return losses.shape[0]
 
-    def _pending(self, losses: torch.Tensor) -> tuple[list[GradientEdge], list[_Record], bool, dict[int, int]]:
+    def _pending(self, losses: torch.Tensor, batch: int) -> tuple[list[GradientEdge], list[_Record], bool, dict[int, int]]:
         """Walk the graph below ``losses`` once (post-order): the records waiting for a gradient, and the
         gradient edges ``score`` asks for, the hooked outputs with no other hooked output below them.
         Also says whether records of this probe that were already consumed hang in the graph, and how
@@ -702,6 +776,7 @@ class GradNormProbe:
         below: dict[Any, bool] = {}  # node -> a waiting record at or below it
         param_edges: dict[int, int] = {}
         broadcast = _BroadcastCheck(self)
+        shared = _SharedCheck(batch)
         consumed = False
         stack = [(losses.grad_fn, False)]
         while stack:
@@ -731,12 +806,14 @@ class GradNormProbe:
             if entries:
                 waiting[node] = entries
             below[node] = bool(entries) or any(below[child] for child in children)
+            shared.visit(node, below)
         if broadcast.violations:
             raise RuntimeError(f"GradNormProbe: loose parameters, expanded to the batch while their owner runs, must "
                                f"reach the loss through ops that keep the examples apart (elementwise arithmetic, "
                                f"concatenation or slicing along another dim, expand, casts); instead "
                                f"{'; '.join(sorted(set(broadcast.violations)))}. Register a rule for the owner, or "
                                f"leave the parameter out with params=")
+        shared.refuse(waiting, below)
         edges, records = [], []
         for node, entries in waiting.items():
             records.extend(record for record, _ in entries)
@@ -745,7 +822,7 @@ class GradNormProbe:
         return edges, records, consumed, param_edges
 
     def _run(self, losses: torch.Tensor, batch: int, scale: float, trains: bool, pass_fn) -> torch.Tensor:
-        edges, records, consumed, param_edges = self._pending(losses)
+        edges, records, consumed, param_edges = self._pending(losses, batch)
         if not records and consumed:
             raise RuntimeError("GradNormProbe: this graph was already scored (a forward pass can be scored or "
                                "backpropagated once); run the forward pass again")

@@ -1,5 +1,5 @@
-"""Rule for T5's relative attention bias (``T5Attention.relative_attention_bias``, also MT5's),
-registered once transformers' T5 is imported.
+"""Rule for T5's relative attention bias (``T5Attention.relative_attention_bias``, also MT5's and
+UMT5's, whose every layer has its own table), registered once transformers' T5 is imported.
 
 The bias table's lookup, (q, k) buckets -> (1, H, q, k), is shared by the batch and added to every
 example's scores (and reused by the later layers): its output gradient is the sum over examples.
@@ -61,3 +61,4 @@ def _registration(attention: str) -> Callable[[ModuleType], None]:
 
 register_when_loaded("transformers.models.t5.modeling_t5", _registration("T5Attention"))
 register_when_loaded("transformers.models.mt5.modeling_mt5", _registration("MT5Attention"))
+register_when_loaded("transformers.models.umt5.modeling_umt5", _registration("UMT5Attention"))

@@ -1,4 +1,5 @@
-"""Test helpers that watch a teacher: what it was asked to observe, one record per step."""
+"""Test helpers that watch the code under test: what a teacher was asked to observe (one record per step), which
+kernel ops were called with which dtypes, and every host read of a tensor value."""
 from __future__ import annotations
 
 from typing import Callable
@@ -27,3 +28,37 @@ def watch_observe(teacher, observed: list) -> Callable:
 
     teacher.observe = observe
     return original
+
+
+def spy_calls(monkeypatch, module, names: tuple[str, ...]) -> list[tuple[str, tuple[torch.dtype, ...]]]:
+    """Replace each function ``module.<name>`` by one that appends (name, the dtypes of its tensor
+    arguments, list arguments' tensors included) to the returned list and passes the call through."""
+    seen: list[tuple[str, tuple[torch.dtype, ...]]] = []
+    for name in names:
+        original = getattr(module, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            flat = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])]
+            seen.append((_name, tuple(t.dtype for t in flat if isinstance(t, torch.Tensor))))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    return seen
+
+
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+
+
+def count_host_reads(monkeypatch) -> list[str]:
+    """Make every read of a tensor's value on the host (``.item()``, ``.tolist()``, ``bool(t)``,
+    ``int(t)``...: a device synchronization on a GPU) append its name to the returned list."""
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads

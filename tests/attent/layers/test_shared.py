@@ -1,0 +1,119 @@
+"""Tensors the batch shares are found through the graph, never read as batched from a size that
+happens to equal B: a probed layer whose output reaches the loss broadcast over the batch (relative
+position buckets (T, T) looked up once per forward, as T5-style encoders do) is refused by name
+whatever its sizes, or exact where a rule expands it to the batch first (T5, UMT5); broadcasts over
+other dims of size B are not mistaken for it."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attent.probe import GradNormProbe
+
+B = 3
+
+
+class RelativeEncoder(nn.Module):
+    """One attention layer whose scores get a bias looked up with (T, T) relative-position buckets,
+    computed once per forward and broadcast over the batch (implicitly, or with an explicit expand)."""
+
+    def __init__(self, expand: bool, vocab: int = 11, d: int = 8, heads: int = 2, buckets: int = 5) -> None:
+        super().__init__()
+        self.emb, self.rel = nn.Embedding(vocab, d), nn.Embedding(buckets, heads)
+        self.qkv, self.head = nn.Linear(d, 3 * d), nn.Linear(d, vocab)
+        self.expand, self.heads, self.buckets = expand, heads, buckets
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        b, t = ids.shape
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(self.emb(ids)).chunk(3, dim=-1))
+        position = torch.arange(t)
+        half = self.buckets // 2
+        buckets = (position[None, :] - position[:, None]).clamp(-half, half) + half  # (T, T), no batch dim
+        bias = self.rel(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, T, T)
+        if self.expand:
+            bias = bias.expand(b, -1, -1, -1)
+        mixed = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1) @ v
+        return self.head(mixed.transpose(1, 2).reshape(b, t, -1))
+
+
+def token_losses(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = model(ids)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(ids.shape).mean(1)
+
+
+@pytest.mark.parametrize("T", [B, B + 1, B - 1])  # T == B is the case a size cannot tell apart
+@pytest.mark.parametrize("expand", [False, True])
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_relative_position_buckets_are_refused_by_name_whatever_their_sizes(T, expand, mode):
+    torch.manual_seed(T)
+    model = RelativeEncoder(expand)
+    ids, targets = torch.randint(0, 11, (B, T)), torch.randint(0, 11, (B, T))
+    with GradNormProbe(model) as probe:
+        losses = token_losses(model, ids, targets)
+        with pytest.raises(ValueError, match=r"layer 'rel' computes a tensor the batch shares.*dim 0 of size 3"):
+            probe.score(losses) if mode == "score" else probe.backward(losses)
+
+
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_the_rest_of_that_encoder_is_exact_with_the_shared_table_left_out(exact, mode):
+    torch.manual_seed(0)
+    model = RelativeEncoder(expand=False)
+    ids, targets = torch.randint(0, 11, (B, B)), torch.randint(0, 11, (B, B))
+    rows = lambda i: slice(i, i + 1)  # noqa: E731
+    probe = exact(model, lambda m: token_losses(m, ids, targets), lambda m, i: token_losses(m, ids[rows(i)], targets[rows(i)]),
+                  B, mode=mode, params=[n for n, _ in model.named_parameters() if not n.startswith("rel.")])
+    assert "rel.weight" not in probe.coverage
+
+
+def test_a_layer_output_added_to_every_examples_loss_is_refused_by_name():
+    torch.manual_seed(1)
+    model = RelativeEncoder(expand=False)
+    aux = nn.Linear(4, 1)
+    model.aux = aux
+    ids, targets = torch.randint(0, 11, (B, B)), torch.randint(0, 11, (B, B))
+    with GradNormProbe(model, params=[p for n, p in model.named_parameters() if not n.startswith("rel.")]) as probe:
+        losses = token_losses(model, ids, targets) + aux(torch.ones(B, 4)).sum() / B  # one number, every example's
+        with pytest.raises(ValueError, match=r"layer 'aux' computes a tensor the batch shares"):
+            probe.score(losses)
+
+
+class Gated(nn.Module):
+    """Broadcasts over dims other than the batch, of size B on purpose: a per-example gate (B, 1, d)
+    over the T == B positions, and a per-channel squeeze-excite gate (B, C, 1, 1) over W == B."""
+
+    def __init__(self, d: int = 4) -> None:
+        super().__init__()
+        self.inp, self.gate, self.conv, self.excite = nn.Linear(d, d), nn.Linear(d, d), nn.Conv2d(d, d, 1), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, d)
+        h = self.inp(x) * torch.sigmoid(self.gate(x.mean(1, keepdim=True)))  # (B, T, d) * (B, 1, d)
+        image = self.conv(h.transpose(1, 2).unsqueeze(2))  # (B, d, 1, T)
+        scale = self.excite(image.mean((2, 3)))[:, :, None, None]  # (B, d, 1, 1)
+        return (image * scale).square().mean((1, 2, 3))
+
+
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_broadcasts_over_other_dims_of_size_B_are_not_taken_for_the_batch(exact, mode):
+    torch.manual_seed(2)
+    model, x = Gated(), torch.randn(B, B, 4)
+    exact(model, lambda m: m(x), lambda m, i: m(x[i:i + 1]), B, mode=mode)
+
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_umt5_relative_bias_with_T_equal_to_B_is_exact(exact, mode):
+    torch.manual_seed(3)
+    config = transformers.UMT5Config(vocab_size=40, d_model=8, d_kv=4, d_ff=B, num_layers=2, num_decoder_layers=1,
+                                     num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.0)
+    model = transformers.UMT5EncoderModel(config).eval()
+    ids = torch.randint(2, 40, (B, B))
+
+    def loss(m, rows):
+        return m(input_ids=ids[rows]).last_hidden_state.square().mean((1, 2))
+
+    probe = exact(model, lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, mode=mode, rtol=1e-4)
+    assert probe.coverage["encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"] == "t5-relative-bias"
