@@ -24,7 +24,10 @@ The probe case times a training step of a LLaMA MLP block: the plain step (forwa
 ``losses.mean().backward()``, the yardstick) against ``GradNormProbe.backward`` on each
 ``weight_grad`` route (fused, separate, auto), its flops those of the step's six GEMMs, its
 bytes the weights and activations each GEMM reads; its reference is the separate route on a
-float32 copy of the block.
+float32 copy of the block. The model probe cases time a bfloat16-autocast training step of a
+GPT-2-small stack (Hugging Face, 12 blocks, d 768, T 512, B 8) and of a ViT-B/16 stack (12 blocks,
+B 64): the plain step against ``GradNormProbe.score`` and ``GradNormProbe.backward`` (goals: score
+at most 1.0x, backward at most 1.15x the plain step), checked against each example's own step.
 """
 from __future__ import annotations
 
@@ -229,6 +232,112 @@ def _probe_case(label: str, B: int, T: int, d: int, p: int) -> Case:
     return Case("GradNormProbe.backward", f"{label} MLP B{B} T{T} d{d} p{p}", gemms, nbytes, "plain step", make)
 
 
+class _ViTBlock(nn.Module):
+    """A ViT-B/16 encoder block as timm writes it: pre-norm attention (one qkv Linear, SDPA), pre-norm MLP."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.heads = heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, d))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class _ViT(nn.Module):
+    """Patch-embedding convolution, class token and position embedding, a stack of blocks, final norm, head."""
+
+    def __init__(self, depth: int, d: int, heads: int, patch: int, image: int, classes: int) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, (image // patch) ** 2 + 1, d))
+        self.blocks = nn.Sequential(*[_ViTBlock(d, heads) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.patch(images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def _gpt2_stack(B: int, T: int, depth: int, d: int, heads: int, V: int) -> tuple[nn.Module, Callable[[nn.Module, slice], Tensor]]:
+    """Hugging Face GPT-2 (no dropout) and its per-example next-token losses on random ids."""
+    import transformers
+
+    config = transformers.GPT2Config(n_layer=depth, n_embd=d, n_head=heads, vocab_size=V, n_positions=T,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model, ids = transformers.GPT2LMHeadModel(config), torch.randint(0, V, (B, T), device=DEVICE)
+
+    def losses(net: nn.Module, rows: slice) -> Tensor:
+        logits = net(input_ids=ids[rows]).logits[:, :-1].float()
+        token = F.cross_entropy(logits.flatten(0, 1), ids[rows, 1:].flatten(), reduction="none")
+        return token.view(logits.shape[0], -1).mean(dim=1)
+
+    return model, losses
+
+
+def _vit_stack(B: int, depth: int, d: int, heads: int, patch: int, image: int) -> tuple[nn.Module, Callable[[nn.Module, slice], Tensor]]:
+    """A ViT (``_ViT``) and its per-example cross-entropy losses on random images and labels."""
+    model = _ViT(depth, d, heads, patch, image, classes=1000)
+    images, labels = torch.randn(B, 3, image, image, device=DEVICE), torch.randint(0, 1000, (B,), device=DEVICE)
+
+    def losses(net: nn.Module, rows: slice) -> Tensor:
+        return F.cross_entropy(net(images[rows]).float(), labels[rows], reduction="none")
+
+    return model, losses
+
+
+def _model_probe_case(label: str, B: int, tokens: int, weights: int, build: Callable[[], tuple[nn.Module, Callable]]) -> Case:
+    """A bfloat16-autocast training step of a whole model (float32 weights), the plain step
+    (forward + ``losses.mean().backward()``, the yardstick) against ``GradNormProbe.score`` and
+    ``GradNormProbe.backward`` (``weight_grad="auto"``) on a copy of it; the reference is each
+    example's own step under the same autocast (a loop over single examples, float64 sums of the
+    squared gradients). Flops: the step's GEMMs, 6 x tokens x ``weights`` (the matmul weights;
+    attention's T^2 terms left out); bytes: those weights read by its three GEMMs per layer."""
+    def make() -> tuple[list[Method], Callable[[], Tensor]]:
+        torch.manual_seed(0)
+        model, losses = build()
+        model = model.to(DEVICE)
+        probed = copy.deepcopy(model)
+        probe = GradNormProbe(probed)
+
+        def autocast_losses(net: nn.Module, rows: slice = slice(None)) -> Tensor:
+            with torch.autocast(DEVICE.type, dtype=DTYPE):
+                return losses(net, rows)
+
+        def plain() -> None:
+            model.zero_grad(set_to_none=True)
+            autocast_losses(model).mean().backward()
+
+        def score() -> Tensor:
+            return probe.score(autocast_losses(probed))
+
+        def backward() -> Tensor:
+            probed.zero_grad(set_to_none=True)
+            return probe.backward(autocast_losses(probed))
+
+        def reference() -> Tensor:
+            norms = []
+            for i in range(B):
+                model.zero_grad(set_to_none=True)
+                autocast_losses(model, slice(i, i + 1)).sum().backward()
+                norms.append(sum(p.grad.double().square().sum() for p in model.parameters() if p.grad is not None))
+            model.zero_grad(set_to_none=True)
+            return torch.stack(norms)
+
+        methods = [Method("plain step", plain), Method("probe.score", score, "activation gradients only", lambda r: r),
+                   Method("probe.backward", backward, "weight_grad=auto", lambda r: r)]
+        return methods, reference
+
+    return Case("GradNormProbe (model)", f"{label} B{B}, bf16 autocast", 6.0 * B * tokens * weights, 3 * weights * ELEMENT,
+                "plain step", make)
+
+
 def _targets(N: int, V: int) -> Tensor:
     targets = torch.randint(0, V, (N,), device=DEVICE)
     return torch.where(torch.rand(N, device=DEVICE) < 0.05, -100, targets)
@@ -267,7 +376,11 @@ def cases(quick: bool) -> list[Case]:
     if quick:
         return [*_linear_case("tiny", 2, 40, 32, 48), _grouped_case(2, 20, 32), _gram_case(3, 20, 32),
                 _norm_case("tiny", 2, 20, 64), _embedding_case(2, 40, 30, 32), _head_case(40, 32, 300), _ce_case(40, 300),
-                _probe_case("tiny", 2, 20, 32, 48)]
+                _probe_case("tiny", 2, 20, 32, 48),
+                _model_probe_case("GPT-2 tiny (2 blocks, d 32, T 16)", 2, 16, 2 * 12 * 32**2 + 97 * 32,
+                                  lambda: _gpt2_stack(2, 16, 2, 32, 2, 97)),
+                _model_probe_case("ViT tiny (2 blocks, d 48, 32 px)", 2, 17, 2 * 12 * 48**2 + 3 * 8**2 * 48 + 1000 * 48,
+                                  lambda: _vit_stack(2, 2, 48, 3, 8, 32))]
     llama = [
         case
         for B in (8, 32)
@@ -278,7 +391,12 @@ def cases(quick: bool) -> list[Case]:
     fused_first = sorted(llama, key=lambda c: c.op != "linear_weight_grad_and_norm_sq")
     vit = [case for p in (768, 2304, 3072) for case in _linear_case("ViT-B/16", 64, 197, 768, p)]
     return [
-        *fused_first[:8], _head_case(8192, 768, 50257), _probe_case("LLaMA-7B", 8, 512, 4096, 11008), *vit, *fused_first[8:],
+        *fused_first[:8], _head_case(8192, 768, 50257), _probe_case("LLaMA-7B", 8, 512, 4096, 11008),
+        _model_probe_case("GPT-2-small (12 blocks, d 768, T 512)", 8, 512, 12 * 12 * 768**2 + 50257 * 768,
+                          lambda: _gpt2_stack(8, 512, 12, 768, 12, 50257)),
+        _model_probe_case("ViT-B/16 (12 blocks, d 768, 224 px)", 64, 197, 12 * 12 * 768**2 + 3 * 16**2 * 768 + 1000 * 768,
+                          lambda: _vit_stack(64, 12, 768, 12, 16, 224)),
+        *vit, *fused_first[8:],
         _grouped_case(64, 197, 768), _norm_case("LLaMA-7B", 8, 4096, 4096), _norm_case("ViT-B/16", 64, 197, 768),
         _embedding_case(8, 4096, 32000, 4096), _ce_case(8192, 50257), _gram_case(64, 197, 768),
     ]
