@@ -157,13 +157,16 @@ class Objective:
         count = (targets != self.ignore_index).reshape(pred.shape[0], -1).sum(dim=1)
         return tokens.sum(dim=1) / count.clamp(min=1).to(tokens.dtype)
 
-    def output_scores(self, pred: torch.Tensor, targets: Any, kind: str) -> torch.Tensor:
+    def output_scores(self, pred: torch.Tensor, targets: Any, kind: str, *, targets_checked: bool = False) -> torch.Tensor:
         """Per-example ``"loss"`` or ``"fgrad"`` scores from the prediction, detached: (B,) float32,
         float64 for a float64 prediction.
 
         Cross-entropy goes through ``attent_kernels.cross_entropy_scores`` (loss and fgrad in one
         pass over the vocabulary), MSE through ``attent_kernels.mse_scores``, a user loss through
         one ``torch.autograd.grad`` of its sum w.r.t. a detached copy of the prediction.
+        ``targets_checked``: the targets already went through this objective's ``losses`` (a
+        training step's ``F.cross_entropy`` refuses any out of range), so the score skips its own
+        host-side range check, a device synchronization on CUDA.
         """
         if kind not in ("loss", "fgrad"):
             raise ValueError(f"output_scores computes 'loss' or 'fgrad' scores, got kind={kind!r}; 'gradnorm' needs the probe")
@@ -180,7 +183,8 @@ class Objective:
             scores = mse_scores(pred, targets)
             count = pred[0].numel()
             return scores.loss if kind == "loss" else scores.fgrad_sq.sqrt() / count
-        return _cross_entropy_output_scores(cross_entropy_scores(pred, targets, ignore_index=self.ignore_index), kind)
+        scores = cross_entropy_scores(pred, targets, ignore_index=self.ignore_index, check_targets=not targets_checked)
+        return _cross_entropy_output_scores(scores, kind)
 
     def correct(self, pred: torch.Tensor, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example (correct predictions, counted predictions), each (B,) int64, for the
@@ -610,7 +614,7 @@ class Scorer:
         if self.kind == "learnability":
             return self._minus_reference(losses.detach(), indices)
         if self.kind == "fgrad":
-            return self.objective.output_scores(pred, targets, "fgrad")
+            return self.objective.output_scores(pred, targets, "fgrad", targets_checked=True)
         if norms_sq is None or coefficients is None:
             raise ValueError("gradnorm step scores need norms_sq (from Scorer.backward) and the losses' coefficients")
         return gradnorm_scores(norms_sq, coefficients)

@@ -504,7 +504,7 @@ class _CudaStandIns:
         return counted
 
 
-@pytest.mark.parametrize("score", ["loss", "gradnorm"])
+@pytest.mark.parametrize("score", ["loss", "fgrad", "gradnorm"])
 def test_on_cuda_the_loop_neither_synchronizes_nor_reads_a_tensor_per_step(monkeypatch, score):
     """Runs of 6 and of 2 steps per epoch (batches of 4 and 12 over the teacher's 24 of 48 examples,
     the same epochs, teacher and evaluation set, evaluated in 3 and in 1 batches) synchronize and read
