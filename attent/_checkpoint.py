@@ -14,7 +14,7 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import numpy as np
 import torch
@@ -174,13 +174,14 @@ def _checked_rng(entry: Any, path: Path) -> dict[str, Any]:
 
 
 def read(resume_from: str | os.PathLike, parts: Mapping[str, Any], world: int,
-         trusted: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+         trusted: bool = False, state_keys: Collection[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Load a checkpoint (a file, or a folder holding ``checkpoint.pt``) into ``parts``; returns the
     run's state and the ranks' RNG states (for :func:`set_rng_state`). Reads it with
     ``torch.load(weights_only=True)`` unless ``trusted`` (then a previous-format file is read
     too). Raises a ValueError naming the file when it is refused (objects beyond tensors and plain
     values, without ``trusted``), unreadable (truncated) or does not fit the run (no such file, a
-    teacher where the run has none or the reverse, another world size); nothing is restored then."""
+    teacher where the run has none or the reverse, another world size, a run state with keys
+    beyond ``state_keys``); nothing is restored then."""
     path = Path(resume_from)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -196,6 +197,9 @@ def read(resume_from: str | os.PathLike, parts: Mapping[str, Any], world: int,
                          f"reads format {FORMAT_VERSION}")
     if not isinstance(payload["state"], dict) or not all(isinstance(key, str) for key in payload["state"]):
         raise ValueError(f"resume_from: the checkpoint {path} holds no run state (got {payload['state']!r:.80})")
+    unknown = sorted(set(payload["state"]) - set(state_keys)) if state_keys is not None else []
+    if unknown:
+        raise ValueError(f"resume_from: the checkpoint {path} holds run-state fields this attent does not know: {unknown}")
     if (payload["teacher"] is None) != (parts["teacher"] is None):
         had = "with" if payload["teacher"] is not None else "without"
         raise ValueError(f"resume_from: the checkpoint {path} was written by a run {had} a teacher; pass the same kind of run")

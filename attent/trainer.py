@@ -623,7 +623,8 @@ class _Run:
         self.excluded += time.perf_counter() - start
 
     def load_checkpoint(self, resume_from: str | os.PathLike) -> None:
-        state, rng = _checkpoint.read(resume_from, self.parts(), self.world, trusted=self.options.trust_checkpoint)
+        state, rng = _checkpoint.read(resume_from, self.parts(), self.world, trusted=self.options.trust_checkpoint,
+                                      state_keys=[f.name for f in dataclasses.fields(_State)])
         self.state = _State(**state)
         _checkpoint.set_rng_state(rng[self.rank])
 

@@ -270,12 +270,14 @@ def _malformed(payload, what):
         payload["rng"][0]["python"] = [python_state["version"], python_state["internal"].tolist(), None]
     elif what == "torch state as int64":
         payload["rng"][0]["torch"] = payload["rng"][0]["torch"].long()
+    elif what == "an unknown run-state field":
+        payload["state"]["surprise"] = 1
     else:
         raise AssertionError(what)
 
 
 @pytest.mark.parametrize("what", ["a newer format", "no format", "no run state", "another key", "numpy key as float",
-                                  "python state as a list", "torch state as int64"])
+                                  "python state as a list", "torch state as int64", "an unknown run-state field"])
 def test_a_malformed_checkpoint_is_refused_before_anything_is_restored(tmp_path, what):
     model = _model()
     parts = {"model": model, "optimizer": None, "lr_scheduler": None, "scaler": None, "teacher": None}
@@ -287,7 +289,7 @@ def test_a_malformed_checkpoint_is_refused_before_anything_is_restored(tmp_path,
     fresh = _model()
     parts["model"] = fresh
     with pytest.raises(ValueError, match=rf"{tmp_path / CHECKPOINT_NAME}"):
-        _checkpoint.read(tmp_path, parts, world=1)
+        _checkpoint.read(tmp_path, parts, world=1, state_keys=["step"])
     assert _untouched(fresh)
 
 
