@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="ViT on scikit-learn digits: full data, the teacher and a random subset at "
                                        "equal budgets, with a verdict in plain words")
     demo.add_argument("--score", default="fgrad", choices=SCORE_KINDS,
-                      help="what the training steps feed the teacher (default fgrad: ||dloss/dlogits||)")
+                      help="what the training steps feed the teacher (default fgrad: ||dloss/dlogits||; "
+                           "learnability needs a reference model, which the demo does not train)")
     demo.add_argument("--strategy", default=None, choices=tuple(STRATEGIES),
                       help="the teacher's strategy, instead of the default teacher's")
     demo.add_argument("--budgets", default=None,

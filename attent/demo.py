@@ -221,7 +221,8 @@ def run_demo(
     accuracy against wall time, return the numbers.
 
     Args:
-        score: what the training steps feed the teacher, one of ``attent.SCORE_KINDS``.
+        score: what the training steps feed the teacher, one of ``attent.SCORE_KINDS`` but
+            ``"learnability"`` (it needs a reference model, which the demo does not train).
         strategy: a name in ``attent.STRATEGIES`` instead of the default teacher's strategy.
         budgets: the lower budgets, fractions in (0, 1) (a 1 among them is dropped: b = 1 always runs).
         seed: model initialization, data order and the teachers' draws (the same for every run).
@@ -245,6 +246,9 @@ def run_demo(
     """
     if score not in SCORE_KINDS:
         raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}")
+    if score == "learnability":
+        raise ValueError("score 'learnability' needs a reference model (attent.Reference), which the demo does not "
+                         "train; pass it to attent.fit(..., score='learnability', reference=...) instead")
     if strategy is not None and strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {strategy!r}")
     budgets = _check_budgets(budgets)

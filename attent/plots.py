@@ -78,7 +78,7 @@ def plot_curves(
     if not runs:
         raise ValueError("runs is empty: pass at least one run name -> history")
     metric = metric or default_metric(next(iter(runs.values())))
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(8.0, 5.0) if point_label is not None else (6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     drawn = {name: [r for r in history if _finite(r.get(x)) and _finite(r.get(metric))] for name, history in runs.items()}
     xs = [r[x] for records in drawn.values() for r in records]
@@ -94,7 +94,8 @@ def plot_curves(
                 right = record[x] > middle
                 ax.annotate(str(record[point_label]), (record[x], record[metric]), xytext=(-4 if right else 4, 4 - 9 * index),
                             textcoords="offset points", ha="right" if right else "left", fontsize="x-small",
-                            color=line.get_color())
+                            color=line.get_color(), bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
+                                                          "alpha": 0.7})
     if target is not None:
         ax.axhline(target, color="0.4", linestyle="--", linewidth=1, label=target_label)
     ax.set_xlabel(X_LABELS.get(x, x))

@@ -26,6 +26,7 @@ def _exit_status(argv) -> int:
     (["demo", "--budgets", ","], "attent demo: budgets must hold at least one fraction below 1"),
     (["demo", "--epochs", "0"], "attent demo: epochs must be an integer >= 1, got 0"),
     (["demo", "--seed", "-1"], "attent demo: seed must be an integer >= 0, got -1"),
+    (["demo", "--score", "learnability"], "attent demo: score 'learnability' needs a reference model"),
     (["demo", "--epochs", "two"], "attent demo: argument --epochs: invalid int value: 'two'"),
     (["demo", "--score", "margin"], "attent demo: argument --score: invalid choice: 'margin'"),
     (["demo", "--strategy", "best"], "attent demo: argument --strategy: invalid choice: 'best'"),

@@ -253,7 +253,8 @@ def test_quick_demo_writes_a_png_and_its_record(quick_demo):
     "options, named",
     [({"score": "margin"}, "score"), ({"strategy": "best"}, "strategy"), ({"epochs": 0}, "epochs"),
      ({"seed": -1}, "seed"), ({"budgets": (1.0,)}, "budgets"), ({"budgets": (0.0,)}, "budgets"),
-     ({"budgets": (1.5,)}, "budgets"), ({"budgets": ()}, "budgets"), ({"budgets": ("half",)}, "budgets")],
+     ({"budgets": (1.5,)}, "budgets"), ({"budgets": ()}, "budgets"), ({"budgets": ("half",)}, "budgets"),
+     ({"score": "learnability"}, "learnability' needs a reference model")],
 )
 def test_bad_options_raise_before_training(options, named, tmp_path, monkeypatch):
     monkeypatch.setattr(attent.demo, "run_method", pytest.fail)

@@ -1,11 +1,15 @@
-"""The README's plain-loop snippets run as written, with every strategy and with the published
-recipe's scoring passes."""
+"""The README: its plain-loop snippets run as written, with every strategy and with the published
+recipe's scoring passes; its first screen says where the teacher pays, from the records, and shows
+the demo as it now runs."""
+import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
+
+import attent
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TEACHER_LINE = "teacher = attent.Teacher(len(ds), epochs=E)"
@@ -60,3 +64,48 @@ def test_the_readme_refresh_hook_runs_the_scoring_passes(teacher_line):
     teacher = namespace["teacher"]
     assert teacher.stats["refreshes"] >= 1
     assert int((teacher.score_steps >= 0).sum()) == 40
+
+
+# ------------------------------------------------------------------ the first screen and the demo
+
+FIRST_SCREEN_END = "## Using it"
+DEMO_PLOT = "bench/results/demo_frontier.png"
+
+
+def _first_screen() -> str:
+    """The README up to its usage section, whitespace collapsed (the README wraps its lines)."""
+    return " ".join(README.read_text().split(FIRST_SCREEN_END)[0].split())
+
+
+def test_the_first_screen_says_where_the_teacher_pays_from_the_records():
+    """The sentence `python -m bench.e2e.readme_tables` prints from the committed frontier records:
+    re-recording a task changes it, and the README with it."""
+    from bench.e2e.readme_tables import RESULTS, TASK_ORDER, first_screen
+
+    records = {task: json.loads((RESULTS / f"e2e_{task}.json").read_text()) for task in TASK_ORDER
+               if (RESULTS / f"e2e_{task}.json").exists()}
+    records = {task: record for task, record in records.items() if "methods" in record}
+    assert records and first_screen(records) in _first_screen()
+
+
+def test_the_first_screen_shows_the_demo_output_in_its_current_form():
+    """The demo's printed table in the README has the demo's current columns and rows (full data,
+    the default teacher and the random-subset control at every default budget), its result and
+    verdict lines, its plot, and the options it takes (every registered strategy)."""
+    from attent.demo import DEFAULT_BUDGETS, TABLE_HEADER
+
+    text = README.read_text().split(FIRST_SCREEN_END)[0]
+    block = next(b for b in re.findall(r"```text\n(.*?)```", text, re.DOTALL) if b.startswith("attent demo:"))
+    lines = block.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("run "))
+    assert tuple(re.split(r"\s{2,}", lines[header].strip())) == TABLE_HEADER
+    rows = {tuple(re.split(r"\s{2,}", line.strip())[:2]) for line in lines[header + 2:] if re.match(r"^[a-z]", line)
+            and not line.startswith(("result:", "verdict:", "wrote"))}
+    assert ("full data", "1") in rows
+    for budget in DEFAULT_BUDGETS:
+        assert {("full data", f"{budget:g}"), ("teacher (soft, fgrad)", f"{budget:g}"),
+                ("random subset", f"{budget:g}")} <= rows
+    assert any(line.startswith("verdict: teacher (soft, fgrad) ") for line in lines)
+    assert any(line.startswith("result:") for line in lines) and "saved" not in block
+    assert f"]({DEMO_PLOT})" in text and (README.parent / DEMO_PLOT).read_bytes()[:4] == b"\x89PNG"
+    assert f"--strategy {{{','.join(attent.STRATEGIES)}}}" in _first_screen()
