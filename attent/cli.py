@@ -87,8 +87,7 @@ def _train(config_path: str, out: str | None) -> int:
     arguments = build_run(config)
     teacher = arguments["teacher"]
     options = arguments["options"]
-    budget = "" if options.budget == 1.0 and (teacher is None or teacher.budget is None) else \
-        f" at budget {options.budget if teacher is None or teacher.budget is None else teacher.budget:g}"
+    budget = "" if options.budget == 1.0 else f" at budget {options.budget:g}"  # a teacher's budget is the run's
     print(f"attent train: {len(arguments['train_data'])} training examples, {options.epochs} epochs{budget}, "
           f"{'full data' if teacher is None else f'teacher {teacher.strategy.name} fed {options.score} scores'}; "
           f"writing to {options.out_dir}", flush=True)

@@ -254,6 +254,9 @@ def run_demo(
     budgets = _check_budgets(budgets)
     seed = check_count("seed", seed, 0)
     epochs = None if epochs is None else check_count("epochs", epochs, 1)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} exists and is not a folder")
     task = digits(quick=quick)
     epochs = task.defaults.epochs if epochs is None else epochs
     chosen = strategy_from(strategy if strategy is not None else inspect.signature(Teacher).parameters["strategy"].default)
@@ -307,7 +310,6 @@ def run_demo(
     else:
         print("result:\n" + "\n".join(f"  {line}" for line in reading["result"]) + f"\nverdict: {reading['verdict']}",
               flush=True)
-    out = Path(out_dir)
     title = (f"digits ViT, seed {seed}, recipe {epochs} epochs: accuracy for the wall time spent"
              + ("\n(quick: a smoke run, no verdict)" if quick else ""))
     plot = _plot(runs, teacher.name, control_name, None if reading is None else reading["target"], out / PLOT_NAME,

@@ -31,6 +31,7 @@ def _exit_status(argv) -> int:
     (["demo", "--score", "margin"], "attent demo: argument --score: invalid choice: 'margin'"),
     (["demo", "--strategy", "best"], "attent demo: argument --strategy: invalid choice: 'best'"),
     (["demo", "--frobnicate"], "attent: unrecognized arguments: --frobnicate"),
+    (["demo", "--out", __file__], f"attent demo: out_dir {__file__!r} exists and is not a folder"),
     (["bench", "nonsense"], "attent bench: argument which: invalid choice: 'nonsense'"),
     ([], "attent: the following arguments are required: command"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
