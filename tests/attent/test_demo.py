@@ -14,7 +14,7 @@ import pytest
 
 import attent.demo
 from attent.demo import PLOT_NAME, RESULT_NAME, TABLE_HEADER, TOLERANCE, run_demo
-from attent.plots import Figure
+from attent.plots import Figure, plot_curves
 from attent.trainer import FitResult
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -190,6 +190,14 @@ def test_the_plot_labels_its_axis_draws_the_target_and_names_each_point(monkeypa
         assert list(line.get_ydata()) == pytest.approx([y for _, y in points])
     texts = sorted(text.get_text() for text in ax.texts)
     assert texts == sorted(["b=1: full data, the recipe", *[f"b={b}" for b in ("0.25", "0.5", "0.75")] * 3])
+
+
+@pytest.mark.parametrize("metric, label", [("val_accuracy", "validation accuracy"), ("val_ppl", "validation perplexity"),
+                                           ("val_top5_error", "validation top5 error"), ("train_loss", "training loss")])
+def test_run_plots_name_the_metric_not_its_key(metric, label, tmp_path, captured_figures):
+    plot_curves({"run": [{"wall_time": 1.0, metric: 0.5}, {"wall_time": 2.0, metric: 0.7}]}, tmp_path / "p.png",
+                metric=metric)
+    assert captured_figures[0].axes[0].get_ylabel() == label
 
 
 # ------------------------------------------------------------------ a real quick run
