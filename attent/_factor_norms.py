@@ -88,14 +88,16 @@ def canonical(factor: Factor, layout: Layout, shape: torch.Size, batch: int) -> 
     return Direct(v.reshape(batch, -1, numel).sum(dim=1, dtype=accum_dtype(v)), 0)
 
 
-def norm_sq(factor: Factor) -> torch.Tensor:
-    """(B,) squared norm of a canonical factor's per-example gradient."""
+def norm_sq(factor: Factor, bias: bool = False) -> torch.Tensor:
+    """(B,) squared norm of a canonical factor's per-example gradient; ``bias``: a float Outer's
+    plus ||sum_t a_t||^2, the norm of a bias whose gradient sums the output gradient a, in the
+    same kernel call."""
     if isinstance(factor, Outer):
         if isinstance(factor.a, Ids):
             # the layer's lookup already refused ids outside its table: no host check (a device sync)
             return embedding_grad_norm_sq(factor.a.ids, factor.b, padding_idx=factor.a.padding_idx, check_ids=False)
         x, g = _common(factor.b, factor.a)
-        return linear_grad_norm_sq(x, g)
+        return linear_grad_norm_sq(x, g, bias=bias)
     if isinstance(factor, Diag):
         return norm_grad_norm_sq(factor.x, factor.g, bias=False)
     return factor.v.square().sum(dim=1)
@@ -119,12 +121,13 @@ def rounded_by_autocast(factor: Factor, dtype: torch.dtype | None,
     return factor
 
 
-def grouped_norm_sq(factors: list[Outer]) -> torch.Tensor:
+def grouped_norm_sq(factors: list[Outer], biases: list[bool]) -> torch.Tensor:
     """(K, B) squared norms of K canonical float Outer factors that share their b (the layers'
-    common input x), row k factor k's: one ``grouped_linear_grad_norm_sq`` call, the Gram of x
-    formed once. The tensors meet in their promoted dtype, as in :func:`norm_sq`."""
+    common input x), row k factor k's (plus ||sum_t a_t||^2 where ``biases[k]``, as in
+    :func:`norm_sq`): one ``grouped_linear_grad_norm_sq`` call, the Gram of x formed once. The
+    tensors meet in their promoted dtype, as in :func:`norm_sq`."""
     x, *gs = _common(factors[0].b, *(factor.a for factor in factors))
-    return grouped_linear_grad_norm_sq(x, gs, per_layer=True)
+    return grouped_linear_grad_norm_sq(x, gs, biases=biases, per_layer=True)
 
 
 def weight_grad_and_norm_sq(factor: Outer, path: str) -> tuple[torch.Tensor, torch.Tensor]:

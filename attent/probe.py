@@ -184,9 +184,9 @@ class _Call:
     per_layer: dict[str, torch.Tensor] = field(default_factory=dict)
     stashed: dict[int, list[Factor]] = field(default_factory=dict)
     single: set[int] = field(default_factory=set)
-    # the (layer, Outer) weight factors waiting for the next reader of one input (id(Capture.input))
+    # the (layer, Outer, with its bias) weight factors waiting for the next reader of one input (id(Capture.input))
     held_input: int | None = None
-    held: list[tuple[str, Outer]] = field(default_factory=list)
+    held: list[tuple[str, Outer, bool]] = field(default_factory=list)
     # the last float32 input rounded to an autocast dtype, (input, rounded), for its next readers (q, k, v)
     rounded: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -200,6 +200,25 @@ class _Call:
             self.rounded = (tensor, tensor.to(dtype))
         return self.rounded[1]
 
+    def _folded_biases(self, record: _Record, factors: dict[str, Factor], weight_grads: tuple[str, ...]) -> dict[str, str]:
+        """{weight name: bias name} where the bias's Direct factor is the output-gradient side of the
+        weight's float Outer (the very tensor: a linear map's g): the bias norm ||sum_t g_t||^2 is
+        then computed in the weight's norm kernel (one call, g read once) instead of by a reduction
+        and a norm of its own. Not for shared parameters (their cross terms need the factors apart)
+        nor for weights whose gradient the probe forms (``weight_grads``)."""
+        own = {local: f for local, f in factors.items() if local in record.params and record.params[local] not in self.shared}
+        folds: dict[str, str] = {}
+        for weight, outer in own.items():
+            if weight in weight_grads or not isinstance(outer, Outer) or isinstance(outer.a, Ids):
+                continue
+            for bias, direct in own.items():
+                if (isinstance(direct, Direct) and bias not in folds.values() and direct.batch_dim == outer.batch_dim
+                        and (direct.v is outer.a or direct.v is outer.b)
+                        and direct.v.shape[-1] == self.probe._params[record.params[bias]].numel()):
+                    folds[weight] = bias
+                    break
+        return folds
+
     def consume(self, record: _Record, factors: dict[str, Factor], weight_grads: tuple[str, ...] = (),
                 input_key: int | None = None) -> dict[str, torch.Tensor]:
         """Add the squared norms of a record's factors to ``per_layer`` (a shared parameter's factors
@@ -211,16 +230,23 @@ class _Call:
         held while the records that arrive next read the same input (q, k and v, whose gradients
         come together); the held factors go through one grouped norm (``_group_norms``) when a
         record of anything else arrives (or the pass ends), so readers far apart in the backward
-        (cross-attention layers reading one encoder output) hold nothing for long."""
+        (cross-attention layers reading one encoder output) hold nothing for long. A bias whose
+        gradient sums the weight's output gradient is added in the weight's norm call
+        (``_folded_biases``)."""
         probe = self.probe
         grads: dict[str, torch.Tensor] = {}
         if self.held_input is not None and self.held_input != input_key:
             self._group_norms()
+        folds = self._folded_biases(record, factors, weight_grads)
         for local, key in record.params.items():
             if local not in factors:
                 continue
+            factor = factors[local]
+            bias = local in folds
+            if bias and factors[folds[local]].v is factor.b:  # HF Conv1D: Outer(x, g); the norm is symmetric in a and b
+                factor = Outer(factor.b, factor.a, factor.batch_dim)
             try:
-                factor = _factor_norms.rounded_by_autocast(factors[local], record.autocast, self._round)
+                factor = _factor_norms.rounded_by_autocast(factor, record.autocast, self._round)
                 factor = _factor_norms.canonical(factor, record.layout, probe._params[key].shape, self.batch)
             except ValueError as error:
                 raise ValueError(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}; if this layer "
@@ -234,16 +260,18 @@ class _Call:
                     f"GradNormProbe: parameter {probe._names[key]!r} was used twice in one backward pass by "
                     f"layers recorded during that pass (reentrant checkpointing); use use_reentrant=False")
             self.single.add(key)
+            if local in folds.values():
+                continue  # its norm comes with its weight's
             if (input_key in self.input_readers and local not in weight_grads and isinstance(factor, Outer)
                     and not isinstance(factor.a, Ids)):
                 self.held_input = input_key
-                self.held.append((record.layer, factor))
+                self.held.append((record.layer, factor, bias))
                 continue
             try:
                 if local in weight_grads:
                     grads[local], sq = _factor_norms.weight_grad_and_norm_sq(factor, probe._weight_grad)
                 else:
-                    sq = _factor_norms.norm_sq(factor)
+                    sq = _factor_norms.norm_sq(factor, bias=bias)
                 self.add(record.layer, sq)
             except (ValueError, TypeError, RuntimeError) as error:
                 raise type(error)(f"GradNormProbe: layer {record.layer!r}, parameter {local!r}: {error}") from error
@@ -254,14 +282,14 @@ class _Call:
         shape and strides) in one ``grouped_linear_grad_norm_sq`` call, x's Gram formed once, one
         row per layer; any other alone."""
         held, self.held, self.held_input = self.held, [], None
-        same_b: dict[tuple, list[tuple[str, Outer]]] = {}
-        for layer, factor in held:
+        same_b: dict[tuple, list[tuple[str, Outer, bool]]] = {}
+        for layer, factor, bias in held:
             b = factor.b
-            same_b.setdefault((b.data_ptr(), b.shape, b.stride(), b.dtype, b.device), []).append((layer, factor))
+            same_b.setdefault((b.data_ptr(), b.shape, b.stride(), b.dtype, b.device), []).append((layer, factor, bias))
         for entries in same_b.values():
-            layers = [layer for layer, _ in entries]
+            layers = [layer for layer, _, _ in entries]
             try:
-                rows = _factor_norms.grouped_norm_sq([factor for _, factor in entries])
+                rows = _factor_norms.grouped_norm_sq([factor for _, factor, _ in entries], [bias for _, _, bias in entries])
             except (ValueError, TypeError, RuntimeError) as error:
                 raise type(error)(f"GradNormProbe: layers {', '.join(map(repr, layers))} (reading one input): "
                                   f"{error}") from error

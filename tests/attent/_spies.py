@@ -30,16 +30,17 @@ def watch_observe(teacher, observed: list) -> Callable:
     return original
 
 
-def spy_calls(monkeypatch, module, names: tuple[str, ...]) -> list[tuple[str, tuple[torch.dtype, ...]]]:
+def spy_calls(monkeypatch, module, names: tuple[str, ...]) -> list[tuple[str, tuple[torch.dtype, ...], dict]]:
     """Replace each function ``module.<name>`` by one that appends (name, the dtypes of its tensor
-    arguments, list arguments' tensors included) to the returned list and passes the call through."""
-    seen: list[tuple[str, tuple[torch.dtype, ...]]] = []
+    arguments, list arguments' tensors included, its keyword arguments) to the returned list and
+    passes the call through."""
+    seen: list[tuple[str, tuple[torch.dtype, ...], dict]] = []
     for name in names:
         original = getattr(module, name)
 
         def spy(*args, _name=name, _original=original, **kwargs):
             flat = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])]
-            seen.append((_name, tuple(t.dtype for t in flat if isinstance(t, torch.Tensor))))
+            seen.append((_name, tuple(t.dtype for t in flat if isinstance(t, torch.Tensor)), kwargs))
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)

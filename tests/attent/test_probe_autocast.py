@@ -93,8 +93,22 @@ def test_the_kernels_get_the_16_bit_tensors(monkeypatch, mode, route, ops):
     with GradNormProbe(model, weight_grad=route) as probe:
         losses = losses_of(model, ids, targets)
         probe.score(losses) if mode == "score" else probe.backward(losses)
-    assert {name for name, _ in calls} == ops
-    assert all(dtypes and set(dtypes) == {torch.bfloat16} for _, dtypes in calls), calls
+    assert {name for name, _, _ in calls} == ops
+    assert all(dtypes and set(dtypes) == {torch.bfloat16} for _, dtypes, _ in calls), calls
+
+
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_a_linear_bias_norm_comes_with_its_weight_norm_in_one_call(monkeypatch, mode):
+    model, ids, targets = batch(3)
+    calls = spy_calls(monkeypatch, _factor_norms, LINEAR_OPS)
+    with GradNormProbe(model, weight_grad="separate") as probe:
+        losses = losses_of(model, ids, targets)
+        probe.score(losses) if mode == "score" else probe.backward(losses)
+    flags = sorted((name, str(kwargs.get("bias", kwargs.get("biases")))) for name, _, kwargs in calls)
+    # q, k (no bias), v in one grouped call; out, up and head each with its bias
+    assert [name for name, _ in flags] == ["grouped_linear_grad_norm_sq"] + ["linear_grad_norm_sq"] * 3
+    assert flags[1:] == [("linear_grad_norm_sq", "True")] * 3
+    assert sorted(calls[[n for n, _, _ in calls].index("grouped_linear_grad_norm_sq")][2]["biases"]) == [False, True, True]
 
 
 @pytest.mark.parametrize("mode", ["score", "backward"])
