@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 from . import _checkpoint
 from ._checkpoint import CHECKPOINT_NAME
 from ._distributed import rank_and_world_size
+from .pool import PoolSelection, PoolTeaching
 from .schedules import budget_sizes
 from .scores import (
     AMP_MODES,
@@ -102,7 +103,8 @@ class FitResult:
         ``eval_points``; and the run's last step, where training stops early), each with ``epoch`` (epochs completed, a float), ``step``
         (optimizer steps), ``wall_time`` (training wall-clock seconds, every scoring pass
         included, evaluation excluded), ``train_time``, ``selection_time``, ``examples_seen``
-        (training examples forwarded in training steps), ``examples_scored`` (in refresh passes),
+        (training examples forwarded in training steps), ``examples_scored`` (in refresh passes and,
+        with ``pool=``, candidate forwards),
         ``ratio`` (the epoch's selected fraction), ``train_loss`` (mean per-example loss since the
         previous record) and the evaluation metrics (``val_loss``; ``val_accuracy`` for
         ``loss="cross_entropy"``; ``val_ppl`` for ``loss="lm"``; ``val_<name>`` for each extra metric).
@@ -461,7 +463,8 @@ class _Run:
 
     def __init__(self, model: nn.Module, train_data: Dataset, *, loss: Any, optimizer: torch.optim.Optimizer,
                  teacher: Teacher | None, eval_data: Dataset | None, metrics: Mapping[str, Metric] | None,
-                 lr_scheduler: Any, collate_fn: Callable[[list], Any] | None, options: FitOptions):
+                 lr_scheduler: Any, collate_fn: Callable[[list], Any] | None, options: FitOptions,
+                 reference: Any = None, pool: PoolSelection | None = None):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -474,16 +477,25 @@ class _Run:
         self.model, self.train_data, self.eval_data = model, train_data, eval_data
         self.optimizer, self.metrics, self.collate_fn = optimizer, metrics, collate_fn
         self.objective = Objective.resolve(loss, ignore_index=o.ignore_index)
-        self.scorer = Scorer(o.score, self.objective, probe_params=o.gradnorm_params, head=o.score_head)
-        full_sizes = None if teacher is not None or o.budget == 1.0 else budget_sizes(o.epochs, len(train_data), o.budget)
-        self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed, full_sizes=full_sizes)
-        self.teaching.check_epochs(o.epochs)
+        self.scorer = Scorer(o.score, self.objective, probe_params=o.gradnorm_params, head=o.score_head, reference=reference)
+        if self.scorer.num_examples is not None and self.scorer.num_examples != len(train_data):
+            raise ValueError(f"reference holds {self.scorer.num_examples} reference losses but train_data has "
+                             f"{len(train_data)} examples")
+        if pool is not None:
+            self.teaching = _pool_teaching(pool, teacher, self.scorer, reference, len(train_data), o)
+            full_sizes = self.teaching.full_sizes
+        else:
+            full_sizes = None if teacher is not None or o.budget == 1.0 else budget_sizes(o.epochs, len(train_data), o.budget)
+            self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed, full_sizes=full_sizes)
+            self.teaching.check_epochs(o.epochs)
         if teacher is not None and o.budget != 1.0 and teacher.budget != o.budget:
             raise ValueError(f"fit budget={o.budget} but the teacher was built with budget={teacher.budget}; build it "
                              f"with Teacher(..., epochs={o.epochs}, budget={o.budget})")
         self.teacher = teacher
         self.epochs = o.epochs if full_sizes is None else len(full_sizes)
-        self.batch_size, self.grad_accum = o.batch_size, o.grad_accum
+        # pooled selection: the loader yields chunks of nB candidates, train_group keeps nb of each
+        self.batch_size = self.teaching.candidates_per_step if pool is not None else o.batch_size
+        self.grad_accum = o.grad_accum
         self.eval_batch_size = o.eval_batch_size or o.batch_size
         self.device = torch.device(o.device) if o.device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.out_dir = Path(o.out_dir) if o.out_dir is not None else None
@@ -667,8 +679,10 @@ class _Run:
         ``nonfinite_loss="skip"`` and fp16): the loss sum, the first non-finite step and the scores
         stay on the device until ``settle`` and the teacher's hand-over."""
         model, objective, scaler, teaching, clock, state = self.model, self.objective, self.scaler, self.teaching, self.clock, self.state
-        total = sum(int(indices.numel()) for indices, _ in group)
         scoring: list[tuple[Any, Any]] = []
+        if isinstance(teaching, PoolTeaching) and teaching.selects:
+            group, scoring = self.choose_from_pool(group)
+        total = sum(int(indices.numel()) for indices, _ in group)
         pending, loss_sum, loss_scale = [], None, 1.0
         for position, (indices, batch) in enumerate(group):
             inputs, targets = split_batch(move_to(batch, self.device), self.options.label_key)
@@ -721,6 +735,18 @@ class _Run:
             teaching.observe(indices, scores, step=state.step - 1)
         scoring.append((start, clock.mark()))
         return scoring
+
+    def choose_from_pool(self, group: list[tuple[torch.Tensor, Any]]) -> tuple[list[tuple[torch.Tensor, Any]], list[tuple[Any, Any]]]:
+        """Pooled selection: each chunk of candidates becomes the examples it keeps (on the device),
+        the candidates' forwards counted in ``examples_scored``; returns the kept group and the
+        clock marks around the choice (selection time)."""
+        start = self.clock.mark()
+        chosen = [self.teaching.choose(self.model, indices, batch, step=self.state.step, device=self.device,
+                                       label_key=self.options.label_key,
+                                       autocast_context=lambda: autocast(self.device, self.options.amp))
+                  for indices, batch in group]
+        self.state.examples_scored += sum(int(indices.numel()) for indices, _ in group)
+        return chosen, [(start, self.clock.mark())]
 
     def update(self) -> None:
         """The optimizer step from the accumulated gradients (unscaled and clipped as configured)."""
@@ -873,6 +899,18 @@ class _Run:
         return result
 
 
+def _pool_teaching(pool: PoolSelection, teacher: Teacher | None, scorer: Scorer, reference: Any, num_examples: int,
+                   options: FitOptions) -> PoolTeaching:
+    """The teaching protocol of ``fit(pool=)``, after refusing what pooled selection cannot do."""
+    if teacher is not None:
+        raise ValueError("pass either teacher= (selection per epoch) or pool= (selection per step from candidates), not both")
+    if options.grad_accum != 1 or rank_and_world_size()[1] > 1:
+        raise ValueError(f"pool= needs grad_accum=1 and a single process (it chooses within one batch per optimizer "
+                         f"step); got grad_accum={options.grad_accum} and {rank_and_world_size()[1]} processes")
+    return PoolTeaching(pool, scorer, num_examples=num_examples, epochs=options.epochs, budget=options.budget,
+                        batch_size=options.batch_size, seed=options.seed, reference=reference)
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset,
@@ -880,6 +918,8 @@ def fit(
     loss: LossSpec,
     optimizer: torch.optim.Optimizer,
     teacher: Teacher | None = None,
+    reference: Any = None,
+    pool: PoolSelection | None = None,
     eval_data: Dataset | None = None,
     metrics: Mapping[str, Metric] | None = None,
     lr_scheduler: Any = None,
@@ -903,6 +943,14 @@ def fit(
         optimizer: a torch optimizer over the model's parameters.
         teacher: an ``attent.Teacher`` built for ``len(train_data)`` examples and the run's
             ``epochs`` (or open-ended), or None (plain training).
+        reference: for ``score="learnability"``: an :class:`attent.Reference` whose ``train`` is
+            ``train_data``, or the (N,) reference losses of its examples.
+        pool: an :class:`attent.PoolSelection`: instead of a teacher's per-epoch subsets, every
+            optimizer step scores ``ceil(batch_size / keep)`` candidates with a no-grad forward and
+            trains on ``batch_size`` of them (``score`` ``"learnability"``, ``"loss"`` or ``"fgrad"``;
+            ``grad_accum=1``, one process); a run at ``budget`` trains full data's number of examples,
+            its epochs are passes over the candidates, and the candidates' forwards count in
+            ``examples_scored`` and the selection time (see :mod:`attent.pool`).
         eval_data, metrics: evaluation set and extra per-example metrics (see :func:`evaluate`).
         lr_scheduler: a scheduler, stepped after every optimizer step
             (``lr_scheduler_interval="step"``) or at every epoch end (``"epoch"``); or a callable
@@ -925,5 +973,5 @@ def fit(
             raise TypeError("fit() needs epochs=")
         options = FitOptions(**option_values)
     run = _Run(model, train_data, loss=loss, optimizer=optimizer, teacher=teacher, eval_data=eval_data, metrics=metrics,
-               lr_scheduler=lr_scheduler, collate_fn=collate_fn, options=options)
+               lr_scheduler=lr_scheduler, collate_fn=collate_fn, options=options, reference=reference, pool=pool)
     return run.run(options.resume_from)
