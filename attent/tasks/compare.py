@@ -2,7 +2,10 @@
 quality each reaches for the wall time it spends.
 
 A :class:`Method` is a way to pick what each epoch trains on: full data, an ``attent.Teacher``
-built from options, or the published AtteNT recipe (``Teacher.published``). :func:`run_method`
+built from options, the published AtteNT recipe (``Teacher.published``), selection from a
+presampled pool by a reference's learnability (``attent.PoolSelection``), a one-off static filter by
+the same reference then uniform training on what it keeps, or full data with the reference's clean
+holdout added to the training set (the baseline that gets the reference's data). :func:`run_method`
 trains a task's model with one of them at a budget b (the fraction of the recipe's ``epochs * N``
 training examples it may process: full data runs the shortened schedule of ``round(b * epochs)``
 epochs, a teacher shrinks its subsets over the recipe's epochs) under the task's recipe (the same
@@ -16,13 +19,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
+from torch.utils.data import ConcatDataset, Subset
+
+from ..pool import PoolSelection
+from ..schedules import budget_sizes
 from ..scores import SCORE_KINDS
 from ..teacher import Teacher
 from ..trainer import FitResult, fit
 from ._task import Task
 
-__all__ = ["Method", "FULL_DATA", "PUBLISHED", "run_method", "final_metric", "format_table", "FINAL_EVALUATIONS",
-           "EVAL_POINTS"]
+__all__ = ["Method", "FULL_DATA", "PUBLISHED", "REFERENCE_KINDS", "run_method", "static_filter", "run_cost",
+           "final_metric", "format_table", "FINAL_EVALUATIONS", "EVAL_POINTS"]
+
+REFERENCE_KINDS = ("pool", "static")  # the kinds that read the task's reference model
 
 FINAL_EVALUATIONS = 3  # a run's quality: the mean of its last three evaluations (less noise than the last one)
 EVAL_POINTS = 20  # evaluations evenly spaced over each run's steps: the last three at 90%, 95% and 100% of it
@@ -33,9 +42,13 @@ class Method:
     """A way to train on a task.
 
     name: the label in tables and plots. kind: ``"full"`` (every example every epoch, no teacher),
-    ``"teacher"`` (``Teacher(N, epochs=E, seed=s, budget=b, **options)``) or ``"published"``
+    ``"teacher"`` (``Teacher(N, epochs=E, seed=s, budget=b, **options)``), ``"published"``
     (``Teacher.published(N, epochs=E, seed=s, **options)``, which has no budget: it runs at b = 1
-    only). options: keyword arguments of that constructor. score: what the training steps feed
+    only), ``"pool"`` (``fit(pool=PoolSelection(**options), reference=...)``), ``"static"`` (the
+    ``options["keep"]`` share of the pool with the lowest reference loss, then full data's
+    shortened schedule on it at the same number of examples) or ``"holdout"`` (the task's clean
+    holdout added to the pool, full data's shortened schedule at the same number of examples).
+    options: keyword arguments of that constructor. score: what the training steps feed
     the teacher (``fit``'s ``score``; the published recipe's is ``"loss"``). extra: options that
     depend on the run, ``extra(epochs, budget) -> options`` (e.g. one cycle per epoch). budgeted:
     False for strategies that size their own subsets (InfoBatch): the teacher gets no ``budget=``
@@ -50,10 +63,14 @@ class Method:
     budgeted: bool = True
 
     def __post_init__(self) -> None:
-        if self.kind not in ("full", "teacher", "published"):
-            raise ValueError(f"kind must be 'full', 'teacher' or 'published', got {self.kind!r}")
-        if self.kind == "full" and self.options:
+        if self.kind not in ("full", "teacher", "published", "pool", "static", "holdout"):
+            raise ValueError(f"kind must be 'full', 'teacher', 'published', 'pool', 'static' or 'holdout', got {self.kind!r}")
+        if self.kind in ("full", "holdout") and self.options:
             raise ValueError(f"a full-data method takes no teacher options, got {dict(self.options)}")
+        if self.kind == "pool":
+            PoolSelection(**self.options)
+        if self.kind == "static" and set(self.options) != {"keep"}:
+            raise ValueError(f"a static filter takes options {{'keep': share}}, got {dict(self.options)}")
         if self.score not in SCORE_KINDS:
             raise ValueError(f"score must be one of {SCORE_KINDS}, got {self.score!r}")
 
@@ -64,7 +81,7 @@ class Method:
     def teacher(self, num_examples: int, *, epochs: int, seed: int, budget: float = 1.0) -> Teacher | None:
         """The teacher of a run over ``num_examples`` examples, ``epochs`` epochs and ``budget``
         (None for full data)."""
-        if self.kind == "full":
+        if self.kind not in ("teacher", "published"):
             return None
         if self.kind == "published":
             if budget != 1.0:
@@ -83,8 +100,39 @@ class Method:
                 "extra": None if self.extra is None else self.extra.__doc__, "budgeted": self.budgeted}
 
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the method reads the task's reference model."""
+        return self.kind in REFERENCE_KINDS
+
+
 FULL_DATA = Method("full data", "full")
 PUBLISHED = Method("published AtteNT", "published", score="loss")
+
+
+def static_filter(reference: Any, keep: float) -> list[int]:
+    """Positions (in the reference's training set) of the ``floor(keep * N)`` examples with the lowest
+    reference loss (at least one), ascending."""
+    count = max(1, math.floor(keep * len(reference.losses) + 1e-9))
+    return sorted(reference.losses.argsort(stable=True)[:count].tolist())
+
+
+def _training_plan(task: Task, method: Method, *, epochs: int, budget: float, reference: Any) -> tuple[Any, int, float]:
+    """(training set, epochs, budget) of a run: the static filter and the holdout-added baseline
+    train full data's shortened schedule on their own set for the examples ``floor(budget * epochs *
+    N)`` of the task's pool of N (epochs: enough whole passes over their set, at most ``epochs`` more)."""
+    if method.kind == "static":
+        data = Subset(task.train, static_filter(reference, method.options["keep"]))
+    elif method.kind == "holdout":
+        holdout = task.info.get("holdout")
+        if holdout is None:
+            raise ValueError(f"task {task.name!r} has no clean holdout (info['holdout']) to add to its training data")
+        data = ConcatDataset([task.train, holdout])
+    else:
+        return task.train, epochs, budget
+    examples = sum(budget_sizes(epochs, len(task.train), budget))
+    own_epochs = max(1, math.ceil(examples / len(data)))
+    return data, own_epochs, min(1.0, examples / (own_epochs * len(data)))
 
 
 def run_method(
@@ -97,29 +145,56 @@ def run_method(
     device: str | None = None,
     progress: bool = False,
     out_dir: str | os.PathLike | None = None,
+    reference: Any = None,
 ) -> FitResult:
     """Train a fresh model of ``task`` with ``method`` at ``budget`` under the task's recipe.
 
     The model is initialized from ``seed`` (:meth:`Task.model`), the recipe has ``epochs`` epochs
     (default: the task's) with the task's optimizer, its warm-up + cosine schedule over the
-    optimizer steps the run takes, gradient clipping and batch size; ``EVAL_POINTS`` evaluations
-    evenly spaced over the run's steps (so that runs whose epochs differ in length are measured at
-    the same progress); ``fit`` runs with ``seed`` and ``budget``.
+    optimizer steps the run takes (warming up for the recipe's share of them), gradient clipping and
+    batch size; ``EVAL_POINTS`` evaluations evenly spaced over the run's steps (so that runs whose
+    epochs differ in length are measured at the same progress); ``fit`` runs with ``seed`` and
+    ``budget``. ``reference``: the task's :class:`attent.Reference` for the methods that read it
+    (a static filter needs one; pooled selection without one has no evidence of waste and trains
+    full data's shortened schedule, scored by ``"loss"``, saying so).
 
     Returns:
         The :class:`attent.trainer.FitResult`; its ``history`` holds ``task.metric`` at every evaluation.
     """
     recipe = task.defaults
     epochs = recipe.epochs if epochs is None else epochs
-    teacher = method.teacher(len(task.train), epochs=epochs, seed=seed, budget=budget)
+    if method.kind == "static" and reference is None:
+        raise ValueError(f"method {method.name!r} filters by the task's reference model: pass reference=")
+    data, run_epochs, run_budget = _training_plan(task, method, epochs=epochs, budget=budget, reference=reference)
+    teacher = method.teacher(len(data), epochs=run_epochs, seed=seed, budget=budget)
+    score = method.score if method.kind != "pool" or reference is not None else "loss"
+    selection = {"pool": PoolSelection(**method.options), "reference": reference} if method.kind == "pool" else {}
     model = task.model(seed)
     return fit(
-        model, task.train, loss=task.loss, optimizer=task.optimizer(model), teacher=teacher, score=method.score,
-        epochs=epochs, budget=budget if teacher is None or teacher.budget is not None else 1.0,
+        model, data, loss=task.loss, optimizer=task.optimizer(model), teacher=teacher, score=score,
+        epochs=run_epochs, budget=run_budget if teacher is None or teacher.budget is not None else 1.0,
         batch_size=recipe.batch_size, eval_data=task.val, lr_scheduler=task.lr_schedule(epochs),
         max_grad_norm=recipe.max_grad_norm, eval_points=EVAL_POINTS, device=device, progress=progress,
-        out_dir=out_dir, seed=seed,
+        out_dir=out_dir, seed=seed, **selection,
     )
+
+
+def run_cost(result: FitResult, method: Method, reference: Any) -> dict[str, float]:
+    """A run's cost by item: the reference's training and scoring (seconds and examples, charged to
+    each run that reads it: cold), candidate forwards (pooled selection's scored examples) and
+    refresh-pass examples, training steps and examples, training and selection seconds."""
+    uses = method.needs_reference and reference is not None
+    cost = reference.cost if uses else None
+    pooled = method.kind == "pool"
+    return {
+        "reference_train_s": cost.train_time if uses else 0.0, "reference_score_s": cost.score_time if uses else 0.0,
+        "reference_train_examples": cost.train_examples if uses else 0,
+        "reference_scored_examples": cost.scored_examples if uses else 0,
+        "candidate_forwards": result.examples_scored if pooled else 0,
+        "refresh_examples": 0 if pooled else result.examples_scored,
+        "train_steps": result.steps, "train_examples": result.examples_seen,
+        "train_s": result.train_time, "selection_s": result.selection_time,
+    }
 
 
 def final_metric(history: Sequence[Mapping[str, Any]], metric: str, last: int = FINAL_EVALUATIONS) -> float:

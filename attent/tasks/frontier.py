@@ -13,6 +13,10 @@ frontier. Three readings:
   seed draws the same data and initialization), as mean and spread; positive = better.
 - :func:`frontier` itself, for plots.
 
+A run that uses a reference model (:class:`attent.Reference`) records the reference's seconds
+apart (``Point.reference_time``): frontiers count them by default (cold: everything counted) and
+leave them out with ``amortised=True`` (the reference reused across runs, said so).
+
 All functions know the metric's direction (``higher_is_better``).
 """
 from __future__ import annotations
@@ -29,7 +33,11 @@ __all__ = ["Point", "FrontierPoint", "mean_std", "frontier", "full_data_target",
 class Point:
     """One run: ``method`` at ``budget`` with ``seed``; ``quality`` its final metric, ``wall_time``
     its training seconds (scoring and selection included, evaluation excluded), ``examples`` the
-    training examples it processed, ``selection_overhead`` selection seconds / wall seconds."""
+    training examples it processed, ``selection_overhead`` selection seconds / wall seconds;
+    ``steps`` its optimizer steps (None in records written before they were kept);
+    ``reference_time`` the seconds its reference model took to train and score (0 without one);
+    ``cost`` the run's cost by item (reference training and scoring, candidate forwards, training
+    steps, refresh passes, selection), None in older records."""
 
     method: str
     budget: float
@@ -38,6 +46,13 @@ class Point:
     wall_time: float
     examples: int
     selection_overhead: float
+    steps: int | None = None
+    reference_time: float = 0.0
+    cost: dict[str, float] | None = None
+
+    def total_time(self, *, amortised: bool = False) -> float:
+        """Seconds of the run: its wall time plus its reference's (cold), or without it (amortised)."""
+        return self.wall_time if amortised else self.wall_time + self.reference_time
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +68,7 @@ class FrontierPoint:
     quality_std: float
     examples: float
     seeds: int
+    steps: float | None = None
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
@@ -64,8 +80,9 @@ def mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
             "n": len(values)}
 
 
-def frontier(points: Iterable[Point], method: str) -> list[FrontierPoint]:
-    """The method's seed means per budget, ordered by budget (empty when it has no points)."""
+def frontier(points: Iterable[Point], method: str, *, amortised: bool = False) -> list[FrontierPoint]:
+    """The method's seed means per budget, ordered by budget (empty when it has no points); wall
+    times with the reference's seconds (cold), or without them (``amortised``)."""
     by_budget: dict[float, list[Point]] = {}
     for point in points:
         if point.method == method:
@@ -74,8 +91,10 @@ def frontier(points: Iterable[Point], method: str) -> list[FrontierPoint]:
     for budget in sorted(by_budget):
         runs = by_budget[budget]
         quality = mean_std([p.quality for p in runs])
-        rows.append(FrontierPoint(budget, statistics.fmean(p.wall_time for p in runs), quality["mean"], quality["std"],
-                                  statistics.fmean(p.examples for p in runs), len(runs)))
+        steps = [p.steps for p in runs if p.steps is not None]
+        rows.append(FrontierPoint(budget, statistics.fmean(p.total_time(amortised=amortised) for p in runs), quality["mean"],
+                                  quality["std"], statistics.fmean(p.examples for p in runs), len(runs),
+                                  statistics.fmean(steps) if len(steps) == len(runs) else None))
     return rows
 
 

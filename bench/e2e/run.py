@@ -1,7 +1,8 @@
 """`attent bench e2e`: the quality-vs-time frontier of every training method, the way a user decides.
 
     attent bench e2e --task digits                   # one task, every method, budgets 0.25..1, 3 seeds
-    attent bench e2e --task all --record             # the five tasks, updating bench/results/
+    attent bench e2e --task all --record             # the five clean tasks, updating bench/results/
+    attent bench e2e --task waste --record           # the five waste testbeds
     attent bench e2e --task scb --quick              # tiny tasks: a smoke run in seconds
     attent bench e2e --task digits --methods full,default,random --budgets 0.5,1 --seeds 2
 
@@ -27,10 +28,25 @@ Methods (``--methods``; ``full`` always runs, it is the baseline):
 - ``infobatch``: InfoBatch (loss score, rescaled soft pruning with annealing).
 - ``random``: a uniform random subset, re-drawn every epoch.
 - ``published``: ``Teacher.published`` (loss score, a scoring pass per cycle), b = 1.
+- ``pool``, ``pool-25``, ``pool-10``: selection from a presampled pool by learnability (the
+  learner's loss less the task's reference model's), hard, keeping 50% / 25% / 10% of the
+  candidates each step (``attent.PoolSelection``; it selects only where the reference finds waste,
+  else it runs full data's schedule and says so); ``pool-soft``: the same at 50%, Gumbel-soft.
+- ``static``: a one-off static filter by the same reference (the half of the pool with the lowest
+  reference loss), then full data's shortened schedule on it at the same number of examples.
+- ``holdout``: full data with the reference's clean holdout added to the training set, at the
+  same number of examples (the baseline that gets the reference's data).
+
+The methods that read a reference (``pool*``, ``static``) share one reference per seed, trained
+and scored before the runs (``Task.reference``); its seconds are charged to every run that reads
+it (cold: ``saving``) or left out (amortised: ``saving_amortised``). A clean task has no reference:
+``static`` and ``holdout`` cannot run there, and ``pool`` runs uniform (no evidence of waste).
 
 Per (method, budget, seed) the record holds the final quality (the mean of the last three
 evaluations), wall time (training steps + scoring passes + selection; evaluation excluded),
-examples processed and selection overhead. Per task:
+examples processed, optimizer steps, selection overhead, the reference's seconds and the run's
+cost by item (reference training and scoring, candidate forwards, refresh passes, training steps,
+selection). Per task:
 
 (a) each method's frontier (seed means per budget) and its plot, quality against wall time;
 (b) time to full-data quality: the least wall time at which a method's frontier, interpolated
@@ -62,8 +78,17 @@ from torch.utils.data import Subset  # noqa: E402
 from attent.plots import plot_curves  # noqa: E402
 from attent.schedules import IntervalSchedule, RatioSchedule  # noqa: E402
 from attent.strategies import Importance, InfoBatch  # noqa: E402
-from attent.tasks import TASKS, Task, make_task  # noqa: E402
-from attent.tasks.compare import EVAL_POINTS, FULL_DATA, PUBLISHED, Method, final_metric, format_table, run_method  # noqa: E402
+from attent.tasks import CLEAN_TASKS, TASKS, WASTE_TASKS, Task, make_task  # noqa: E402
+from attent.tasks.compare import (  # noqa: E402
+    EVAL_POINTS,
+    FULL_DATA,
+    PUBLISHED,
+    Method,
+    final_metric,
+    format_table,
+    run_cost,
+    run_method,
+)
 from attent.tasks.frontier import (  # noqa: E402
     Point,
     equal_budget,
@@ -77,6 +102,9 @@ from bench import record_info  # noqa: E402
 
 BASELINE = "full"
 RANDOM = "random"
+STATIC = "static"
+HOLDOUT = "holdout"
+BASELINES = (BASELINE, RANDOM, STATIC, HOLDOUT)  # each method is compared with these at equal budget
 BUDGETS = (0.25, 0.5, 0.75, 1.0)
 EQUAL_BUDGETS = (0.5, 0.25)
 CONSTANT = RatioSchedule.constant(0.5)  # "the same share every epoch": the budget scales it
@@ -107,7 +135,16 @@ METHODS: dict[str, Method] = {
     "infobatch": Method("InfoBatch", budgeted=False, extra=infobatch_near, score="loss"),
     RANDOM: Method("random subset", options={"strategy": "random", "ratio": CONSTANT}, extra=every_epoch, score="loss"),
     "published": PUBLISHED,
+    "pool": Method("pooled learnability (hard, keep 50%)", "pool", options={"keep": 0.5}, score="learnability"),
+    "pool-25": Method("pooled learnability (hard, keep 25%)", "pool", options={"keep": 0.25}, score="learnability"),
+    "pool-10": Method("pooled learnability (hard, keep 10%)", "pool", options={"keep": 0.1}, score="learnability"),
+    "pool-soft": Method("pooled learnability (soft, keep 50%)", "pool", options={"keep": 0.5, "strategy": "soft"},
+                        score="learnability"),
+    STATIC: Method("static filter by the reference (keep 50%), uniform", "static", options={"keep": 0.5}, score="loss"),
+    HOLDOUT: Method("full data + the reference's holdout", "holdout", score="loss"),
 }
+CLEAN_METHODS = ("full", "default", "loss", "gradnorm", "hard", "importance", "infobatch", "random", "published")
+WASTE_METHODS = ("full", "default", "random", "pool", "pool-25", "static", "holdout")
 EXTRA_VERSIONS = ("timm", "transformers", "scikit-learn", "matplotlib")
 DEFINITIONS = (
     "quality: mean of a run's last three of 20 evaluations evenly spaced over its steps (at 90%, 95%, 100%); "
@@ -115,7 +152,8 @@ DEFINITIONS = (
     "quality (seed mean) less one seed std (plus for losses); time_to_quality: least wall time at which the method's frontier (seed means per budget, joined "
     "by straight lines in wall time) reaches the target; saving: 1 - time_to_quality / full data's own; "
     "advantage: method minus baseline at the same budget, per seed, sign turned so positive = better; mean and "
-    "sample std (n - 1) over seeds"
+    "sample std (n - 1) over seeds; cold: the reference's training and scoring seconds added to each run that reads "
+    "it; amortised (saving_amortised): left out"
 )
 
 
@@ -133,6 +171,7 @@ BENCH_SIZES: dict[str, BenchSize] = {
     "stdlib_lm": BenchSize(),
     "scb": BenchSize(),
     "icl_regression": BenchSize(train_examples=4096),
+    **{name: BenchSize() for name in WASTE_TASKS},
 }
 SUBSET_SEED = 0
 
@@ -140,11 +179,13 @@ SUBSET_SEED = 0
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attent bench e2e", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=(*TASKS, "all"), help="the task, or all five")
+    parser.add_argument("--task", choices=(*TASKS, "all", "waste"),
+                        help="the task, 'all' (the five clean tasks) or 'waste' (the five waste testbeds)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="comma-separated fractions in (0, 1]")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated, from {', '.join(METHODS)} (default: all; full always runs)")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated, from {', '.join(METHODS)} (default: {', '.join(CLEAN_METHODS)} on a "
+                        f"clean task, {', '.join(WASTE_METHODS)} on a waste testbed; full always runs)")
     parser.add_argument("--quick", action="store_true", help="the tiny tasks: a smoke run in seconds")
     parser.add_argument("--json", type=Path, default=None,
                         help="the record's path (default e2e_<task>.json in the output folder); with --task all it "
@@ -184,22 +225,25 @@ def _sized(task: Task, train_examples: int | None) -> Task:
 
 
 def analyse(points: Sequence[Point], method_ids: Sequence[str], *, higher_is_better: bool) -> dict[str, Any]:
-    """Frontiers, the target, each method's time to it and saving, and equal-budget advantages."""
+    """Frontiers, the target, each method's time to it and saving (cold, and amortised: without the
+    reference's seconds), and equal-budget advantages over each baseline that ran."""
     target = full_data_target(points, baseline=BASELINE, higher_is_better=higher_is_better)
     curves = {m: frontier(points, m) for m in method_ids}
     full_time = time_to_quality(curves[BASELINE], target, higher_is_better=higher_is_better)
     methods = {}
     for m in method_ids:
         reached = time_to_quality(curves[m], target, higher_is_better=higher_is_better)
+        amortised = time_to_quality(frontier(points, m, amortised=True), target, higher_is_better=higher_is_better)
         methods[m] = {
             "frontier": [dataclasses.asdict(p) for p in curves[m]],
             "time_to_quality": reached,
             "saving": saving(reached, full_time),
+            "time_to_quality_amortised": amortised,
+            "saving_amortised": saving(amortised, full_time),
             "selection_overhead": mean_std([p.selection_overhead for p in points if p.method == m]),
-            "vs_full": {str(b): equal_budget(points, method=m, baseline=BASELINE, budget=b, higher_is_better=higher_is_better)
-                        for b in EQUAL_BUDGETS},
-            "vs_random": {str(b): equal_budget(points, method=m, baseline=RANDOM, budget=b, higher_is_better=higher_is_better)
-                          for b in EQUAL_BUDGETS},
+            **{f"vs_{'full' if base == BASELINE else base}": {
+                str(b): equal_budget(points, method=m, baseline=base, budget=b, higher_is_better=higher_is_better)
+                for b in EQUAL_BUDGETS} for base in BASELINES if base in method_ids or base in (BASELINE, RANDOM)},
         }
     return {"target": target, "full_time_to_quality": full_time, "methods": methods}
 
@@ -210,21 +254,36 @@ def run_task(name: str, method_ids: Sequence[str], budgets: Sequence[float], *, 
     points: list[Point] = []
     curves: dict[str, list[dict[str, float]]] = {}
     infeasible: dict[str, str] = {}
+    references: dict[str, Any] = {}
     for seed in range(seeds):
         whole = make_task(name, seed=seed, quick=quick)
         task = _sized(whole, None if quick else size.train_examples)
         epochs = task.defaults.epochs if quick or size.epochs is None else size.epochs
+        reference = None
+        if task.reference is not None and any(METHODS[m].needs_reference for m in method_ids):
+            print(f"[{name}] seed {seed}: the reference model ...", flush=True)
+            reference = task.reference.fit(task, seed)
+            references[str(seed)] = {"cost": reference.cost.as_dict(), "evidence": dataclasses.asdict(reference.evidence),
+                                     "val_losses": reference.val_losses}
         for method in method_ids:
-            for budget in METHODS[method].budgets(budgets):
+            spec = METHODS[method]
+            missing = ("no reference model" if spec.kind == "static" and reference is None else
+                       "no clean holdout" if spec.kind == "holdout" and "holdout" not in task.info else None)
+            for budget in spec.budgets(budgets):
+                if missing:
+                    infeasible[f"{method}@{budget}"] = f"task {name!r} has {missing}"
+                    continue
                 try:  # a plan whose full-data epochs alone exceed the budget cannot run at it
-                    METHODS[method].teacher(len(task.train), epochs=epochs, seed=seed, budget=budget)
+                    spec.teacher(len(task.train), epochs=epochs, seed=seed, budget=budget)
                 except ValueError as error:
                     infeasible[f"{method}@{budget}"] = str(error)
                     continue
                 print(f"[{name}] seed {seed}: {method} at budget {budget} ...", flush=True)
-                result = run_method(task, METHODS[method], seed=seed, budget=budget, epochs=epochs)
+                result = run_method(task, spec, seed=seed, budget=budget, epochs=epochs, reference=reference)
+                reads = spec.needs_reference and reference is not None
                 points.append(Point(method, budget, seed, final_metric(result.history, task.metric), result.wall_time,
-                                    result.examples_seen, result.selection_overhead))
+                                    result.examples_seen, result.selection_overhead, result.steps,
+                                    reference.cost.time if reads else 0.0, run_cost(result, spec, reference)))
                 if seed == 0:
                     curves[f"{method}@{budget}"] = [{k: r[k] for k in ("wall_time", "examples_seen", task.metric)}
                                                     for r in result.history]
@@ -236,6 +295,7 @@ def run_task(name: str, method_ids: Sequence[str], budgets: Sequence[float], *, 
                   "model_parameters": sum(p.numel() for p in task.model(0).parameters()), "quick": quick},
         "points": [p.as_dict() for p in points],
         "infeasible": infeasible,
+        "references": references,
         "curves_seed0": curves,
         **analyse(points, method_ids, higher_is_better=task.higher_is_better),
     }
@@ -255,15 +315,17 @@ def format_part(part: Mapping[str, Any]) -> str:
     percent = part["metric"] == "val_accuracy"
     scale, digits = (100.0, 2) if percent else (1.0, 4)
     budgets = part["sizes"]["budgets"]
-    header = ["method", *(f"b={b}" for b in budgets), "time to quality s", "saving %",
-              *(f"vs full b={b}" for b in EQUAL_BUDGETS), "selection %"]
+    header = ["method", *(f"b={b}" for b in budgets), "time to quality s", "saving %", "amortised %",
+              *(f"vs full b={b}" for b in EQUAL_BUDGETS), "steps b=0.25", "selection %"]
     rows = []
     for method, reading in part["methods"].items():
-        by_budget = {p["budget"]: p["quality"] for p in reading["frontier"]}
-        rows.append([method, *(_fmt(by_budget.get(b), scale, digits) for b in budgets),
+        by_budget = {p["budget"]: p for p in reading["frontier"]}
+        steps = by_budget.get(0.25, {}).get("steps")
+        rows.append([method, *(_fmt(by_budget[b]["quality"] if b in by_budget else None, scale, digits) for b in budgets),
                      _fmt(reading["time_to_quality"], 1.0, 1), _fmt(reading["saving"], 100.0, 1),
+                     _fmt(reading.get("saving_amortised"), 100.0, 1),
                      *(_pm(reading["vs_full"][str(b)], scale, digits) for b in EQUAL_BUDGETS),
-                     _fmt(reading["selection_overhead"]["mean"], 100.0, 1)])
+                     "-" if steps is None else f"{steps:.0f}", _fmt(reading["selection_overhead"]["mean"], 100.0, 1)])
     return format_table(header, rows)
 
 
@@ -310,9 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     budgets = _budgets(args.budgets, parser)
-    asked = _listed(args.methods, list(METHODS), "--methods", parser)
-    method_ids = [BASELINE, *dict.fromkeys(m for m in asked if m != BASELINE)]
-    tasks = list(TASKS) if args.task == "all" else [args.task]
+    tasks = list(CLEAN_TASKS) if args.task == "all" else list(WASTE_TASKS) if args.task == "waste" else [args.task]
+    if args.methods is not None:
+        _listed(args.methods, list(METHODS), "--methods", parser)
     try:
         outputs = {task: _output_path(args.json, task, len(tasks) > 1, record_info.output_dir(args)) for task in tasks}
     except ValueError as error:
@@ -320,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = record_info.device()
     machine, versions = record_info.machine(device), record_info.versions(*EXTRA_VERSIONS)
     for task in tasks:
+        default = WASTE_METHODS if task in WASTE_TASKS else CLEAN_METHODS
+        asked = _listed(args.methods, list(METHODS), "--methods", parser) if args.methods is not None else list(default)
+        method_ids = [BASELINE, *dict.fromkeys(m for m in asked if m != BASELINE)]
         part = run_task(task, method_ids, budgets, seeds=args.seeds, quick=args.quick)
         sizes = part["sizes"]
         print(f"\n{task}: recipe {sizes['epochs']} epochs, {sizes['train_examples']} training examples, {args.seeds} "

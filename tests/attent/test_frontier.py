@@ -68,3 +68,13 @@ def test_equal_budget_leaves_out_runs_that_spent_more_than_the_budget():
             Point("ok", 0.25, 0, 0.8, 2.0, examples=25, selection_overhead=0.0)]
     assert equal_budget(over, method="ib", baseline="full", budget=0.25, higher_is_better=True)["n"] == 0
     assert equal_budget(over, method="ok", baseline="full", budget=0.25, higher_is_better=True)["mean"] == pytest.approx(0.1)
+
+
+def test_cold_frontiers_add_the_reference_seconds_and_amortised_ones_leave_them_out():
+    runs = [Point("pool", 0.5, 0, 0.9, 4.0, 50, 0.2, steps=20, reference_time=2.0),
+            Point("pool", 0.5, 1, 0.8, 6.0, 50, 0.2, steps=22, reference_time=3.0)]
+    cold, amortised = frontier(runs, "pool")[0], frontier(runs, "pool", amortised=True)[0]
+    assert cold.wall_time == pytest.approx(7.5) and amortised.wall_time == pytest.approx(5.0)
+    assert cold.steps == pytest.approx(21.0) and runs[0].total_time() == 6.0 and runs[0].total_time(amortised=True) == 4.0
+    older = [P("full", 1.0, 0, 0.9, 10.0)]  # records written before steps were kept
+    assert frontier(older, "full")[0].steps is None and frontier(older, "full")[0].wall_time == 10.0

@@ -88,3 +88,51 @@ def test_reanalyse_recomputes_the_readings_from_the_points(harness, quick_record
     again = json.loads(copy.read_text())
     assert again["target"] == pytest.approx(record["target"]) and again["methods"] == record["methods"]
     assert again["reanalysed"]["argv"] == ["--reanalyse", str(copy)]
+
+
+WASTE_ARGV = ["--task", "digits_off_target", "--quick", "--seeds", "2", "--methods", "pool,static,holdout",
+              "--budgets", "0.5,1"]
+
+
+@pytest.fixture(scope="module")
+def waste_record(harness, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "waste.json"
+    assert harness.main([*WASTE_ARGV, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_waste_runs_count_the_reference_and_the_candidates(waste_record):
+    record = waste_record
+    n, epochs = record["sizes"]["train_examples"], record["sizes"]["epochs"]
+    assert set(record["references"]) == {"0", "1"}
+    points = {(p["method"], p["budget"], p["seed"]): p for p in record["points"]}
+    assert set(points) == {(m, b, s) for m in ("full", "pool", "static", "holdout") for b in (0.5, 1.0) for s in (0, 1)}
+    for (method, budget, seed), point in points.items():
+        cost, reference = point["cost"], record["references"][str(seed)]
+        reads = method in ("pool", "static")
+        assert point["reference_time"] == (pytest.approx(reference["cost"]["time"]) if reads else 0.0)
+        assert cost["reference_train_examples"] == (reference["cost"]["train_examples"] if reads else 0)
+        assert cost["train_examples"] == point["examples"] == int(budget * epochs * n)  # equal examples for every method
+        assert cost["train_steps"] == point["steps"]
+        if method == "pool" and reference["evidence"]["selects"]:  # keep 0.5: every kept example cost two forwards
+            assert cost["candidate_forwards"] >= 2 * point["examples"] - 2 * record["sizes"]["batch_size"]
+        else:
+            assert cost["candidate_forwards"] == 0
+    for method, reading in record["methods"].items():
+        assert set(reading) >= {"saving", "saving_amortised", "vs_full", "vs_random", "vs_static", "vs_holdout"}
+        for row in reading["frontier"]:
+            mine = [p for p in record["points"] if p["method"] == method and p["budget"] == row["budget"]]
+            cold = statistics.fmean(p["wall_time"] + p["reference_time"] for p in mine)
+            assert row["wall_time"] == pytest.approx(cold) and row["steps"] == pytest.approx(statistics.fmean(p["steps"] for p in mine))
+
+
+def test_a_clean_task_has_no_reference_so_pool_runs_uniform_and_static_cannot_run(harness, tmp_path):
+    out = tmp_path / "clean.json"
+    with pytest.warns(RuntimeWarning, match="trains uniformly"):
+        assert harness.main(["--task", "icl_regression", "--quick", "--seeds", "1", "--methods", "pool,static",
+                             "--budgets", "1", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["references"] == {} and set(record["infeasible"]) == {"static@1.0"}
+    pool = [p for p in record["points"] if p["method"] == "pool"]
+    full = [p for p in record["points"] if p["method"] == "full"]
+    assert pool[0]["cost"]["candidate_forwards"] == 0 and pool[0]["quality"] == full[0]["quality"]
