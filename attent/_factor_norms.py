@@ -89,9 +89,9 @@ def canonical(factor: Factor, layout: Layout, shape: torch.Size, batch: int) -> 
 
 
 def norm_sq(factor: Factor, bias: bool = False) -> torch.Tensor:
-    """(B,) squared norm of a canonical factor's per-example gradient; ``bias``: a float Outer's
-    plus ||sum_t a_t||^2, the norm of a bias whose gradient sums the output gradient a, in the
-    same kernel call."""
+    """(B,) squared norm of a canonical factor's per-example gradient; ``bias``: plus the norm
+    ||sum_t g_t||^2 of a bias whose gradient sums the output gradient g (a float Outer's a, a
+    Diag's g), in the same kernel call."""
     if isinstance(factor, Outer):
         if isinstance(factor.a, Ids):
             # the layer's lookup already refused ids outside its table: no host check (a device sync)
@@ -99,7 +99,7 @@ def norm_sq(factor: Factor, bias: bool = False) -> torch.Tensor:
         x, g = _common(factor.b, factor.a)
         return linear_grad_norm_sq(x, g, bias=bias)
     if isinstance(factor, Diag):
-        return norm_grad_norm_sq(factor.x, factor.g, bias=False)
+        return norm_grad_norm_sq(factor.x, factor.g, bias=bias)
     return factor.v.square().sum(dim=1)
 
 

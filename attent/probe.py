@@ -77,7 +77,7 @@ from attent_kernels import accum_dtype
 
 from . import _factor_norms
 from ._probed_linear import PROBED_LINEAR_NODE, WEIGHT_GRAD_ROUTES, WeightGradRoute, fuses, probed_linear
-from .factors import Capture, Direct, Factor, Ids, Layout, Outer
+from .factors import Capture, Diag, Direct, Factor, Ids, Layout, Outer
 from .layers import GainProducts, WeightCalls, find_layout, find_rule, register_loaded_integrations
 
 __all__ = ["GradNormProbe"]
@@ -201,20 +201,29 @@ class _Call:
         return self.rounded[1]
 
     def _folded_biases(self, record: _Record, factors: dict[str, Factor], weight_grads: tuple[str, ...]) -> dict[str, str]:
-        """{weight name: bias name} where the bias's Direct factor is the output-gradient side of the
-        weight's float Outer (the very tensor: a linear map's g): the bias norm ||sum_t g_t||^2 is
-        then computed in the weight's norm kernel (one call, g read once) instead of by a reduction
-        and a norm of its own. Not for shared parameters (their cross terms need the factors apart)
-        nor for weights whose gradient the probe forms (``weight_grads``)."""
+        """{weight name: bias name} where the bias's Direct factor is the output gradient of the
+        weight's factor (the very tensor: a linear map's g in its float Outer, a norm layer's g in
+        its Diag): the bias norm ||sum_t g_t||^2 is then computed in the weight's norm kernel (one
+        call, g read once) instead of by a reduction and a norm of its own. Not for shared
+        parameters (their cross terms need the factors apart) nor for weights whose gradient the
+        probe forms (``weight_grads``)."""
+        params = self.probe._params
         own = {local: f for local, f in factors.items() if local in record.params and record.params[local] not in self.shared}
         folds: dict[str, str] = {}
-        for weight, outer in own.items():
-            if weight in weight_grads or not isinstance(outer, Outer) or isinstance(outer.a, Ids):
+        for weight, factor in own.items():
+            if isinstance(factor, Outer) and not isinstance(factor.a, Ids) and weight not in weight_grads:
+                sides = (factor.a, factor.b)
+            elif isinstance(factor, Diag):
+                sides = (factor.g,)
+            else:
                 continue
             for bias, direct in own.items():
-                if (isinstance(direct, Direct) and bias not in folds.values() and direct.batch_dim == outer.batch_dim
-                        and (direct.v is outer.a or direct.v is outer.b)
-                        and direct.v.shape[-1] == self.probe._params[record.params[bias]].numel()):
+                if not (isinstance(direct, Direct) and bias not in folds.values() and direct.batch_dim == factor.batch_dim
+                        and any(direct.v is side for side in sides)):
+                    continue
+                bias_param = params[record.params[bias]]
+                if (bias_param.numel() == direct.v.shape[-1] if isinstance(factor, Outer)
+                        else bias_param.shape == params[record.params[weight]].shape):
                     folds[weight] = bias
                     break
         return folds
@@ -243,7 +252,7 @@ class _Call:
                 continue
             factor = factors[local]
             bias = local in folds
-            if bias and factors[folds[local]].v is factor.b:  # HF Conv1D: Outer(x, g); the norm is symmetric in a and b
+            if bias and isinstance(factor, Outer) and factors[folds[local]].v is factor.b:  # HF Conv1D: Outer(x, g), symmetric
                 factor = Outer(factor.b, factor.a, factor.batch_dim)
             try:
                 factor = _factor_norms.rounded_by_autocast(factor, record.autocast, self._round)

@@ -98,8 +98,9 @@ def test_the_kernels_get_the_16_bit_tensors(monkeypatch, mode, route, ops):
 
 
 @pytest.mark.parametrize("mode", ["score", "backward"])
-def test_a_linear_bias_norm_comes_with_its_weight_norm_in_one_call(monkeypatch, mode):
+def test_a_bias_norm_comes_with_its_weight_norm_in_one_call(monkeypatch, mode):
     model, ids, targets = batch(3)
+    norms = spy_calls(monkeypatch, _factor_norms, ("norm_grad_norm_sq",))
     calls = spy_calls(monkeypatch, _factor_norms, LINEAR_OPS)
     with GradNormProbe(model, weight_grad="separate") as probe:
         losses = losses_of(model, ids, targets)
@@ -109,6 +110,7 @@ def test_a_linear_bias_norm_comes_with_its_weight_norm_in_one_call(monkeypatch, 
     assert [name for name, _ in flags] == ["grouped_linear_grad_norm_sq"] + ["linear_grad_norm_sq"] * 3
     assert flags[1:] == [("linear_grad_norm_sq", "True")] * 3
     assert sorted(calls[[n for n, _, _ in calls].index("grouped_linear_grad_norm_sq")][2]["biases"]) == [False, True, True]
+    assert [kwargs for _, _, kwargs in norms] == [{"bias": True}]  # the LayerNorm's weight and bias
 
 
 @pytest.mark.parametrize("mode", ["score", "backward"])
