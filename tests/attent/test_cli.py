@@ -50,11 +50,7 @@ def test_bench_help_lists_the_benchmarks_without_a_stray_positional(capsys):
 
 
 def test_every_demo_option_has_help_and_the_strategies_come_from_the_registry(monkeypatch):
-    @attent.strategies.register_strategy("every-third")
-    class EveryThird(Random):
-        pass
-
-    monkeypatch.setitem(STRATEGIES, "every-third", EveryThird)  # removed again after the test
+    monkeypatch.setitem(STRATEGIES, "every-third", Random)  # a strategy registered later; removed after the test
     parser = cli._parser()
     demo = parser._subparsers._group_actions[0].choices["demo"]
     options = {action.dest: action for action in demo._actions if action.dest != "help"}
