@@ -10,6 +10,12 @@ selection overhead. Then the goal tally of the default teacher over the tasks, a
 study (``bench/results/teacher_study.json``): each variant's advantage over full data per task and
 budget, and how often and by how much it is behind the random subset. Last, the first screen's
 sentence: where the default teacher pays, task by task.
+
+The waste testbeds (``e2e_<testbed>.json`` for ``WASTE_ORDER``) get their own table: each method's
+quality per budget, its saving at full-data quality cold (the reference's seconds counted) and
+amortised (left out), its paired advantage over full data, over the static filter and over the
+holdout-added baseline, its optimizer steps and candidate forwards at b = 0.25, and its selection
+overhead; then the pooled default against the goals, testbed by testbed.
 """
 from __future__ import annotations
 
@@ -25,7 +31,12 @@ RESULTS = REPO / "bench" / "results"
 TASK_ORDER = ("digits", "digits_augmented", "scb", "icl_regression", "stdlib_lm")
 TASK_LABELS = {"digits": "digits", "digits_augmented": "digits ×10", "scb": "SCB", "icl_regression": "ICL regression",
                "stdlib_lm": "stdlib LM"}
+WASTE_ORDER = ("digits_noisy", "digits_flipped", "digits_off_target", "prose_lm", "icl_corrupted")
+TASK_LABELS.update({"digits_noisy": "digits ×10, 30% noisy labels", "digits_flipped": "digits ×10, 3→5 and 9→7 flips",
+                    "digits_off_target": "digits ×10, off target", "prose_lm": "prose LM (30% prose, 70% code)",
+                    "icl_corrupted": "ICL regression seen once, 30% corrupted"})
 DEFAULT = "default"
+POOL_DEFAULT = "pool"
 SAVING_GOAL = 0.30
 
 
@@ -63,6 +74,65 @@ def frontier_table(record: Mapping[str, Any]) -> str:
                  _stat(reading["vs_random"].get("0.25"), scale, digits),
                  f"{100 * reading['selection_overhead']['mean']:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _candidates(record: Mapping[str, Any], method: str, budget: float) -> str:
+    """Mean candidate forwards of a method's runs at ``budget`` ("-" when none ran there)."""
+    runs = [p["cost"]["candidate_forwards"] for p in record["points"]
+            if p["method"] == method and p["budget"] == budget and p.get("cost")]
+    return "-" if not runs else f"{sum(runs) / len(runs):.0f}"
+
+
+def waste_table(record: Mapping[str, Any]) -> str:
+    """The markdown table of one waste testbed's frontier record."""
+    scale, digits, _ = _scale(record)
+    budgets = record["sizes"]["budgets"]
+    names = {m: d["name"] for m, d in record["method_definitions"].items()}
+    header = ["method", *(f"b={b:g}" for b in budgets), "saving cold", "saving amortised", "vs full b=0.5",
+              "vs full b=0.25", "vs static b=0.25", "vs holdout b=0.25", "steps b=0.25", "candidates b=0.25", "selection"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, reading in record["methods"].items():
+        rows = {p["budget"]: p for p in reading["frontier"]}
+        label = f"**{names.get(method, method)}**" if method == POOL_DEFAULT else names.get(method, method)
+        steps = rows.get(0.25, {}).get("steps")
+        cells = [label, *(_value(rows[b]["quality"] if b in rows else None, scale, digits) for b in budgets),
+                 *("never" if reading.get(key) is None else f"{100 * reading[key]:+.0f}%"
+                   for key in ("saving", "saving_amortised")),
+                 _stat(reading["vs_full"].get("0.5"), scale, digits), _stat(reading["vs_full"].get("0.25"), scale, digits),
+                 _stat(reading.get("vs_static", {}).get("0.25"), scale, digits),
+                 _stat(reading.get("vs_holdout", {}).get("0.25"), scale, digits),
+                 "-" if steps is None else f"{steps:.0f}", _candidates(record, method, 0.25),
+                 f"{100 * reading['selection_overhead']['mean']:.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def waste_goals(records: Mapping[str, Mapping[str, Any]]) -> str:
+    """The pooled default on each waste testbed against the goals: its saving at full-data quality
+    (cold and amortised; goal >= 30% cold), its best quality against the best on full data's
+    frontier, and its paired advantage over the static filter and the holdout-added baseline."""
+    header = ["testbed", "saving cold (goal ≥ 30%)", "saving amortised", "best pooled vs best full", "vs static b=0.5",
+              "vs holdout b=0.5", "reference seconds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, record in records.items():
+        reading = record["methods"].get(POOL_DEFAULT)
+        if reading is None:
+            continue
+        scale, digits, unit = _scale(record)
+        sign = 1.0 if record["higher_is_better"] else -1.0
+        best = {m: max((sign * p["quality"] for p in record["methods"][m]["frontier"]), default=None)
+                for m in (POOL_DEFAULT, "full")}
+        gap = None if None in best.values() else best[POOL_DEFAULT] - best["full"]
+        seconds = [r["cost"]["time"] for r in record.get("references", {}).values()]
+        lines.append("| " + " | ".join([
+            f"{TASK_LABELS.get(task, task)} ({unit})",
+            *("never reached" if reading.get(key) is None else f"{100 * reading[key]:+.0f}%"
+              for key in ("saving", "saving_amortised")),
+            "-" if gap is None else f"{gap * scale:+.{digits}f}",
+            _stat(reading.get("vs_static", {}).get("0.5"), scale, digits),
+            _stat(reading.get("vs_holdout", {}).get("0.5"), scale, digits),
+            "-" if not seconds else f"{sum(seconds) / len(seconds):.1f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -154,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e.readme_tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASK_ORDER))
+    parser.add_argument("--waste", default=",".join(WASTE_ORDER), help="the waste testbeds' records to print")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of the records")
     args = parser.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -172,6 +243,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if records:
         print("Default teacher against the goals:\n\n" + goal_tally(records) + "\n")
         print("The README's first screen:\n\n" + first_screen(records) + "\n")
+    waste = {}
+    for task in (t for t in args.waste.split(",") if t):
+        path = args.results / f"e2e_{task}.json"
+        if path.exists():
+            waste[task] = json.loads(path.read_text())
+            print(_heading(waste[task]) + "\n\n" + waste_table(waste[task]) + "\n")
+    if waste:
+        print("Pooled learnability against the goals (cold: the reference's seconds counted):\n\n"
+              + waste_goals(waste) + "\n")
     study_path = args.results / "teacher_study.json"
     if study_path.exists():
         print("Teacher study (advantage over full data at the same budget, mean ± std over seeds):\n\n"

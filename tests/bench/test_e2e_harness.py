@@ -136,3 +136,20 @@ def test_a_clean_task_has_no_reference_so_pool_runs_uniform_and_static_cannot_ru
     pool = [p for p in record["points"] if p["method"] == "pool"]
     full = [p for p in record["points"] if p["method"] == "full"]
     assert pool[0]["cost"]["candidate_forwards"] == 0 and pool[0]["quality"] == full[0]["quality"]
+
+
+def test_readme_waste_tables_come_from_the_record(waste_record, tmp_path, capsys):
+    tables = importlib.import_module("bench.e2e.readme_tables")
+    table = tables.waste_table(waste_record)
+    rows = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines()[2:]}
+    names = {m: d["name"] for m, d in waste_record["method_definitions"].items()}
+    assert set(rows) == {names[m] for m in ("full", "pool", "static", "holdout")}
+    pool = waste_record["methods"]["pool"]
+    quality = {p["budget"]: p["quality"] for p in pool["frontier"]}
+    assert rows[names["pool"]].split(" | ")[1:3] == [f"{100 * quality[0.5]:.2f}", f"{100 * quality[1.0]:.2f}"]
+    goals = tables.waste_goals({"digits_off_target": waste_record})
+    assert "digits ×10, off target (points)" in goals
+    (tmp_path / "e2e_digits_off_target.json").write_text(json.dumps(waste_record))
+    assert tables.main(["--tasks", "", "--waste", "digits_off_target", "--results", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert table in printed and goals in printed
