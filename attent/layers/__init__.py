@@ -18,7 +18,8 @@ Built-in rules (all exact, tested against per-example gradients):
   torch's Transformer modules, from their ``batch_first``.
 - ``_recurrent``: ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (a step-by-step forward exposing the
   projections; refused: proj_size, packed sequences).
-- ``_position_bias``: T5's (and MT5's) relative attention bias, shared by the batch and the layers.
+- ``_position_bias``: relative attention biases looked up once per forward, shared by the batch (and
+  the layers): T5's, MT5's, UMT5's and MPNet's.
 - ``_fused_qkv``: timm's ``EvaAttention`` (qkv weight with the concatenated q/v bias parameters).
   ``_calls.WeightCalls`` is the function mode these rules read their functional calls through.
 Loose parameters (``cls_token``, ``pos_embed``: 3+ dims, size 1 at the batch dim) are handled by the

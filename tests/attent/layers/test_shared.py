@@ -117,3 +117,19 @@ def test_umt5_relative_bias_with_T_equal_to_B_is_exact(exact, mode):
 
     probe = exact(model, lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, mode=mode, rtol=1e-4)
     assert probe.coverage["encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"] == "t5-relative-bias"
+
+
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_mpnet_relative_bias_expanded_to_the_batch_with_T_equal_to_B_is_exact(exact, mode):
+    torch.manual_seed(4)
+    config = transformers.MPNetConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=B, max_position_embeddings=16, relative_attention_num_buckets=32,
+                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = transformers.MPNetModel(config, add_pooling_layer=False).eval()
+    ids = torch.randint(3, 40, (B, B))
+
+    def loss(m, rows):
+        return m(input_ids=ids[rows]).last_hidden_state.square().mean((1, 2))
+
+    probe = exact(model, lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, mode=mode, rtol=1e-4)
+    assert probe.coverage["encoder.relative_attention_bias.weight"] == "mpnet-relative-bias"
