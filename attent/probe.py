@@ -894,8 +894,11 @@ class GradNormProbe:
             self._restore_swapped()
             for record in records:
                 record.capture = None
-        self.per_layer = {name: sq / scale**2 for name, sq in call.per_layer.items()}
-        return sum(self.per_layer.values())
+        names = list(call.per_layer)
+        rows = torch.stack([call.per_layer[name] for name in names])  # one division and one sum for all the layers
+        rows = rows if scale == 1.0 else rows / scale**2
+        self.per_layer = dict(zip(names, rows.unbind(0)))
+        return rows.sum(dim=0)
 
     def _empty(self, losses: torch.Tensor) -> torch.Tensor:
         """The result for a batch of 0 examples: (0,), no backward pass."""

@@ -20,12 +20,12 @@ from ._registry import first_tensor, register_layer, register_layer_matcher
 
 
 def _normalized(x: torch.Tensor, dims: int, eps: float, *, center: bool) -> torch.Tensor:
-    """x normalized over its last ``dims`` dimensions, computed in float32 (float64 for float64 x)."""
+    """x normalized over its last ``dims`` dimensions (centred for a LayerNorm, not for an RMSNorm),
+    computed in float32 (float64 for float64 x) by one fused norm call without affine parameters."""
     xf = x if x.dtype == torch.float64 else x.float()
-    reduce = tuple(range(-dims, 0))
-    if center:
-        xf = xf - xf.mean(dim=reduce, keepdim=True)
-    return xf * torch.rsqrt(xf.square().mean(dim=reduce, keepdim=True) + eps)
+    shape = xf.shape[xf.dim() - dims:]
+    with torch.autocast(x.device.type, enabled=False):  # in float32 also where a rule runs under autocast
+        return F.layer_norm(xf, shape, eps=eps) if center else F.rms_norm(xf, shape, eps=eps)
 
 
 def _norm_capture(output: torch.Tensor, x_hat: Callable[[], torch.Tensor]) -> Capture:
