@@ -40,8 +40,17 @@ What it changes:
   warning. ``score_head=`` names a head (a module or its dotted name; on a CPU too, where the
   reference bounds the memory but is slower than the logits at small vocabularies) or, ``False``,
   turns this off.
-- Logs: ``attent_ratio`` (the epoch's selected fraction) and ``attent_selection_time`` (seconds
-  spent in scoring passes, selection and scoring) join every log record.
+- Selection from a presampled pool (``pool=attent.PoolSelection(...)`` instead of ``teacher=``;
+  ``score="learnability"`` with ``reference=``, or ``"loss"`` / ``"fgrad"``): the train dataloader
+  yields chunks of nB = ceil(per_device_train_batch_size / keep) candidates, each pass over the pool
+  a seeded permutation, and ``compute_loss`` scores them with a no-grad forward in eval mode and
+  trains on the per-device batch size best of them (see :mod:`attent.pool`); the Trainer's epochs
+  are the candidate passes of ``num_train_epochs`` epochs' worth of training examples, its
+  ``max_steps`` their chunks. Without the reference's evidence of waste it trains uniformly (and
+  warns). One process, no gradient accumulation.
+- Logs: ``attent_ratio`` (the epoch's selected fraction), ``attent_selection_time`` (seconds
+  spent in scoring passes, selection and scoring) and ``attent_candidates`` (candidates scored by
+  pooled selection) join every log record.
 
 Works with peft LoRA models (the published "AtteNTSimple" LLM recipe) like any other model.
 
@@ -71,6 +80,7 @@ transformers = require("transformers", "hf")
 from transformers import Trainer  # noqa: E402
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
 
+from ..pool import PoolSelection, PoolTeaching  # noqa: E402
 from ..scores import LossSpec, Objective, Scorer, is_linear_head, move_to, prediction_of, split_batch  # noqa: E402
 from ..teacher import Teacher  # noqa: E402
 from ..teaching import Teaching  # noqa: E402
@@ -141,9 +151,9 @@ class AtteNTMixin:
     # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, teacher: Teacher, score: str = "fgrad", loss: LossSpec | None = None,
+    def __init__(self, *args: Any, teacher: Teacher | None = None, score: str = "fgrad", loss: LossSpec | None = None,
                  ignore_index: int = -100, score_head: nn.Module | str | bool | None = None, reference: Any = None,
-                 **kwargs: Any):
+                 pool: PoolSelection | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.train_dataset is None:
             raise ValueError("AtteNTTrainer needs a train_dataset")
@@ -160,8 +170,15 @@ class AtteNTMixin:
         if scorer.num_examples is not None and scorer.num_examples != len(self.train_dataset):
             raise ValueError(f"reference holds {scorer.num_examples} reference losses but train_dataset has "
                              f"{len(self.train_dataset)} examples")
-        self.teaching = Teaching(teacher, scorer, num_examples=len(self.train_dataset), seed=self.args.seed)
-        if teacher.plan.epochs is not None:
+        if (teacher is None) == (pool is None):
+            raise ValueError("AtteNTTrainer needs either teacher= (selection per epoch) or pool= (selection per step "
+                             "from candidates), and not both")
+        self.attent_candidates = 0
+        if pool is not None:
+            self.teaching = self._pool_teaching(pool, scorer, reference)
+        else:
+            self.teaching = Teaching(teacher, scorer, num_examples=len(self.train_dataset), seed=self.args.seed)
+        if teacher is not None and teacher.plan.epochs is not None:
             if self.args.max_steps > 0:
                 raise ValueError(f"the teacher plans {teacher.plan.epochs} epochs; pass num_train_epochs="
                                  f"{teacher.plan.epochs} instead of max_steps={self.args.max_steps} (or an open-ended teacher)")
@@ -179,6 +196,27 @@ class AtteNTMixin:
     @property
     def objective(self):
         return self.teaching.scorer.objective
+
+    @property
+    def pooled(self) -> bool:
+        """True when steps choose from candidates (``pool=`` with the reference's evidence)."""
+        return isinstance(self.teaching, PoolTeaching) and self.teaching.selects
+
+    def _pool_teaching(self, pool: PoolSelection, scorer: Scorer, reference: Any) -> PoolTeaching:
+        """The protocol of ``pool=``: passes over the candidates for ``num_train_epochs`` epochs'
+        worth of training examples; the train dataloader's batches become chunks of nB candidates."""
+        args = self.args
+        epochs = args.num_train_epochs
+        if args.max_steps > 0 or epochs != int(epochs):
+            raise ValueError(f"pool= plans whole epochs: pass a whole num_train_epochs and no max_steps, got "
+                             f"num_train_epochs={epochs}, max_steps={args.max_steps}")
+        if args.gradient_accumulation_steps != 1 or self.accelerator.num_processes != 1:
+            raise ValueError(f"pool= needs gradient_accumulation_steps=1 and one process (it chooses within one batch per "
+                             f"optimizer step); got {args.gradient_accumulation_steps} and {self.accelerator.num_processes}")
+        teaching = PoolTeaching(pool, scorer, num_examples=len(self.train_dataset), epochs=int(epochs), budget=1.0,
+                                batch_size=self._train_batch_size, seed=args.seed, reference=reference)
+        self._train_batch_size = teaching.candidates_per_step
+        return teaching
 
     def _default_loss(self) -> str:
         model = self.accelerator.unwrap_model(self.model)
@@ -232,7 +270,7 @@ class AtteNTMixin:
     def set_initial_training_values(self, args: Any, dataloader: DataLoader):
         """The Trainer's step accounting, with ``max_steps`` from the teacher's plan."""
         values = list(super().set_initial_training_values(args, dataloader))
-        epochs = self.teacher.plan.epochs
+        epochs = self.teaching.passes if isinstance(self.teaching, PoolTeaching) else self.teacher.plan.epochs
         if epochs is not None:
             values[0], values[-1] = epochs, self.teaching.planned_steps(epochs, self._epoch_updates)  # epochs, max_steps
         return tuple(values)
@@ -270,6 +308,12 @@ class AtteNTMixin:
         if INDEX_KEY not in inputs:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         indices = inputs.pop(INDEX_KEY).cpu()
+        if self.pooled:
+            start = time.perf_counter()
+            self.attent_candidates += int(indices.numel())
+            indices, inputs = self.teaching.choose(model, indices, inputs, step=self.state.global_step,
+                                                   device=self.args.device, autocast_context=self.accelerator.autocast)
+            self.attent_selection_time += time.perf_counter() - start
         model_inputs, labels = split_batch(inputs, "labels")
         outputs = model(**model_inputs)
         pred = prediction_of(outputs)
@@ -284,6 +328,7 @@ class AtteNTMixin:
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs["attent_ratio"] = self.attent_ratio
         logs["attent_selection_time"] = self.attent_selection_time
+        logs["attent_candidates"] = self.attent_candidates
         super().log(logs, start_time)
 
 
@@ -292,7 +337,9 @@ class AtteNTTrainer(AtteNTMixin, Trainer):
 
     Args:
         teacher: an ``attent.Teacher`` built for ``len(train_dataset)`` examples and
-            ``num_train_epochs`` epochs (or open-ended).
+            ``num_train_epochs`` epochs (or open-ended); or None with ``pool``.
+        pool: an :class:`attent.PoolSelection`: per-step selection from candidates instead of a
+            teacher (see the module docstring).
         score: ``"loss"``, ``"fgrad"`` (default) or ``"learnability"``: what each training step feeds
             the teacher.
         reference: for ``"learnability"``: an :class:`attent.Reference` of the training set, or its

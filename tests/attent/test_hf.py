@@ -255,3 +255,46 @@ def test_learnability_scores_are_the_loss_less_the_reference_of_each_example(tmp
     with pytest.raises(ValueError, match="reference holds 4 reference losses but train_dataset has 11"):
         AtteNTTrainer(model=model, args=_args(tmp_path), train_dataset=train, teacher=teacher, score="learnability",
                       reference=torch.ones(4))
+
+
+def test_pooled_selection_keeps_the_best_learnability_of_each_chunk(tmp_path):
+    """pool=: chunks of nB = ceil(2 / 0.4) = 5 candidates (11 examples: chunks 5, 5, 1 keeping 2, 2, 1),
+    each step training the nb = 2 of largest learnability (the model frozen at lr 0: a loop over
+    single examples), for num_train_epochs=2 epochs' worth of examples."""
+    from attent import PoolSelection
+    from attent.reference import Evidence
+
+    class Ref:
+        losses = torch.linspace(3.0, 0.5, N_EXAMPLES)
+        evidence = Evidence(2.0, 1.0, 0.1, True, "stand-in")
+
+    train = _data(4)
+    model = _lora_gpt2()
+    trainer = AtteNTTrainer(model=model, args=_args(tmp_path, learning_rate=0.0, lr_scheduler_type="constant",
+                                                    num_train_epochs=2),
+                            train_dataset=train, pool=PoolSelection(keep=0.4), score="learnability", reference=Ref())
+    chosen = []
+    choose = trainer.teaching.choose
+
+    def spy(model, indices, batch, **options):
+        kept, kept_batch = choose(model, indices, batch, **options)
+        chosen.append((indices, kept))
+        return kept, kept_batch
+
+    trainer.teaching.choose = spy
+    trainer.train()
+    with torch.no_grad():
+        learnability = {i: float(F.cross_entropy(model(input_ids=train[i]["input_ids"][None]).logits[0, :-1],
+                                                 train[i]["labels"][1:], ignore_index=-100)) - float(Ref.losses[i])
+                        for i in range(N_EXAMPLES)}
+    sizes = trainer.teaching.full_sizes
+    assert sum(len(kept) for _, kept in chosen) == 2 * N_EXAMPLES and trainer.attent_candidates == sum(sizes)
+    assert trainer.state.global_step == trainer.state.max_steps == len(chosen) == sum(-(-s // 5) for s in sizes)
+    for candidates, kept in chosen:
+        expected = sorted(candidates.tolist(), key=lambda i: -learnability[i])[:len(kept)]
+        assert sorted(kept.tolist()) == sorted(expected)
+    with pytest.raises(ValueError, match="either teacher= .* or pool="):
+        AtteNTTrainer(model=model, args=_args(tmp_path), train_dataset=train)
+    with pytest.raises(ValueError, match="pool= needs gradient_accumulation_steps=1"):
+        AtteNTTrainer(model=model, args=_args(tmp_path, gradient_accumulation_steps=2), train_dataset=train,
+                      pool=PoolSelection(), score="learnability", reference=Ref())
