@@ -159,7 +159,7 @@ def prose_lm(*, seed: int = 0, quick: bool = False) -> Task:
               "code_tokens": code.numel(), "val_tokens": val_prose.numel()},
         reference=ReferenceRecipe(partial(_build_gpt2, vocab_size=tokenizer.vocab_size, length=length,
                                           eos_id=tokenizer.eos_id, width=32, depth=1, heads=2),
-                                  holdout=holdout, lr=1e-2, batch_size=64, max_epochs=10, patience=2),
+                                  holdout=holdout, lr=1e-2, batch_size=64, max_epochs=20, patience=2),
     )
 
 
