@@ -397,24 +397,27 @@ class _SharedCheck:
                 self.edges.append((node, child, shape, out, dims))
 
     def refuse(self, waiting: dict[Any, list[tuple["_Record", int]]], below: dict[Any, bool]) -> None:
-        """Raise naming the first probed layer below a broadcast input whose batch dim was broadcast."""
+        """Raise naming the first probed layer below a broadcast input whose batch dim was broadcast
+        (each node explored once per dim, however many broadcasts reach it)."""
+        seen: dict[int, set[Any]] = {}
         for node, child, shape, out, dims in self.edges:
-            stack, seen = [child], set()
-            while stack:
-                current = stack.pop()
-                if current in seen:
-                    continue
-                seen.add(current)
-                for record, _ in waiting.get(current, ()):
-                    if not record.layout.flattened and record.layout.dim in dims:
-                        raise ValueError(
-                            f"GradNormProbe: layer {record.layer!r} computes a tensor the batch shares: it reaches the "
-                            f"loss broadcast over the batch ({type(node).__name__} takes shape {shape} to {out}, dim "
-                            f"{record.layout.dim} of size {self.batch} made by the broadcast), so its tensors hold no "
-                            f"examples at dim {record.layout.dim}, whatever their sizes. Register a rule that expands "
-                            f"its output to the batch before the broadcast (as the T5 relative-bias rule does), or "
-                            f"leave its parameters out with params=")
-                stack.extend(c for c, _ in current.next_functions if c is not None and below.get(c))
+            for dim in dims:
+                explored, stack = seen.setdefault(dim, set()), [child]
+                while stack:
+                    current = stack.pop()
+                    if current in explored:
+                        continue
+                    explored.add(current)
+                    for record, _ in waiting.get(current, ()):
+                        if not record.layout.flattened and record.layout.dim == dim:
+                            raise ValueError(
+                                f"GradNormProbe: layer {record.layer!r} computes a tensor the batch shares: it reaches "
+                                f"the loss broadcast over the batch ({type(node).__name__} takes shape {shape} to {out}, "
+                                f"dim {dim} of size {self.batch} made by the broadcast), so its tensors hold no examples "
+                                f"at dim {dim}, whatever their sizes. Register a rule that expands its output to the "
+                                f"batch before the broadcast (as the T5 relative-bias rule does), or leave its "
+                                f"parameters out with params=")
+                    stack.extend(c for c, _ in current.next_functions if c is not None and below.get(c))
 
 
 def _overrides(module: nn.Module, entry: Any) -> bool:
