@@ -600,7 +600,7 @@ class Scorer:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
             raise ValueError(f"indices must lie in [0, {n}) (the reference losses cover {n} training examples), got "
                              f"values in [{int(index.min())}, {int(index.max())}]")
-        return scores - self.reference_losses[index].to(device=scores.device, dtype=scores.dtype)
+        return scores - self.reference_losses[index].to(device=scores.device, dtype=scores.dtype, non_blocking=True)
 
     def step_scores(self, pred: torch.Tensor, targets: Any, losses: torch.Tensor, *,
                     norms_sq: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,

@@ -362,7 +362,7 @@ def evaluate(
                 values = fn(pred, targets)
                 if not isinstance(values, torch.Tensor) or values.shape != pred.shape[:1]:
                     raise ValueError(f"metric {name!r} must return per-example values of shape ({pred.shape[0]},)")
-                batch_sums[f"val_{name}"] = values
+                batch_sums[f"val_{name}"] = values.to(pred.device, non_blocking=True)
             for key, values in batch_sums.items():
                 total = values.double().sum()
                 sums[key] = total if key not in sums else sums[key] + total
@@ -393,8 +393,12 @@ class _HostClock:
         return time.perf_counter()
 
     def seconds(self, start: Any, end: Any) -> float:
-        """Seconds between two marks (both reached: after ``synchronize``)."""
+        """Seconds between two marks (both reached: after ``synchronize``, or ``reached``)."""
         return end - start
+
+    def reached(self, mark: Any) -> bool:
+        """Whether the device has done the work queued before ``mark`` (asks, never waits)."""
+        return True
 
 
 class _EventClock(_HostClock):
@@ -418,6 +422,13 @@ class _EventClock(_HostClock):
 
     def seconds(self, start: Any, end: Any) -> float:
         return start.elapsed_time(end) / 1000.0
+
+    def reached(self, mark: Any) -> bool:
+        return mark.query()
+
+
+# Steps whose clock marks the loop keeps before it folds those the device has finished.
+UNSETTLED_STEPS = 256
 
 
 def _clock_for(device: torch.device) -> _HostClock:
@@ -540,24 +551,40 @@ class _Run:
         ``state.loss_sum``, the first step's mean loss into ``state.initial_loss``; a non-finite loss
         raises a FloatingPointError naming the first step that had one."""
         self.clock.synchronize()
-        state, clock = self.state, self.clock
-        for start, end, scoring in self.unsettled:
-            spent = clock.seconds(start, end)
-            inside = sum(clock.seconds(first, last) for first, last in scoring)
-            state.train_time += spent - inside
-            state.selection_time += inside
-            state.step_times.append(spent - inside)
-        self.unsettled = []
+        self.fold_marks(finished_only=False)
+        state = self.state
         state.loss_sum = float(self.loss_total)
         if self.initial_pending is not None:
             total, count = self.initial_pending
             state.initial_loss, self.initial_pending = float(total) / count, None
-        bad = int(self.first_nonfinite)
+        first = self.first_nonfinite
+        if self.world > 1:  # every rank stops together, naming the run's first non-finite step
+            first = torch.where(first >= 0, first, torch.iinfo(torch.int64).max)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        bad = int(first) if int(first) != torch.iinfo(torch.int64).max else -1
         if bad >= 0:
             raise FloatingPointError(
                 f"fit: the training loss is not finite (NaN or inf) at optimizer step {bad} (0-based; the run stopped at "
                 f"step {state.step}, and no checkpoint was written after it); lower the learning rate, clip the "
                 f"gradients (max_grad_norm=) or check the data, or pass nonfinite_loss='skip' to skip such steps")
+
+    def fold_marks(self, finished_only: bool) -> None:
+        """Fold the kept steps' clock marks into ``step_times``, ``train_time`` and
+        ``selection_time``: all of them (after a synchronize), or (``finished_only``) the leading
+        steps whose marks the device has reached, which asks without waiting, so a long epoch does
+        not hold a timing event per step until its end."""
+        state, clock = self.state, self.clock
+        done = 0
+        for start, end, scoring in self.unsettled:
+            if finished_only and not clock.reached(end):
+                break
+            spent = clock.seconds(start, end)
+            inside = sum(clock.seconds(first, last) for first, last in scoring)
+            state.train_time += spent - inside
+            state.selection_time += inside
+            state.step_times.append(spent - inside)
+            done += 1
+        del self.unsettled[:done]
 
     def record(self, epoch: float) -> dict[str, float]:
         self.settle()
@@ -705,7 +732,7 @@ class _Run:
             if not teaching.observes:
                 continue
             start = clock.mark()
-            scores = self.scorer.step_scores(pred, targets, losses, norms_sq=norms_sq,
+            scores = self.scorer.step_scores(pred, targets, losses, norms_sq=norms_sq, indices=indices,
                                              coefficients=None if norms_sq is None else coefficients * loss_scale)
             pending.append((indices, scores))
             scoring.append((start, clock.mark()))
@@ -845,6 +872,8 @@ class _Run:
                     return
                 scoring = self.train_group(group)
                 self.unsettled.append((start, clock.mark(), scoring))
+                if len(self.unsettled) >= UNSETTLED_STEPS:
+                    self.fold_marks(finished_only=True)
                 state.batches_done += len(group)
                 bar.update(len(group))
                 if clock.settles_every_step:

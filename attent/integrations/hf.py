@@ -319,10 +319,11 @@ class AtteNTMixin:
         pred = prediction_of(outputs)
         losses = self.objective.losses(pred, labels)
         loss = (losses * self.teaching.loss_weights(indices).to(losses)).mean()
-        start = time.perf_counter()
-        scores = self.teaching.scorer.step_scores(pred, labels, losses, indices=indices)
-        self.teaching.observe(indices, scores, step=self.state.global_step)
-        self.attent_selection_time += time.perf_counter() - start
+        if self.teaching.observes:
+            start = time.perf_counter()
+            scores = self.teaching.scorer.step_scores(pred, labels, losses, indices=indices)
+            self.teaching.observe(indices, scores, step=self.state.global_step)
+            self.attent_selection_time += time.perf_counter() - start
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -252,11 +252,14 @@ def _linear_cross_entropy_kernel(
 # Host side
 # ---------------------------------------------------------------------------------------------
 
-# A call with at most this many logits (N V) is launch-bound: it runs one fixed configuration (an
-# autotuner of one configuration: no key built, no tuning) in one vocabulary slice, finished in
-# the kernel, so its cost is one launch, as for ``F.cross_entropy`` (a training step's logits,
-# e.g. 32 x 10, or a short batch of a small vocabulary).
+# A call with at most SMALL_LOGITS logits (N V) over at most SMALL_VOCAB classes is launch-bound:
+# it runs one fixed configuration (an autotuner of one configuration: no key built, no tuning) in
+# one vocabulary slice, finished in the kernel, so its cost is one launch, as for
+# ``F.cross_entropy`` (a training step's logits, e.g. 32 x 10, or a short batch of a small
+# vocabulary). A larger vocabulary takes the sliced kernel even for few rows, whose programs
+# would otherwise each walk 16 rows of the whole vocabulary on a nearly empty device.
 SMALL_LOGITS = 1 << 20
+SMALL_VOCAB = 4096
 _SMALL_CE_CONFIGS = autotune_configs({"BLOCK_N": 16, "BLOCK_V": 64}, [({"BLOCK_N": 16, "BLOCK_V": 256}, 4, 2)])
 _small_cross_entropy_kernel = autotune(configs=_SMALL_CE_CONFIGS, key=[])(_cross_entropy_kernel.fn)
 # Rows at or above this count share one tuning per vocabulary (their best tiles do not depend on
@@ -313,7 +316,7 @@ def cross_entropy_token_scores(
     dtype = accum_dtype(logits)
     if N == 0:
         return _empty_scores(targets, ignore_index, dtype)
-    small = N * V <= SMALL_LOGITS
+    small = N * V <= SMALL_LOGITS and V <= SMALL_VOCAB
     kernel, configs = (_small_cross_entropy_kernel, _SMALL_CE_CONFIGS) if small else (_cross_entropy_kernel, _CE_CONFIGS)
     slice_cols, n_slices = (V, 1) if small else _vocab_slices(N, V, configs)
     out = _output(n_slices, N, dtype, logits.device)

@@ -472,18 +472,28 @@ class _CudaStandIns:
         import attent.trainer as trainer
 
         self.syncs = self.reads = 0
+        self.reached = False  # what query() answers: whether the device has reached an event
+        self.recorded = self.reached_upto = 0  # events recorded; the last one a query found reached
         stand_ins = self
 
         class Event:
             def __init__(self, enable_timing=False):
                 assert enable_timing
-                self.at = self.generation = None
+                self.at = self.generation = self.order = None
 
             def record(self, stream=None):
-                self.at, self.generation = time.perf_counter(), stand_ins.syncs
+                stand_ins.recorded += 1
+                self.at, self.generation, self.order = time.perf_counter(), stand_ins.syncs, stand_ins.recorded
+
+            def query(self):
+                if stand_ins.reached:  # one stream: every event recorded before a reached one is reached
+                    stand_ins.reached_upto = max(stand_ins.reached_upto, self.order)
+                return stand_ins.reached
 
             def elapsed_time(self, end):
-                assert stand_ins.syncs > max(self.generation, end.generation), "an event read before a synchronize"
+                synced = stand_ins.syncs > max(self.generation, end.generation)
+                assert synced or max(self.order, end.order) <= stand_ins.reached_upto, \
+                    "an event read before a synchronize, or before a query found it (or a later one) reached"
                 return 1000.0 * (end.at - self.at)
 
         def synchronize(device=None):
@@ -732,3 +742,67 @@ def test_on_a_real_gpu_fit_synchronizes_no_more_with_more_steps(monkeypatch):
             eval_data=_data(3, 10), device="cuda", progress=False)
         seen.append(dict(counts))
     assert seen[0] == seen[1] and seen[0]["syncs"] > 0
+
+
+def test_a_teacher_fed_learnability_observes_each_steps_losses_less_the_reference(monkeypatch):
+    """fit(score="learnability") with a per-epoch teacher: every observed score is the example's
+    loss at that step (a loop over single examples with the model of that step) less its
+    reference loss."""
+    from attent.teacher import Teacher
+
+    data = _data(n=24)
+    reference = torch.linspace(-1.0, 2.0, 24)
+    model = _model()
+    seen = []
+    original = Teacher.observe
+
+    def observe(teacher, indices, scores, step=None):
+        seen.append((torch.as_tensor(indices).clone(), torch.as_tensor(scores).clone()))
+        return original(teacher, indices, scores, step=step)
+
+    monkeypatch.setattr(Teacher, "observe", observe)
+    snapshots = []
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: snapshots.append(copy.deepcopy(model)))
+    fit(model, data, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        teacher=Teacher(24, ratio=0.5, epochs=1, seed=3), score="learnability", reference=reference, epochs=1,
+        batch_size=4, progress=False)
+    indices = torch.cat([i for i, _ in seen])
+    scores = torch.cat([s for _, s in seen])
+    assert indices.numel() == 12 and len(snapshots) == 3
+    x, y = data.tensors
+    for position, (index, score) in enumerate(zip(indices.tolist(), scores.tolist())):
+        step_model = _model()  # the model the step's forward saw: the start, or the previous step's update
+        if position >= 4:
+            step_model = snapshots[position // 4 - 1]
+        with torch.no_grad():
+            loss = F.cross_entropy(step_model(x[index:index + 1]), y[index:index + 1])
+        assert score == pytest.approx(float(loss) - float(reference[index]), abs=1e-5)
+
+
+def test_finished_step_marks_are_folded_without_waiting(monkeypatch):
+    """On CUDA (stand-ins) the loop keeps at most UNSETTLED_STEPS steps' timing events: once that
+    many are kept it folds the leading ones the device has reached (query(), never a
+    synchronize), and keeps those it has not."""
+    import attent.trainer as trainer
+
+    stand_ins = _CudaStandIns(monkeypatch)
+    monkeypatch.setattr(trainer, "UNSETTLED_STEPS", 3)
+    kept = []
+    fold = trainer._Run.fold_marks
+
+    def watched(run, finished_only):
+        before = len(run.unsettled)
+        fold(run, finished_only)
+        kept.append((finished_only, before, len(run.unsettled)))
+
+    monkeypatch.setattr(trainer._Run, "fold_marks", watched)
+    for reached in (True, False):
+        stand_ins.reached = reached
+        kept.clear()
+        model = _model()
+        result = fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                     epochs=1, batch_size=4, progress=False)
+        early = [(before, after) for finished_only, before, after in kept if finished_only]
+        assert early and all(before >= 3 for before, _ in early)
+        assert all(after == (0 if reached else before) for before, after in early)
+        assert len(result.step_times) == result.steps == 12

@@ -414,6 +414,25 @@ def test_a_small_call_is_one_launch_finished_in_the_kernel(device, ce_route, mon
     assert_matches(got.fgrad_sq.cpu().double(), expected.fgrad_sq, torch.float32)
 
 
+@pytest.mark.parametrize("rows, classes, small", [(32, 10, True), (2, 4096, True), (2, 4097, False),
+                                                 (1025, 1024, False)])
+def test_the_small_route_takes_few_logits_of_a_small_vocabulary(device, ce_route, monkeypatch, rows, classes, small):
+    """A call takes the one-launch route only with at most SMALL_LOGITS logits over at most
+    SMALL_VOCAB classes: a large vocabulary is sliced even for two rows, whose one-slice programs
+    would otherwise each walk the whole vocabulary on a nearly empty device."""
+    if ce_route != "one launch":
+        pytest.skip("the default routing only")
+    launches = []
+    for kernel in (_triton._small_cross_entropy_kernel, _triton._cross_entropy_kernel):
+        original = kernel.run
+        monkeypatch.setattr(kernel, "run", lambda *a, _kernel=kernel, _original=original, **k: (
+            launches.append(_kernel), _original(*a, **k))[1])
+    logits, targets = _logits(35, rows, None, classes, device, scale=1.0)
+    got, expected = _ce_both(logits, targets)
+    _assert_same_scores(got, expected)
+    assert launches == [_triton._small_cross_entropy_kernel if small else _triton._cross_entropy_kernel]
+
+
 def test_tuning_keys_do_not_change_with_a_short_last_batch():
     """Row counts share a key per power of two and one key from LARGE_ROWS up, so an LM's short
     last batch (3 of 8 sequences of 512 tokens) reuses the full batches' tuning."""
