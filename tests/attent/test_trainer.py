@@ -744,6 +744,34 @@ def test_on_a_real_gpu_fit_synchronizes_no_more_with_more_steps(monkeypatch):
     assert seen[0] == seen[1] and seen[0]["syncs"] > 0
 
 
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("score", ["loss", "fgrad", "gradnorm", "learnability"])
+def test_on_a_real_gpu_a_training_step_never_waits_for_the_device(monkeypatch, score):
+    """torch's sync debug mode is "error" inside every training step (forward, backward, update and
+    the step's scores): any call in it that waits for the GPU (a host read, a blocking copy, a
+    nonzero, a boolean mask) raises, where the counting tests above see only some of them."""
+    import attent.trainer as trainer
+    from attent.teacher import Teacher
+
+    step = trainer._Run.train_group
+
+    def strict(run, group):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(run, group)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(trainer._Run, "train_group", strict)
+    model = _model()
+    reference = torch.rand(48) if score == "learnability" else None
+    result = fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                 teacher=Teacher(48, ratio=0.5, epochs=2, seed=1), score=score, reference=reference, epochs=2,
+                 batch_size=4, eval_data=_data(3, 10), device="cuda", progress=False)
+    assert result.steps == 12
+
+
 def test_a_teacher_fed_learnability_observes_each_steps_losses_less_the_reference(monkeypatch):
     """fit(score="learnability") with a per-epoch teacher: every observed score is the example's
     loss at that step (a loop over single examples with the model of that step) less its
