@@ -88,6 +88,27 @@ def canonical(factor: Factor, layout: Layout, shape: torch.Size, batch: int) -> 
     return Direct(v.reshape(batch, -1, numel).sum(dim=1, dtype=accum_dtype(v)), 0)
 
 
+def stacked(examples: list[Factor]) -> Factor:
+    """One factor of B examples from B factors of one example each, of one layer the batch shares
+    (each read from its example's gradient): the examples at a new dim 0 (its ``batch_dim``), every
+    position of each kept. A tensor every example's factor holds (the layer's batch-free input) is
+    expanded, not copied."""
+    def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+        first = tensors[0]
+        return first.expand(len(tensors), *first.shape) if all(t is first for t in tensors) else torch.stack(tensors)
+
+    first = examples[0]
+    if isinstance(first, Outer):
+        if isinstance(first.a, Ids):
+            a: torch.Tensor | Ids = Ids(stack([f.a.ids for f in examples]), first.a.num, first.a.padding_idx)
+        else:
+            a = stack([f.a for f in examples])
+        return Outer(a, stack([f.b for f in examples]), 0)
+    if isinstance(first, Diag):
+        return Diag(stack([f.x for f in examples]), stack([f.g for f in examples]), 0)
+    return Direct(stack([f.v for f in examples]), 0)
+
+
 def norm_sq(factor: Factor, bias: bool = False) -> torch.Tensor:
     """(B,) squared norm of a canonical factor's per-example gradient; ``bias``: plus the norm
     ||sum_t g_t||^2 of a bias whose gradient sums the output gradient g (a float Outer's a, a

@@ -43,6 +43,17 @@ declares it for the layers inside it (``nn.TransformerEncoderLayer``'s ``batch_f
 layer, which flattens its rows to (B·T, d)), and elsewhere it is the probe's ``batch_dim`` (0 unless
 told). A tensor without B examples there is refused with an error that names the layer.
 
+Layers the batch shares. The graph says where a layer's output holds one value for every example: it
+reaches the loss broadcast over the batch dim (an elementwise op or an expand makes a dim of size B
+from size 1 or from no dim), as relative-position buckets (T, T) looked up once per forward are. Such
+a layer keeps no examples at its declared dim even where a size equals B (T == B), so it is never
+read as batched: where every use of its output is a view (reshape, permute, transpose, clone, cast)
+or a sum of shared tensors leading into adds, subtractions or expands over the batch, prehooks on
+those sums keep their unreduced gradients, each example's slice is carried back through the views,
+and the layer's factors are read once per example from its own slice (exact: the example's gradient
+of the shared output is its slice of the broadcast's gradient); anything else (a squashing function
+between, a matmul, a layer below a shared one) is refused by name.
+
 Parameters owned by a module without a rule: loose ones, with at least 3 dims and size 1 in the
 batch dimension (``cls_token``, ``pos_embed``, register tokens: activations broadcast over the batch)
 are expanded to the batch while the owner runs, so their per-example gradient is read off directly,
@@ -113,7 +124,15 @@ class _Record:
         with torch.no_grad():
             try:
                 # None: the graph reaches the output but passes it no gradient (its parameters get none)
-                factors = {} if grad is None else capture.factors(grad)
+                rows = call.plan.take(self)
+                if grad is None:
+                    factors = {}
+                elif rows is None:
+                    factors = capture.factors(grad)
+                else:  # a layer the batch shares: its factors read once per example, then stacked
+                    examples = [capture.factors(row) for row in rows]
+                    factors = {local: _factor_norms.stacked([example[local] for example in examples])
+                               for local in examples[0]}
             except (ValueError, TypeError, RuntimeError) as error:
                 raise type(error)(f"GradNormProbe: layer {self.layer!r} ({', '.join(self.params)}): {error}") from error
             return call.consume(self, factors, weight_grads, None if capture.input is None else id(capture.input))
@@ -179,6 +198,7 @@ class _Call:
     batch: int
     shared: set[int]
     trains: bool  # a training backward (``.grad`` accumulates), not a ``score`` pass
+    plan: "_SharedPlan"  # the per-example gradients of the layers the batch shares
     # id(Capture.input) -> how many of this pass's records read it, where more than one does
     input_readers: dict[int, int] = field(default_factory=dict)
     per_layer: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -370,54 +390,192 @@ def _output_shape(node: Any, nr: int) -> tuple[int, ...] | None:
         return None
 
 
+_VIEWS = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "UnsqueezeBackward0",
+                    "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "PermuteBackward0", "TransposeBackward0",
+                    "TBackward0", "CloneBackward0", "AliasBackward0", "ToCopyBackward0"})
+_SHARED_SUMS = frozenset({"AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1", "ExpandBackward0"})
+_CARRIED_SUMS = frozenset({"AddBackward0", "AddBackward1", "SubBackward0", "SubBackward1"})  # sums of shared tensors
+
+
+def _output_dtype(node: Any, nr: int) -> torch.dtype:
+    return node._input_metadata[nr].dtype
+
+
+def _dim(value: int, rank: int) -> int:
+    """A dim autograd saved (as an unsigned int where negative), in [0, rank)."""
+    return (value - 2**64 if value >= 2**63 else value) % rank
+
+
+def _through_view(node: Any, grad: torch.Tensor, index: int, child: tuple[Any, int]) -> torch.Tensor:
+    """Per-example gradients (B, *out) of a view or sum node's output -> (B, *in) of its input
+    ``index``, ``child`` (a sum's input summed over the dims it was broadcast along)."""
+    kind, shape = type(node).__name__, _output_shape(*child)
+    if kind in _CARRIED_SUMS:
+        target = [1] * (grad.dim() - 1 - len(shape)) + list(shape)
+        rows = grad.sum_to_size(grad.shape[0], *target).reshape(grad.shape[0], *shape)
+        sign = _sign(node, index)
+        return rows if sign == 1.0 else rows * sign
+    if kind == "PermuteBackward0":
+        dims = [_dim(d, len(shape)) for d in node._saved_dims]
+        inverse = sorted(range(len(dims)), key=dims.__getitem__)
+        return grad.permute(0, *(i + 1 for i in inverse))
+    if kind == "TransposeBackward0":
+        return grad.transpose(_dim(node._saved_dim0, len(shape)) + 1, _dim(node._saved_dim1, len(shape)) + 1)
+    if kind == "TBackward0":
+        return grad.transpose(1, 2) if grad.dim() == 3 else grad
+    if kind == "ToCopyBackward0":
+        return grad.to(_output_dtype(*child))
+    return grad.reshape(grad.shape[0], *shape)  # views that keep the element order, clone, alias
+
+
+def _sign(node: Any, index: int) -> float:
+    """d output / d input ``index`` of an add, subtract or expand node (alpha for ``a + alpha * b``)."""
+    if index == 1 and type(node).__name__ in ("AddBackward0", "SubBackward0"):
+        alpha = getattr(node, "_saved_alpha", 1)
+        return -alpha if type(node).__name__ == "SubBackward0" else alpha
+    return 1.0
+
+
+def _per_example(node: Any, index: int, grad: torch.Tensor, dim: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) per-example gradients of input ``index`` of a broadcasting sum ``node`` (the batch
+    at ``dim`` of its output, the input of size 1 or absent there), from the gradient of its output."""
+    target = [1] * (grad.dim() - len(shape)) + list(shape)
+    rows = grad.movedim(dim, 0).sum_to_size(grad.shape[dim], *target[:dim], *target[dim + 1:])
+    rows = rows.reshape(grad.shape[dim], *shape)
+    sign = _sign(node, index)
+    return rows if sign == 1.0 else rows * sign
+
+
+@dataclass(eq=False)
+class _SharedPlan:
+    """How a pass gets the per-example gradients of the layers the batch shares: a prehook on each
+    broadcasting sum (an add, subtract or expand over the batch dim) keeps its shared input's
+    per-example gradients, unreduced; a prehook on each view between it and the layer carries them
+    down (summed over the view's consumers); the layer's record then reads them (``take``)."""
+
+    sums: list[tuple[Any, int, tuple[Any, int], int]] = field(default_factory=list)  # (node, input, child, dim)
+    views: list[Any] = field(default_factory=list)
+    records: dict[int, tuple[Any, int]] = field(default_factory=dict)  # id(record) -> its output (node, nr)
+    reached: set[tuple[Any, int]] = field(default_factory=set)  # the outputs the views carry gradients to
+    grads: dict[tuple[Any, int], torch.Tensor] = field(default_factory=dict)
+    handles: list[Any] = field(default_factory=list)
+
+    def _add(self, key: tuple[Any, int], grad: torch.Tensor) -> None:
+        self.grads[key] = self.grads[key] + grad if key in self.grads else grad
+
+    def attach(self) -> None:
+        by_node: dict[Any, list[tuple[int, tuple[Any, int], int]]] = {}
+        for node, index, child, dim in self.sums:
+            by_node.setdefault(node, []).append((index, child, dim))
+        for node, inputs in by_node.items():
+            def keep(grad_outputs: tuple, node: Any = node, inputs: list = inputs) -> None:
+                with torch.no_grad():
+                    for index, child, dim in inputs:
+                        self._add(child, _per_example(node, index, grad_outputs[0], dim, _output_shape(*child)))
+            self.handles.append(node.register_prehook(keep))
+        for view in self.views:
+            def carry(grad_outputs: tuple, view: Any = view) -> None:
+                grad = self.grads.pop((view, 0), None)
+                if grad is None:
+                    return
+                with torch.no_grad():
+                    for index, (child, nr) in enumerate(view.next_functions):
+                        if child is not None and (child, nr) in self.reached:
+                            self._add((child, nr), _through_view(view, grad, index, (child, nr)))
+            self.handles.append(view.register_prehook(carry))
+
+    def take(self, record: "_Record") -> torch.Tensor | None:
+        """The (B, *output) per-example gradients of a shared record's output (None for any other)."""
+        key = self.records.get(id(record))
+        return None if key is None else self.grads.pop(key, None)
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.grads.clear()
+
+
 class _SharedCheck:
     """Finds the tensors the batch shares, from the graph (never from sizes): where an elementwise op
     or an expand broadcasts an input over a dim of size B (the input has size 1 there, or no such
     dim), whatever produced that input holds one value for every example, so a probed layer below it
     whose declared batch dim is that dim keeps no examples there, even where a size equals B (relative
-    position buckets (T, T) with T == B). Such a layer is refused by name (``refuse``); a rule that
-    expands its output to the batch before the broadcast (T5's) gets the examples apart."""
+    position buckets (T, T) with T == B). Such a layer gets a shared rule (``plan``) where its output
+    reaches every one of its uses through views (reshape, permute, transpose, clone, casts) into
+    adds, subtractions or expands over the batch: its per-example gradient is then its example's
+    slice of the unreduced gradient of those sums, exactly. Any other is refused by name."""
 
     def __init__(self, batch: int) -> None:
         self.batch = batch
-        self.edges: list[tuple[Any, Any, tuple[int, ...], tuple[int, ...], set[int]]] = []
+        self.edges: list[tuple[Any, int, tuple[Any, int], tuple[int, ...], tuple[int, ...], set[int]]] = []
+        self.consumers: dict[tuple[Any, int], list[tuple[Any, int]]] = {}
 
     def visit(self, node: Any, below: dict[Any, bool]) -> None:
-        """Note the inputs of ``node`` it broadcasts over a dim of size B that have probed layers below."""
+        """Note who consumes each output below ``node``, and the inputs of ``node`` it broadcasts over
+        a dim of size B that have probed layers below."""
+        for index, (child, nr) in enumerate(node.next_functions):
+            if child is not None and below.get(child):
+                self.consumers.setdefault((child, nr), []).append((node, index))
         if self.batch < 2 or type(node).__name__ not in _BROADCASTING:
             return
         out = _output_shape(node, 0)
-        for child, nr in node.next_functions:
+        for index, (child, nr) in enumerate(node.next_functions):
             shape = None if out is None or child is None or not below.get(child) else _output_shape(child, nr)
             if shape is None or len(shape) > len(out):
                 continue
             offset = len(out) - len(shape)
             dims = {k for k, size in enumerate(out) if size == self.batch and (k < offset or shape[k - offset] == 1)}
             if dims:
-                self.edges.append((node, child, shape, out, dims))
+                self.edges.append((node, index, (child, nr), shape, out, dims))
 
-    def refuse(self, waiting: dict[Any, list[tuple["_Record", int]]], below: dict[Any, bool]) -> None:
-        """Raise naming the first probed layer below a broadcast input whose batch dim was broadcast
-        (each node explored once per dim, however many broadcasts reach it)."""
-        seen: dict[int, set[Any]] = {}
-        for node, child, shape, out, dims in self.edges:
+    def plan(self, waiting: dict[Any, list[tuple["_Record", int]]], below: dict[Any, bool]) -> _SharedPlan:
+        """The shared rule's hooks for every shared layer; raises naming the first that cannot have one
+        (each graph node explored once per broadcast dim)."""
+        plan, seen = _SharedPlan(), {}
+        plan.sums = [(node, index, child, dim) for node, index, child, _, _, dims in self.edges for dim in dims
+                     if type(node).__name__ in _SHARED_SUMS]
+        for node, _, child, shape, out, dims in self.edges:
             for dim in dims:
-                explored, stack = seen.setdefault(dim, set()), [child]
+                explored = seen.setdefault(dim, set())
+                summed = type(node).__name__ in _SHARED_SUMS
+                stack = [(child, summed)]  # (output, reached through views from a summed broadcast)
                 while stack:
-                    current = stack.pop()
-                    if current in explored:
+                    (current, nr), viewed = stack.pop()
+                    if (current, nr) in explored:
                         continue
-                    explored.add(current)
-                    for record, _ in waiting.get(current, ()):
-                        if not record.layout.flattened and record.layout.dim == dim:
-                            raise ValueError(
-                                f"GradNormProbe: layer {record.layer!r} computes a tensor the batch shares: it reaches "
-                                f"the loss broadcast over the batch ({type(node).__name__} takes shape {shape} to {out}, "
-                                f"dim {dim} of size {self.batch} made by the broadcast), so its tensors hold no examples "
-                                f"at dim {dim}, whatever their sizes. Register a rule that expands its output to the "
-                                f"batch before the broadcast (as the T5 relative-bias rule does), or leave its "
-                                f"parameters out with params=")
-                    stack.extend(c for c, _ in current.next_functions if c is not None and below.get(c))
+                    explored.add((current, nr))
+                    entries = [record for record, n in waiting.get(current, ()) if n == nr
+                               and not record.layout.flattened and record.layout.dim == dim]
+                    if entries:  # what lies below a shared layer is shared too, and is not a view of it
+                        self._shared_rule(plan, entries, (current, nr), viewed, dim, node, shape, out)
+                    kind = type(current).__name__
+                    view = (not entries and viewed and (kind in _VIEWS or kind in _CARRIED_SUMS)
+                            and self._uses_are_shared((current, nr), plan))
+                    if view:
+                        plan.views.append(current)
+                        plan.reached.update((c, n) for c, n in current.next_functions if c is not None and below.get(c))
+                    stack.extend(((c, n), view) for c, n in current.next_functions if c is not None and below.get(c))
+        return plan
+
+    def _uses_are_shared(self, output: tuple[Any, int], plan: _SharedPlan) -> bool:
+        """Whether every use of ``output`` is a summed broadcast of it or a view already carrying."""
+        sums = {(node, index, child) for node, index, child, _ in plan.sums}
+        return all((user, index, output) in sums or user in plan.views for user, index in self.consumers.get(output, ()))
+
+    def _shared_rule(self, plan: _SharedPlan, records: list["_Record"], output: tuple[Any, int], viewed: bool,
+                     dim: int, node: Any, shape: tuple[int, ...], out: tuple[int, ...]) -> None:
+        for record in records:
+            if viewed and self._uses_are_shared(output, plan):
+                plan.records[id(record)] = output
+                continue
+            raise ValueError(
+                f"GradNormProbe: layer {record.layer!r} computes a tensor the batch shares: it reaches the loss "
+                f"broadcast over the batch ({type(node).__name__} takes shape {shape} to {out}, dim {dim} of size "
+                f"{self.batch} made by the broadcast), so its tensors hold no examples at dim {dim}, whatever their "
+                f"sizes, and not every use of its output is a view added (or expanded) over the batch, where its "
+                f"per-example gradients could be read. Register a rule that expands its output to the batch before "
+                f"the broadcast (as the T5 relative-bias rule does), or leave its parameters out with params=")
 
 
 def _overrides(module: nn.Module, entry: Any) -> bool:
@@ -807,11 +965,12 @@ class GradNormProbe:
             raise ValueError("losses does not require grad: run the forward pass with gradients enabled, with the model attached to this probe")
         return losses.shape[0]
 
-    def _pending(self, losses: torch.Tensor, batch: int) -> tuple[list[GradientEdge], list[_Record], bool, dict[int, int]]:
+    def _pending(self, losses: torch.Tensor, batch: int) -> tuple[list[GradientEdge], list[_Record], bool,
+                                                                 dict[int, int], _SharedPlan]:
         """Walk the graph below ``losses`` once (post-order): the records waiting for a gradient, and the
         gradient edges ``score`` asks for, the hooked outputs with no other hooked output below them.
-        Also says whether records of this probe that were already consumed hang in the graph, and how
-        many graph edges reach each probed parameter."""
+        Also says whether records of this probe that were already consumed hang in the graph, how
+        many graph edges reach each probed parameter, and the plan for the layers the batch shares."""
         waiting: dict[Any, list[tuple[_Record, int]]] = {}
         below: dict[Any, bool] = {}  # node -> a waiting record at or below it
         param_edges: dict[int, int] = {}
@@ -853,16 +1012,16 @@ class GradNormProbe:
                                f"concatenation or slicing along another dim, expand, casts); instead "
                                f"{'; '.join(sorted(set(broadcast.violations)))}. Register a rule for the owner, or "
                                f"leave the parameter out with params=")
-        shared.refuse(waiting, below)
+        plan = shared.plan(waiting, below)
         edges, records = [], []
         for node, entries in waiting.items():
             records.extend(record for record, _ in entries)
             if not any(below[child] for child, _ in node.next_functions if child is not None):
                 edges.extend(GradientEdge(node, nr) for nr in sorted({nr for _, nr in entries}))
-        return edges, records, consumed, param_edges
+        return edges, records, consumed, param_edges, plan
 
     def _run(self, losses: torch.Tensor, batch: int, scale: float, trains: bool, pass_fn) -> torch.Tensor:
-        edges, records, consumed, param_edges = self._pending(losses, batch)
+        edges, records, consumed, param_edges, plan = self._pending(losses, batch)
         if not records and consumed:
             raise RuntimeError("GradNormProbe: this graph was already scored (a forward pass can be scored or "
                                "backpropagated once); run the forward pass again")
@@ -883,7 +1042,8 @@ class GradNormProbe:
         for record in records:
             if record.capture.input is not None:
                 readers[id(record.capture.input)] = readers.get(id(record.capture.input), 0) + 1
-        self._call = _Call(self, batch, shared, trains, {key: n for key, n in readers.items() if n > 1})
+        self._call = _Call(self, batch, shared, trains, plan, {key: n for key, n in readers.items() if n > 1})
+        plan.attach()
         try:
             pass_fn(edges, records)
             call = self._call
@@ -893,6 +1053,7 @@ class GradNormProbe:
             with torch.no_grad():
                 call.finish()
         finally:
+            plan.detach()
             self._call = None
             self._restore_swapped()
             for record in records:

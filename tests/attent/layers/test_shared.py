@@ -1,8 +1,9 @@
 """Tensors the batch shares are found through the graph, never read as batched from a size that
 happens to equal B: a probed layer whose output reaches the loss broadcast over the batch (relative
-position buckets (T, T) looked up once per forward, as T5-style encoders do) is refused by name
-whatever its sizes, or exact where a rule expands it to the batch first (T5, UMT5); broadcasts over
-other dims of size B are not mistaken for it."""
+position buckets (T, T) looked up once per forward, as T5-style encoders do) is exact whatever its
+sizes where every use of its output is a view added (or expanded) over the batch, and is refused by
+name otherwise; the T5, UMT5 and MPNet rules expand their biases to the batch first; broadcasts over
+other dims of size B are not mistaken for the batch. The oracle is each example's own forward."""
 from __future__ import annotations
 
 import pytest
@@ -16,26 +17,39 @@ B = 3
 
 
 class RelativeEncoder(nn.Module):
-    """One attention layer whose scores get a bias looked up with (T, T) relative-position buckets,
-    computed once per forward and broadcast over the batch (implicitly, or with an explicit expand)."""
+    """Two attention layers whose scores get one bias looked up with (T, T) relative-position
+    buckets, computed once per forward and broadcast over the batch (implicitly, or with an explicit
+    expand and a copy); ``mlp`` adds a continuous bias, a Linear on the (T, T, 1) relative distances,
+    and has the second layer subtract the bias instead of adding it."""
 
-    def __init__(self, expand: bool, vocab: int = 11, d: int = 8, heads: int = 2, buckets: int = 5) -> None:
+    def __init__(self, expand: bool, mlp: bool = False, vocab: int = 11, d: int = 8, heads: int = 2,
+                 buckets: int = 5) -> None:
         super().__init__()
         self.emb, self.rel = nn.Embedding(vocab, d), nn.Embedding(buckets, heads)
-        self.qkv, self.head = nn.Linear(d, 3 * d), nn.Linear(d, vocab)
+        self.qkv, self.qkv2, self.head = nn.Linear(d, 3 * d), nn.Linear(d, 3 * d), nn.Linear(d, vocab)
+        self.distance = nn.Linear(1, heads) if mlp else None
         self.expand, self.heads, self.buckets = expand, heads, buckets
+
+    def attend(self, qkv: nn.Linear, x: torch.Tensor, bias: torch.Tensor, subtract: bool = False) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in qkv(x).chunk(3, dim=-1))
+        scores = q @ k.transpose(-1, -2)
+        mixed = torch.softmax(scores - bias if subtract else scores + bias, dim=-1) @ v
+        return x + mixed.transpose(1, 2).reshape(b, t, -1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         b, t = ids.shape
-        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in self.qkv(self.emb(ids)).chunk(3, dim=-1))
         position = torch.arange(t)
+        relative = position[None, :] - position[:, None]  # (T, T): no batch dim
         half = self.buckets // 2
-        buckets = (position[None, :] - position[:, None]).clamp(-half, half) + half  # (T, T), no batch dim
-        bias = self.rel(buckets).permute(2, 0, 1).unsqueeze(0)  # (1, H, T, T)
+        bias = self.rel(relative.clamp(-half, half) + half).permute(2, 0, 1)  # (H, T, T)
+        if self.distance is not None:
+            bias = bias - self.distance(relative[..., None].float()).permute(2, 0, 1)
+        bias = bias.unsqueeze(0)  # (1, H, T, T)
         if self.expand:
-            bias = bias.expand(b, -1, -1, -1)
-        mixed = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1) @ v
-        return self.head(mixed.transpose(1, 2).reshape(b, t, -1))
+            bias = bias.expand(b, -1, -1, -1).contiguous()
+        first = self.attend(self.qkv, self.emb(ids), bias)
+        return self.head(self.attend(self.qkv2, first, bias, subtract=self.distance is not None))
 
 
 def token_losses(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -43,28 +57,69 @@ def token_losses(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor) -> 
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(ids.shape).mean(1)
 
 
+def encoder_check(exact, model: nn.Module, T: int, mode: str, **options) -> GradNormProbe:
+    ids, targets = torch.randint(0, 11, (B, T)), torch.randint(0, 11, (B, T))
+    return exact(model, lambda m: token_losses(m, ids, targets),
+                 lambda m, i: token_losses(m, ids[i:i + 1], targets[i:i + 1]), B, mode=mode, **options)
+
+
 @pytest.mark.parametrize("T", [B, B + 1, B - 1])  # T == B is the case a size cannot tell apart
 @pytest.mark.parametrize("expand", [False, True])
 @pytest.mark.parametrize("mode", ["score", "backward"])
-def test_relative_position_buckets_are_refused_by_name_whatever_their_sizes(T, expand, mode):
+def test_relative_position_buckets_shared_by_the_batch_are_exact_whatever_their_sizes(exact, T, expand, mode):
     torch.manual_seed(T)
-    model = RelativeEncoder(expand)
-    ids, targets = torch.randint(0, 11, (B, T)), torch.randint(0, 11, (B, T))
-    with GradNormProbe(model) as probe:
-        losses = token_losses(model, ids, targets)
-        with pytest.raises(ValueError, match=r"layer 'rel' computes a tensor the batch shares.*dim 0 of size 3"):
-            probe.score(losses) if mode == "score" else probe.backward(losses)
+    probe = encoder_check(exact, RelativeEncoder(expand), T, mode)
+    assert probe.coverage["rel.weight"] == "embedding"
 
 
+@pytest.mark.parametrize("route", ["separate", "fused"])
 @pytest.mark.parametrize("mode", ["score", "backward"])
-def test_the_rest_of_that_encoder_is_exact_with_the_shared_table_left_out(exact, mode):
-    torch.manual_seed(0)
-    model = RelativeEncoder(expand=False)
+def test_a_linear_on_batch_free_distances_and_a_subtracted_bias_are_exact_with_T_equal_to_B(exact, mode, route):
+    torch.manual_seed(5)
+    model = RelativeEncoder(expand=False, mlp=True)
     ids, targets = torch.randint(0, 11, (B, B)), torch.randint(0, 11, (B, B))
-    rows = lambda i: slice(i, i + 1)  # noqa: E731
-    probe = exact(model, lambda m: token_losses(m, ids, targets), lambda m, i: token_losses(m, ids[rows(i)], targets[rows(i)]),
-                  B, mode=mode, params=[n for n, _ in model.named_parameters() if not n.startswith("rel.")])
-    assert "rel.weight" not in probe.coverage
+    exact(model, lambda m: token_losses(m, ids, targets), lambda m, i: token_losses(m, ids[i:i + 1], targets[i:i + 1]), B,
+          mode=mode, weight_grad=route)
+    if mode == "backward":  # the training gradients too, the shared linear's formed with its norms on the fused route
+        want = torch.autograd.grad(token_losses(model, ids, targets).mean(), list(model.parameters()))
+        for p, g in zip(model.parameters(), want):
+            torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
+class Squashed(RelativeEncoder):
+    """The shared bias squashed (not a view) before it is added: its per-example gradient cannot be read
+    from the sum."""
+
+    def attend(self, qkv: nn.Linear, x: torch.Tensor, bias: torch.Tensor, subtract: bool = False) -> torch.Tensor:
+        return super().attend(qkv, x, torch.tanh(bias), subtract)
+
+
+class Embedded(RelativeEncoder):
+    """The relative distances embedded, then projected by a Linear: the embedding lies below a shared
+    layer, not a view of the sum."""
+
+    def __init__(self) -> None:
+        super().__init__(expand=False)
+        self.project = nn.Linear(self.heads, self.heads)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        b, t = ids.shape
+        position = torch.arange(t)
+        half = self.buckets // 2
+        bias = self.project(self.rel((position[None, :] - position[:, None]).clamp(-half, half) + half))
+        return self.head(self.attend(self.qkv, self.emb(ids), bias.permute(2, 0, 1)))
+
+
+@pytest.mark.parametrize("model, layer", [(Squashed, "rel"), (Embedded, "rel")])
+@pytest.mark.parametrize("mode", ["score", "backward"])
+def test_a_shared_layer_without_a_view_into_the_sum_is_refused_by_name(model, layer, mode):
+    torch.manual_seed(6)
+    net = model(expand=False) if model is Squashed else model()
+    ids, targets = torch.randint(0, 11, (B, B)), torch.randint(0, 11, (B, B))
+    with GradNormProbe(net) as probe:
+        losses = token_losses(net, ids, targets)
+        with pytest.raises(ValueError, match=rf"layer '{layer}' computes a tensor the batch shares.*dim 0 of size 3"):
+            probe.score(losses) if mode == "score" else probe.backward(losses)
 
 
 def test_a_layer_output_added_to_every_examples_loss_is_refused_by_name():
@@ -73,7 +128,7 @@ def test_a_layer_output_added_to_every_examples_loss_is_refused_by_name():
     aux = nn.Linear(4, 1)
     model.aux = aux
     ids, targets = torch.randint(0, 11, (B, B)), torch.randint(0, 11, (B, B))
-    with GradNormProbe(model, params=[p for n, p in model.named_parameters() if not n.startswith("rel.")]) as probe:
+    with GradNormProbe(model) as probe:
         losses = token_losses(model, ids, targets) + aux(torch.ones(B, 4)).sum() / B  # one number, every example's
         with pytest.raises(ValueError, match=r"layer 'aux' computes a tensor the batch shares"):
             probe.score(losses)
