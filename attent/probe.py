@@ -123,9 +123,8 @@ class _Record:
         capture, self.capture = self.capture, None  # the saved inputs go as soon as the gradient has been used
         with torch.no_grad():
             try:
-                # None: the graph reaches the output but passes it no gradient (its parameters get none)
-                rows = call.plan.take(self)
-                if grad is None:
+                rows = None if grad is None else call.plan.take(self)
+                if grad is None:  # the graph reaches the output but passes it no gradient (its parameters get none)
                     factors = {}
                 elif rows is None:
                     factors = capture.factors(grad)
@@ -454,7 +453,7 @@ class _SharedPlan:
     down (summed over the view's consumers); the layer's record then reads them (``take``)."""
 
     sums: list[tuple[Any, int, tuple[Any, int], int]] = field(default_factory=list)  # (node, input, child, dim)
-    views: list[Any] = field(default_factory=list)
+    views: set[Any] = field(default_factory=set)
     records: dict[int, tuple[Any, int]] = field(default_factory=dict)  # id(record) -> its output (node, nr)
     reached: set[tuple[Any, int]] = field(default_factory=set)  # the outputs the views carry gradients to
     grads: dict[tuple[Any, int], torch.Tensor] = field(default_factory=dict)
@@ -487,7 +486,12 @@ class _SharedPlan:
     def take(self, record: "_Record") -> torch.Tensor | None:
         """The (B, *output) per-example gradients of a shared record's output (None for any other)."""
         key = self.records.get(id(record))
-        return None if key is None else self.grads.pop(key, None)
+        if key is None:
+            return None
+        if key not in self.grads:
+            raise RuntimeError("the backward pass reached this layer the batch shares before the broadcasts above it "
+                               "(its per-example gradients were not kept)")
+        return self.grads.pop(key)
 
     def detach(self) -> None:
         for handle in self.handles:
@@ -510,6 +514,7 @@ class _SharedCheck:
         self.batch = batch
         self.edges: list[tuple[Any, int, tuple[Any, int], tuple[int, ...], tuple[int, ...], set[int]]] = []
         self.consumers: dict[tuple[Any, int], list[tuple[Any, int]]] = {}
+        self.summed: set[tuple[Any, int, tuple[Any, int]]] = set()  # (node, input, child) of the summed broadcasts
 
     def visit(self, node: Any, below: dict[Any, bool]) -> None:
         """Note who consumes each output below ``node``, and the inputs of ``node`` it broadcasts over
@@ -535,6 +540,7 @@ class _SharedCheck:
         plan, seen = _SharedPlan(), {}
         plan.sums = [(node, index, child, dim) for node, index, child, _, _, dims in self.edges for dim in dims
                      if type(node).__name__ in _SHARED_SUMS]
+        self.summed = {(node, index, child) for node, index, child, _ in plan.sums}
         for node, _, child, shape, out, dims in self.edges:
             for dim in dims:
                 explored = seen.setdefault(dim, set())
@@ -553,15 +559,15 @@ class _SharedCheck:
                     view = (not entries and viewed and (kind in _VIEWS or kind in _CARRIED_SUMS)
                             and self._uses_are_shared((current, nr), plan))
                     if view:
-                        plan.views.append(current)
+                        plan.views.add(current)
                         plan.reached.update((c, n) for c, n in current.next_functions if c is not None and below.get(c))
                     stack.extend(((c, n), view) for c, n in current.next_functions if c is not None and below.get(c))
         return plan
 
     def _uses_are_shared(self, output: tuple[Any, int], plan: _SharedPlan) -> bool:
         """Whether every use of ``output`` is a summed broadcast of it or a view already carrying."""
-        sums = {(node, index, child) for node, index, child, _ in plan.sums}
-        return all((user, index, output) in sums or user in plan.views for user, index in self.consumers.get(output, ()))
+        return all((user, index, output) in self.summed or user in plan.views
+                   for user, index in self.consumers.get(output, ()))
 
     def _shared_rule(self, plan: _SharedPlan, records: list["_Record"], output: tuple[Any, int], viewed: bool,
                      dim: int, node: Any, shape: tuple[int, ...], out: tuple[int, ...]) -> None:
