@@ -381,6 +381,19 @@ class _BroadcastCheck:
 _BROADCASTING = _ELEMENTWISE | {"ExpandBackward0", "WhereBackward0", "MaximumBackward0", "MinimumBackward0"}
 
 
+def _graph_metadata_available() -> bool:
+    """Whether this torch's autograd nodes say the shapes of their forward op's outputs
+    (``_input_metadata``), which the shared-input check reads."""
+    node = (torch.zeros(1, requires_grad=True) * 2).grad_fn
+    try:
+        return tuple(node._input_metadata[0].shape) == (1,)
+    except (AttributeError, IndexError, RuntimeError):
+        return False
+
+
+GRAPH_METADATA = _graph_metadata_available()
+
+
 def _output_shape(node: Any, nr: int) -> tuple[int, ...] | None:
     """The shape of output ``nr`` of a graph node's forward op (None where the node does not say)."""
     try:
@@ -668,6 +681,10 @@ class GradNormProbe:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not GRAPH_METADATA:
+            raise RuntimeError(f"GradNormProbe needs autograd nodes that say their outputs' shapes (_input_metadata), "
+                               f"which torch {torch.__version__} lacks: without them it cannot tell a layer the batch "
+                               f"shares from a batched one; install a newer torch")
         if weight_grad not in WEIGHT_GRAD_ROUTES:
             raise ValueError(f"weight_grad must be one of {WEIGHT_GRAD_ROUTES}, got {weight_grad!r}")
         self._weight_grad = weight_grad

@@ -188,3 +188,14 @@ def test_mpnet_relative_bias_expanded_to_the_batch_with_T_equal_to_B_is_exact(ex
 
     probe = exact(model, lambda m: loss(m, slice(None)), lambda m, i: loss(m, slice(i, i + 1)), B, mode=mode, rtol=1e-4)
     assert probe.coverage["encoder.relative_attention_bias.weight"] == "mpnet-relative-bias"
+
+
+def test_a_torch_whose_graph_does_not_say_shapes_is_refused(monkeypatch):
+    """Without the graph's shape metadata the shared-input check cannot run: the probe refuses to
+    start rather than read a shared layer as batched."""
+    import attent.probe as probe_module
+
+    monkeypatch.setattr(probe_module, "GRAPH_METADATA", False)
+    with pytest.raises(RuntimeError, match="cannot tell a layer the batch shares"):
+        probe_module.GradNormProbe(torch.nn.Linear(3, 2))
+    assert probe_module._graph_metadata_available()
