@@ -24,7 +24,8 @@ take; the sum of the steps' times stays below ``wall_time``, whose host clock is
 synchronization. Exceptions: ``max_time`` is compared with the host clock after every step without
 waiting (the GPU may be a queue of work behind it); ``amp="fp16"`` reads the GradScaler's scale
 every step, and its ``step`` reads the overflow flag (torch's own synchronization);
-``nonfinite_loss="skip"`` reads each step's loss flag before its update.
+``nonfinite_loss="skip"`` reads each step's loss flag before its update; ``pool=`` reads each
+step's candidate scores on the host to choose what the step trains on.
 
 A non-finite loss stops the run with a ``FloatingPointError`` naming the first step that had one
 (on CUDA: at the next of those points; no checkpoint is written after it), unless
