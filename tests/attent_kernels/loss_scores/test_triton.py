@@ -394,16 +394,22 @@ def test_an_unchecked_call_reads_no_tensor_value_on_the_host(device, monkeypatch
     assert reads, "the checked call reads the range check's result: the stand-ins must see it"
 
 
-def test_a_small_call_is_one_launch_finished_in_the_kernel(device, ce_route, monkeypatch):
-    """The training step's logits (32 x 10): one launch of the one-configuration kernel, whose
-    programs finish the scores themselves (the host's slice merge never runs)."""
-    if ce_route != "one launch":
-        pytest.skip("the small route only")
+def _launches(monkeypatch) -> list:
+    """The cross-entropy kernels launched from now on, in order (each still runs)."""
     launches = []
     for kernel in (_triton._small_cross_entropy_kernel, _triton._cross_entropy_kernel):
         original = kernel.run
         monkeypatch.setattr(kernel, "run", lambda *a, _kernel=kernel, _original=original, **k: (
             launches.append(_kernel), _original(*a, **k))[1])
+    return launches
+
+
+def test_a_small_call_is_one_launch_finished_in_the_kernel(device, ce_route, monkeypatch):
+    """The training step's logits (32 x 10): one launch of the one-configuration kernel, whose
+    programs finish the scores themselves (the host's slice merge never runs)."""
+    if ce_route != "one launch":
+        pytest.skip("the small route only")
+    launches = _launches(monkeypatch)
     monkeypatch.setattr(_triton._reference, "scores_from_state", lambda *a, **k: pytest.fail("merged on the host"))
     logits, targets = _logits(34, 32, None, 10, device)
     got = cross_entropy_scores(logits, targets, backend="triton", check_targets=False)
@@ -422,11 +428,7 @@ def test_the_small_route_takes_few_logits_of_a_small_vocabulary(device, ce_route
     would otherwise each walk the whole vocabulary on a nearly empty device."""
     if ce_route != "one launch":
         pytest.skip("the default routing only")
-    launches = []
-    for kernel in (_triton._small_cross_entropy_kernel, _triton._cross_entropy_kernel):
-        original = kernel.run
-        monkeypatch.setattr(kernel, "run", lambda *a, _kernel=kernel, _original=original, **k: (
-            launches.append(_kernel), _original(*a, **k))[1])
+    launches = _launches(monkeypatch)
     logits, targets = _logits(35, rows, None, classes, device, scale=1.0)
     got, expected = _ce_both(logits, targets)
     _assert_same_scores(got, expected)
