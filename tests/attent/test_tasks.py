@@ -325,3 +325,26 @@ def test_waste_references_train_on_the_clean_holdout_and_score_the_pool(name):
     reference = task.reference.fit(task, seed=1)
     assert reference.train is task.train and reference.losses.shape == (len(task.train),)
     assert bool(torch.isfinite(reference.losses).all()) and reference.cost.train_steps > 0
+
+
+def test_static_filter_and_holdout_plans_train_full_datas_examples_by_hand():
+    from torch.utils.data import TensorDataset
+
+    from attent.tasks.compare import _training_plan, static_filter
+
+    class Ref:
+        losses = torch.tensor([3.0, 1.0, 2.0, 0.5, 4.0, 0.5, 2.5])
+
+    assert static_filter(Ref(), 0.5) == [1, 3, 5]  # floor(3.5) = 3 lowest, ties in index order, ascending
+    assert static_filter(Ref(), 0.01) == [3]  # at least one
+    train = TensorDataset(torch.zeros(7, 2), torch.zeros(7))
+    task = Task("t", train, train, lambda: torch.nn.Linear(2, 1), "mse", "val_loss", TrainDefaults(4, 2, 0.1, 0.0, 0, None),
+                info={"holdout": TensorDataset(torch.zeros(3, 2), torch.zeros(3))})
+    # static at b = 0.5 of 4 epochs x 7: 14 examples on 3 kept: ceil(14 / 3) = 5 epochs at 14 / 15 of them
+    data, epochs, budget = _training_plan(task, Method("s", "static", options={"keep": 0.5}), epochs=4, budget=0.5,
+                                          reference=Ref())
+    assert len(data) == 3 and epochs == 5 and budget == pytest.approx(14 / 15)
+    # holdout added: 10 examples; 14 of them: 2 epochs at 14 / 20
+    data, epochs, budget = _training_plan(task, Method("h", "holdout"), epochs=4, budget=0.5, reference=None)
+    assert len(data) == 10 and epochs == 2 and budget == pytest.approx(0.7)
+    assert _training_plan(task, FULL_DATA, epochs=4, budget=0.5, reference=None) == (train, 4, 0.5)
