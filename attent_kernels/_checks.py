@@ -72,6 +72,12 @@ def check_mask(op: str, mask: torch.Tensor | None, shape: torch.Size, ref_name: 
     return mask.to(torch.bool)
 
 
+def require_bool(op: str, name: str, value: object) -> None:
+    """``value`` must be True or False (not a truthy stand-in)."""
+    if not isinstance(value, bool):
+        fail(op, f"{name} must be True or False, got {value!r}")
+
+
 def require_index(op: str, name: str, value: object, *, allow_none: bool) -> None:
     """``value`` must be a Python integer (an id), or None where ``allow_none``."""
     if value is None and allow_none:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_mask, fail, require_float, require_index, require_int, require_rank, require_same_device, shape_str
+from .._checks import check_mask, fail, require_bool, require_float, require_index, require_int, require_rank, require_same_device, shape_str
 from .._dispatch import Backend, implementation
 
 __all__ = ["embedding_grad_norm_sq"]
@@ -68,8 +68,7 @@ def embedding_grad_norm_sq(
     if num_embeddings is not None and (not isinstance(num_embeddings, int) or isinstance(num_embeddings, bool)
                                        or num_embeddings < 1):
         fail(op, f"num_embeddings must be a positive integer or None, got {num_embeddings!r}")
-    if not isinstance(check_ids, bool):
-        fail(op, f"check_ids must be True or False, got {check_ids!r}")
+    require_bool(op, "check_ids", check_ids)
     if check_ids:
         outside = (ids < 0) if num_embeddings is None else (ids < 0) | (ids >= num_embeddings)
         if keep is not None:

@@ -14,7 +14,19 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import accum_dtype, check_mask, fail, require_float, require_index, require_int, require_rank, require_same_device, require_tensor, shape_str
+from .._checks import (
+    accum_dtype,
+    check_mask,
+    fail,
+    require_bool,
+    require_float,
+    require_index,
+    require_int,
+    require_rank,
+    require_same_device,
+    require_tensor,
+    shape_str,
+)
 from .._dispatch import Backend, check_backend, implementation
 
 __all__ = ["CEScores", "MSEScores", "cross_entropy_scores", "linear_cross_entropy_scores", "mse_scores"]
@@ -53,8 +65,7 @@ def _check_targets(op: str, targets: torch.Tensor, row_shape: torch.Size, vocab:
     require_int(op, "targets", targets)
     if targets.shape != row_shape:
         fail(op, f"targets has shape {shape_str(targets)} but {what} needs targets of shape ({', '.join(map(str, row_shape))})")
-    if not isinstance(check_range, bool):
-        fail(op, f"check_targets must be True or False, got {check_range!r}")
+    require_bool(op, "check_targets", check_range)
     if not check_range:
         return
     valid = targets != ignore_index

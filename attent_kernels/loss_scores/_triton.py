@@ -317,8 +317,8 @@ def cross_entropy_token_scores(
     if N == 0:
         return _empty_scores(targets, ignore_index, dtype)
     small = N * V <= SMALL_LOGITS and V <= SMALL_VOCAB
-    kernel, configs = (_small_cross_entropy_kernel, _SMALL_CE_CONFIGS) if small else (_cross_entropy_kernel, _CE_CONFIGS)
-    slice_cols, n_slices = (V, 1) if small else _vocab_slices(N, V, configs)
+    kernel = _small_cross_entropy_kernel if small else _cross_entropy_kernel
+    slice_cols, n_slices = (V, 1) if small else _vocab_slices(N, V, _CE_CONFIGS)
     out = _output(n_slices, N, dtype, logits.device)
     kernel[lambda meta: (block_count(N, meta["BLOCK_N"]), n_slices)](
         logits, *logits.stride(),
