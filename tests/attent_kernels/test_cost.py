@@ -2,8 +2,8 @@
 shapes the kernels issue names, and the splits it asks for."""
 from __future__ import annotations
 
+import importlib
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -44,24 +44,20 @@ def test_the_constants_are_the_committed_fit_of_the_gpu_record():
         assert getattr(_cost, name) == value, f"_cost.{name} = {getattr(_cost, name)!r}, the fit says {value!r}"
 
 
-def test_auto_picks_what_the_fit_reports_at_every_recorded_shape():
+def test_auto_picks_what_the_fit_reports_at_every_recorded_shape(monkeypatch):
     """The committed fit's decisions (the path auto picks at each shape of the record, and its
-    regret against the measured fastest) are the ones the model makes now."""
-    decisions = _fit()["decisions"]
-    assert len(decisions) >= 20
-    for decision in decisions:
-        s = {key: int(value) for key, value in re.findall(r"\b([BTdp])(\d+)", decision["shape"])}
-        if decision["op"] == "linear_grad_norm_sq":
-            pick = _cost.linear_path(s["B"], s["T"], s["d"], [s["p"]])
-        elif decision["op"] == "linear_weight_grad_and_norm_sq":
-            pick = "fused" if _cost.fused_weight_grad_wins(s["B"], s["T"], s["d"], s["p"]) else "separate"
-        elif decision["op"] == "embedding_grad_norm_sq":
-            pick = "sorted" if _cost.embedding_sorts(s["B"], s["T"], s["d"]) else "pairs"
-        else:
-            pick = "pairs"
-        assert pick == decision["pick"], decision
+    regret against the measured fastest) are the ones the model makes now on that record, through
+    the fit script's own reading of it."""
+    monkeypatch.syspath_prepend(str(REPO))
+    fit_cost = importlib.import_module("bench.gpu.fit_cost")
+    fit = _fit()
+    record = json.loads((REPO / fit["record"]).read_text())
+    now = fit_cost.decisions(record["results"])
+    assert len(now) >= 20
+    assert now == fit["decisions"]
+    for decision in now:
         measured = decision["measured_s"]
-        assert decision["regret"] == pytest.approx(measured[pick] / min(measured.values()) - 1)
+        assert decision["regret"] == pytest.approx(measured[decision["pick"]] / min(measured.values()) - 1)
 
 
 def test_constants_are_replaced_only_while_open():
