@@ -5,6 +5,7 @@
     attent bench e2e --task waste --record           # the five waste testbeds
     attent bench e2e --task scb --quick              # tiny tasks: a smoke run in seconds
     attent bench e2e --task digits --methods full,default,random --budgets 0.5,1 --seeds 2
+    attent bench e2e --extend bench/results/e2e_prose_lm.json --seeds 5   # add seeds 3, 4 to a record
 
 A run's budget b is the fraction of its recipe's ``epochs * N`` training examples it may process.
 Full data at b is the shortened schedule a user would otherwise run (``round(b * epochs)``
@@ -190,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None,
                         help="the record's path (default e2e_<task>.json in the output folder); with --task all it "
                         "must contain {task}")
+    parser.add_argument("--extend", type=Path, default=None, metavar="RECORD",
+                        help="run a record's task, methods and budgets for the seeds it lacks up to --seeds, add their "
+                        "runs to it and recompute its readings (the record notes each extension and its conditions)")
     parser.add_argument("--reanalyse", type=Path, default=None, metavar="RECORD",
                         help="recompute a record's readings from its own per-run points (no training) and rewrite it")
     record_info.add_output_options(parser)
@@ -248,14 +252,15 @@ def analyse(points: Sequence[Point], method_ids: Sequence[str], *, higher_is_bet
     return {"target": target, "full_time_to_quality": full_time, "methods": methods}
 
 
-def run_task(name: str, method_ids: Sequence[str], budgets: Sequence[float], *, seeds: int, quick: bool) -> dict[str, Any]:
-    """Every method at every budget on task ``name`` for seeds 0 .. ``seeds`` - 1."""
+def run_task(name: str, method_ids: Sequence[str], budgets: Sequence[float], *, seeds: int, quick: bool,
+             first_seed: int = 0) -> dict[str, Any]:
+    """Every method at every budget on task ``name`` for seeds ``first_seed`` .. ``seeds`` - 1."""
     size = BENCH_SIZES[name]
     points: list[Point] = []
     curves: dict[str, list[dict[str, float]]] = {}
     infeasible: dict[str, str] = {}
     references: dict[str, Any] = {}
-    for seed in range(seeds):
+    for seed in range(first_seed, seeds):
         whole = make_task(name, seed=seed, quick=quick)
         task = _sized(whole, None if quick else size.train_examples)
         epochs = task.defaults.epochs if quick or size.epochs is None else size.epochs
@@ -360,6 +365,31 @@ def reanalyse(path: Path) -> None:
     print(f"rewrote {path}")
 
 
+def extend(path: Path, seeds: int, conditions: str, argv: Sequence[str]) -> None:
+    """Run ``path``'s task, methods and budgets for its missing seeds up to ``seeds`` - 1, add the
+    runs (points, references, seed curves stay seed 0's) and recompute the readings."""
+    record = json.loads(path.read_text())
+    have = record["sizes"]["seeds"]
+    if seeds <= have:
+        raise ValueError(f"{path} already holds seeds 0 .. {have - 1}; --seeds must exceed {have}")
+    method_ids = list(record["method_definitions"])
+    part = run_task(record["task"], method_ids, record["sizes"]["budgets"], seeds=seeds,
+                    quick=record["sizes"]["quick"], first_seed=have)
+    points = [Point(**p) for p in record["points"]] + [Point(**p) for p in part["points"]]
+    record["points"] = [p.as_dict() for p in points]
+    record["references"] = {**record.get("references", {}), **part["references"]}
+    record["infeasible"] = {**record["infeasible"], **part["infeasible"]}
+    record["sizes"]["seeds"] = seeds
+    record.update(analyse(points, method_ids, higher_is_better=record["higher_is_better"]))
+    now = datetime.datetime.now(datetime.timezone.utc).astimezone()
+    record.setdefault("extended", []).append({"timestamp": now.isoformat(timespec="seconds"), "argv": list(argv),
+                                              "seeds": list(range(have, seeds)), "conditions": conditions})
+    _plot(record, Path(record["plot"]) if "plot" in record else path.with_suffix(".png"))
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(format_part(record))
+    print(f"added seeds {have} .. {seeds - 1} to {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     argv = list(argv) if argv is not None else sys.argv[1:]
@@ -367,8 +397,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reanalyse is not None:
         reanalyse(args.reanalyse)
         return 0
+    if args.extend is not None:
+        try:
+            extend(args.extend, args.seeds, args.conditions, argv)
+        except ValueError as error:
+            parser.error(str(error))
+        return 0
     if args.task is None:
-        parser.error("--task is required (or --reanalyse RECORD)")
+        parser.error("--task is required (or --extend / --reanalyse RECORD)")
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     budgets = _budgets(args.budgets, parser)

@@ -90,6 +90,26 @@ def test_reanalyse_recomputes_the_readings_from_the_points(harness, quick_record
     assert again["reanalysed"]["argv"] == ["--reanalyse", str(copy)]
 
 
+def test_extend_adds_the_missing_seeds_as_a_full_run_would(harness, quick_record, tmp_path):
+    _, _, record = quick_record
+    one_seed = list(ARGV)
+    one_seed[one_seed.index("--seeds") + 1] = "1"
+    path = tmp_path / "one_{task}.json"
+    assert harness.main([*one_seed, "--json", str(path)]) == 0
+    path = Path(str(path).replace("{task}", "icl_regression"))
+    assert harness.main(["--extend", str(path), "--seeds", "2", "--conditions", "test"]) == 0
+    extended = json.loads(path.read_text())
+    quality = {(p["method"], p["budget"], p["seed"]): p["quality"] for p in record["points"]}
+    assert {(p["method"], p["budget"], p["seed"]): p["quality"] for p in extended["points"]} == quality
+    assert extended["sizes"]["seeds"] == 2 and sorted(extended["references"]) == sorted(record["references"])
+    assert extended["extended"][-1]["seeds"] == [1] and extended["extended"][-1]["conditions"] == "test"
+    points = [harness.Point(**p) for p in extended["points"]]
+    readings = harness.analyse(points, list(extended["method_definitions"]), higher_is_better=extended["higher_is_better"])
+    assert extended["methods"] == json.loads(json.dumps(readings["methods"]))
+    with pytest.raises(SystemExit):
+        harness.main(["--extend", str(path), "--seeds", "2"])
+
+
 WASTE_ARGV = ["--task", "digits_off_target", "--quick", "--seeds", "2", "--methods", "pool,static,holdout",
               "--budgets", "0.5,1"]
 
