@@ -75,6 +75,12 @@ def _padded(n: int, block: int) -> int:
     return _blocks(n, block) * block
 
 
+def persistent_programs(units: int) -> int:
+    """Programs of a persistent launch of ``units`` work units: as many as the device holds at
+    once (its slots), at most one per unit."""
+    return max(1, min(units, _slots()))
+
+
 def waves(programs: int) -> int:
     return math.ceil(max(programs, 1) / _slots())
 

@@ -10,12 +10,15 @@ the cost model of ``attent_kernels/_cost.py``.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import _cost
 from .._checks import accum_dtype
+from .._dispatch import interpreter_on
 from .._triton_tiles import (
     PAIR_CONFIGS,
     PAIR_PRUNING,
@@ -54,6 +57,16 @@ _FEATURE_CONFIGS = autotune_configs(
         ({"BLOCK_P": 128, "BLOCK_D": 256, "BLOCK_T": 32}, 8, 3),
     ],
 )
+# The fused weight gradient's: the same tiles but the widest (its two (BLOCK_P, BLOCK_D) float32
+# accumulators, the example's and the running sum, spill registers at 128 x 256), each run one
+# program per unit or persistent (the autotuner measures which pays at a shape). Under the
+# interpreter the persistent loop, so the tests walk it (several units per program where they
+# shrink the device).
+_FUSED_CONFIGS = [
+    triton.Config({**c.kwargs, "PERSISTENT": persistent}, num_warps=c.num_warps, num_stages=c.num_stages)
+    for c in _FEATURE_CONFIGS if c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_D"] <= 128 * 128
+    for persistent in ((1,) if interpreter_on() else (0, 1))
+]
 # Operand elements of one pipeline stage: BLOCK_T rows of g (BLOCK_P) and of x (BLOCK_D).
 _FEATURE_PRUNING = shared_memory_pruning(lambda b: b["BLOCK_T"] * (b["BLOCK_P"] + b["BLOCK_D"]))
 
@@ -197,7 +210,7 @@ def _direct_norm_kernel(
 
 
 @autotune(
-    configs=_FEATURE_CONFIGS, key=["tune_B", "tune_T", "tune_d", "tune_p"], prune_configs_by=_FEATURE_PRUNING,
+    configs=_FUSED_CONFIGS, key=["tune_B", "tune_T", "tune_d", "tune_p"], prune_configs_by=_FEATURE_PRUNING,
     reset_to_zero=["partial_ptr"],
 )
 @triton.jit
@@ -206,51 +219,54 @@ def _weight_grad_and_norm_kernel(
     g_ptr, stride_gb, stride_gt, stride_gp,
     mask_ptr, stride_mb, stride_mt,
     grad_ptr, stride_grad_slice, partial_ptr, stride_partial,
-    B, T, d, p, per_slice, tune_B, tune_T, tune_d, tune_p,
+    B, T, d, p, per_slice, n_slices, tune_B, tune_T, tune_d, tune_p,
     HAS_MASK: tl.constexpr,
     OPERAND: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, PERSISTENT: tl.constexpr,
 ):
     """The training-time path: sum_i g_i^T x_i and every ||g_i^T x_i||_F^2 in one pass.
 
-    Tiling: one program per (slice, tile), the batch slice slowest and the (p, d) tiles in grouped
-    order. Program (slice, tile) owns the (BLOCK_P, BLOCK_D) tile of the weight gradient for the
-    examples [slice * per_slice, (slice + 1) * per_slice); per example it accumulates the tile of
-    g_i^T x_i over the sequence in registers, writes its square-sum to partial[i, tile] and adds
-    it to the slice's running gradient tile, stored once to grad[slice]; the host sums the
-    slices (deterministic, no atomics; each example's norm stays within one program). The slices
-    exist so that small (p, d) grids still fill the device: their count is the cost model's.
+    Tiling: the work is n_slices * tiles units (slice, tile), the batch slice slowest and the
+    (p, d) tiles in grouped order; program pid runs units pid, pid + programs, ...: one unit
+    each, or (PERSISTENT) as many programs as the device holds at once, each walking several
+    units (``_cost.persistent_programs``). Unit
+    (slice, tile) owns the (BLOCK_P, BLOCK_D) tile of the weight gradient for the examples
+    [slice * per_slice, (slice + 1) * per_slice) and walks their rows in ONE loop over (example,
+    row block) pairs, so the software pipeline runs across example boundaries instead of
+    refilling at every example (the loop nest is flattened, ``tl.range(flatten=True)``, also
+    across a persistent program's units). It accumulates g_i^T x_i in registers; at each
+    example's last row block it writes the square-sum to partial[i, tile], adds the tile to the
+    unit's running gradient and starts the next example from zero; each unit's gradient tile is
+    stored once, to grad[slice]; the host sums the slices (deterministic, no atomics; each
+    example's norm stays within one program). The slices exist so that small (p, d) grids still
+    fill the device: their count is the cost model's.
     Cost: 2 B T d p flops (each example's T padded to BLOCK_T); reads B T d p (1 / BLOCK_P +
     1 / BLOCK_D) elements, writes slices * d p; extra memory slices * d p accumulators (none
     beyond the result for one slice) and one per (example, tile).
     """
-    part, tile, _, p_cols, d_cols = _feature_tile(tl.program_id(0), p, d, BLOCK_P, BLOCK_D)
     zero = tl.zeros((BLOCK_P, BLOCK_D), ACC)
-    no_g_sum = tl.zeros((BLOCK_P,), ACC)
-    total = zero
-    first = part * per_slice
-    # Per-example pointers advance by one batch stride a step (64-bit pointer arithmetic).
-    start = first.to(tl.int64)
-    x_base = x_ptr + start * stride_xb
-    g_base = g_ptr + start * stride_gb
-    mask_base = mask_ptr + start * stride_mb
-    partial_base = partial_ptr + start * stride_partial + tile
-    for _ in range(first, tl.minimum(B, first + per_slice)):
-        grad, no_g_sum = _example_weight_grad_tile(
-            zero, no_g_sum, False,
-            x_base, stride_xt, stride_xd, d_cols, d,
-            g_base, stride_gt, stride_gp, p_cols, p,
-            mask_base, stride_mt, T,
-            HAS_MASK, False, BLOCK_T, OPERAND, DOT, PRECISION,
-        )
-        tl.store(partial_base, tl.sum(grad * grad))
-        total += grad
-        x_base += stride_xb
-        g_base += stride_gb
-        mask_base += stride_mb
-        partial_base += stride_partial
-    out = grad_ptr + part.to(tl.int64) * stride_grad_slice + p_cols.to(tl.int64)[:, None] * d + d_cols[None, :]
-    tl.store(out, total, mask=(p_cols[:, None] < p) & (d_cols[None, :] < d))
+    n_blocks = tl.cdiv(T, BLOCK_T)
+    n_units = n_slices * tl.maximum(tl.cdiv(p, BLOCK_P), 1) * tl.maximum(tl.cdiv(d, BLOCK_D), 1)
+    for unit in range(tl.program_id(0), n_units, tl.num_programs(0)):
+        part, tile, _, p_cols, d_cols = _feature_tile(unit, p, d, BLOCK_P, BLOCK_D)
+        first = part * per_slice
+        examples = tl.minimum(B, first + per_slice) - first
+        total = zero
+        grad = zero
+        for k in range(0, examples * n_blocks):
+            # Example i, row block t0: 64-bit offsets (a batch may exceed 2^31 elements).
+            i = (first + k // n_blocks).to(tl.int64)
+            rows = (k % n_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)
+            valid = rows_valid(mask_ptr + i * stride_mb, stride_mt, rows, T, HAS_MASK)
+            x = load_tile(x_ptr + i * stride_xb, stride_xt, stride_xd, rows, valid, d_cols, d, OPERAND, DOT)
+            g = load_tile(g_ptr + i * stride_gb, stride_gt, stride_gp, rows, valid, p_cols, p, OPERAND, DOT)
+            grad = tl.dot(tl.trans(g), x, grad, input_precision=PRECISION)
+            if k % n_blocks == n_blocks - 1:
+                tl.store(partial_ptr + i * stride_partial + tile, tl.sum(grad * grad))
+                total += grad
+                grad = zero
+        out = grad_ptr + part.to(tl.int64) * stride_grad_slice + p_cols.to(tl.int64)[:, None] * d + d_cols[None, :]
+        tl.store(out, total, mask=(p_cols[:, None] < p) & (d_cols[None, :] < d))
 
 
 @autotune(configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=PAIR_PRUNING)
@@ -401,7 +417,7 @@ def linear_grad_norm_sq(
 def batch_slices(B: int, d: int, p: int) -> tuple[int, int]:
     """(examples per slice, slices) of the fused kernel: enough (tile, slice) programs to fill the
     device (the cost model's target) at the largest tiles, at most one slice per example."""
-    largest = {name: largest_block(_FEATURE_CONFIGS, name) for name in ("BLOCK_P", "BLOCK_D")}
+    largest = {name: largest_block(_FUSED_CONFIGS, name) for name in ("BLOCK_P", "BLOCK_D")}
     per_slice = triton.cdiv(B, _cost.splits(feature_tiles(p, d, largest), B))
     return per_slice, triton.cdiv(B, per_slice)
 
@@ -438,12 +454,18 @@ def linear_weight_grad_and_norm_sq(
     per_slice, n_slices = batch_slices(B, d, p)
     grad = torch.empty(n_slices, p, d, dtype=dtype, device=x.device)
     partial = partials(B, feature_slots(p, d, _FEATURE_CONFIGS), dtype, x.device)
-    _weight_grad_and_norm_kernel[feature_grid(p, d, n_slices)](
+
+    def grid(meta: dict[str, Any]) -> tuple[int]:
+        units = feature_tiles(p, d, meta) * n_slices
+        return (_cost.persistent_programs(units) if meta["PERSISTENT"] else units,)
+
+    _weight_grad_and_norm_kernel[grid](
         x, *x.stride(),
         g, *g.stride(),
         *mask_args(mask, x),
         grad, grad.stride(0), partial, partial.stride(0),
-        B, T, d, p, per_slice, tune_key(B), tune_key(T), tune_key(d), tune_key(p),
+        B, T, d, p, per_slice, n_slices,
+        tune_key(B), tune_key(T), tune_key(d), tune_key(p),
         HAS_MASK=mask is not None, **dot_types(x, g)._asdict(),
     )
     return (grad[0] if n_slices == 1 else grad.sum(dim=0)), partial.sum(dim=1)

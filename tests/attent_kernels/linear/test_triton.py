@@ -349,12 +349,15 @@ def test_t1_closed_form_under_auto(device):
     assert_matches(grouped, expected, torch.float32)
 
 
+@pytest.mark.parametrize("slots", [1, 2, 5, 132])
 @pytest.mark.parametrize("target_programs", [1, 2, 3])
-@pytest.mark.parametrize("shape", [(5, 9, 6, 4), (1, 17, 3, 1), (4, 4, 4, 19)], ids=str)
-def test_weight_grad_batch_slices(device, monkeypatch, target_programs, shape):
+@pytest.mark.parametrize("shape", [(5, 9, 6, 4), (1, 17, 3, 1), (4, 4, 4, 19), (3, 33, 35, 18)], ids=str)
+def test_weight_grad_batch_slices(device, monkeypatch, target_programs, shape, slots):
     """The fused kernel split into batch slices (one, two with a short last one, or one example
-    each): the same gradient and norms, and bitwise the same on a second call."""
+    each) and run by persistent programs walking several (slice, tile) units each (a device of
+    1, 2 or 5 slots) or one each: the same gradient and norms, bitwise the same on a second call."""
     monkeypatch.setattr(_cost, "TARGET_PROGRAMS", target_programs)
+    monkeypatch.setattr(_cost, "SM_COUNT", slots)
     B, T, d, p = shape
     x, g = randn(B, T, d, device=device), randn(B, T, p, device=device)
     mask = torch.rand(B, T, device=device) > 0.25
