@@ -39,8 +39,8 @@ from .._triton_tiles import (
     autotune_configs,
     block_count,
     dot_types,
-    gram_tile,
     largest_block,
+    load_tile,
     shared_memory_pruning,
     tune_key,
 )
@@ -217,12 +217,14 @@ def _linear_cross_entropy_kernel(
     """Cross-entropy state of the logits hidden @ weight^T (+ bias), never materialized.
 
     Tiling: grid (row block, slice), the slice slowest. Program (n, s) owns the hidden rows
-    [n BLOCK_N, (n + 1) BLOCK_N) and the vocabulary slice [s slice_cols, (s + 1) slice_cols);
-    per tile of BLOCK_V weight rows it forms the (BLOCK_N, BLOCK_V) logit tile in registers
-    (tl.dot over d-chunks of BLOCK_K, plus the bias) and folds it into the rows' online-softmax
-    state. Ignored rows read their hidden state as zero. Writes the state to state[:, s, rows]
-    and the host merges the slices by log-sum-exp; with one slice (FINISH) it writes the finished
-    (loss, fgrad) to out[:, rows].
+    [n BLOCK_N, (n + 1) BLOCK_N) and the vocabulary slice [s slice_cols, (s + 1) slice_cols),
+    and walks it in ONE loop over (vocabulary tile of BLOCK_V weight rows, hidden chunk of
+    BLOCK_K), so the software pipeline (operand loads num_stages deep, asynchronous tensor-core
+    dots) runs on across tiles: the next tile's operands load while a tile's softmax runs. At a
+    tile's last chunk its (BLOCK_N, BLOCK_V) logits (plus the bias) are complete in registers and
+    are folded into the rows' online-softmax state. Ignored rows read their hidden state as zero.
+    Writes the state to state[:, s, rows] and the host merges the slices by log-sum-exp; with
+    one slice (FINISH) it writes the finished (loss, fgrad) to out[:, rows].
     Cost: 2 N V d flops (the head GEMM, V padded to BLOCK_V per slice) plus about 6 N V for the
     softmax; reads N d hidden elements once per vocabulary tile and V d weight elements once per
     row block (mostly served by L2), writes 4 N numbers per slice: no N x V memory. The slices
@@ -233,18 +235,23 @@ def _linear_cross_entropy_kernel(
     v_end = tl.minimum(V, v_start + slice_cols)
     targets, valid, outside = _load_targets(targets_ptr, rows, N, V, ignore_index)
     m, rest, q, z_y = _empty_softmax_state(BLOCK_N, ACC)
-    for v0 in range(v_start, v_end, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
+    n_chunks = tl.maximum(tl.cdiv(d, BLOCK_K), 1)
+    n_tiles = tl.maximum(tl.cdiv(v_end - v_start, BLOCK_V), 0)
+    logits = tl.zeros((BLOCK_N, BLOCK_V), ACC)
+    for k in range(0, n_tiles * n_chunks):
+        cols = v_start + (k // n_chunks) * BLOCK_V + tl.arange(0, BLOCK_V)
         in_slice = cols < v_end
-        z = gram_tile(
-            tl.zeros((BLOCK_N, BLOCK_V), ACC),
-            hidden_ptr, stride_hn, stride_hd, rows, valid, weight_ptr, stride_wv, stride_wd, cols, in_slice,
-            d, BLOCK_K, OPERAND, DOT, PRECISION,
-        )
-        if HAS_BIAS:
-            z += tl.load(bias_ptr + cols.to(tl.int64) * stride_bias, mask=in_slice, other=0.0).to(ACC)[None, :]
-        z = tl.where(in_slice[None, :], z, float("-inf"))
-        m, rest, q, z_y = _online_softmax_update(m, rest, q, z_y, z, cols, targets)
+        features = (k % n_chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        h = load_tile(hidden_ptr, stride_hn, stride_hd, rows, valid, features, d, OPERAND, DOT)
+        w = load_tile(weight_ptr, stride_wv, stride_wd, cols, in_slice, features, d, OPERAND, DOT)
+        logits = tl.dot(h, tl.trans(w), logits, input_precision=PRECISION)
+        if k % n_chunks == n_chunks - 1:
+            z = logits
+            if HAS_BIAS:
+                z += tl.load(bias_ptr + cols.to(tl.int64) * stride_bias, mask=in_slice, other=0.0).to(ACC)[None, :]
+            z = tl.where(in_slice[None, :], z, float("-inf"))
+            m, rest, q, z_y = _online_softmax_update(m, rest, q, z_y, z, cols, targets)
+            logits = tl.zeros((BLOCK_N, BLOCK_V), ACC)
     _finish(state_ptr, stride_field, stride_slice, rows, N, valid, outside, m, rest, q, z_y, FINISH, LOG1P_MARGIN)
 
 
