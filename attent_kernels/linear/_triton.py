@@ -67,6 +67,16 @@ _FUSED_CONFIGS = [
     for c in _FEATURE_CONFIGS if c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_D"] <= 128 * 128
     for persistent in ((1,) if interpreter_on() else (0, 1))
 ]
+# The ghost norm's: the pair tiles, and for long sequences (T in the thousands: many block pairs
+# per example, each a long d- and p-chunk loop) the largest tiles with deeper pipelines (a
+# 128 x 128 chunk spills registers for three projections under autocast).
+_GHOST_CONFIGS = PAIR_CONFIGS + (
+    [] if interpreter_on() else
+    [triton.Config(blocks, num_warps=8, num_stages=stages) for blocks, stages in (
+        ({"BLOCK_T": 128, "BLOCK_K": 64}, 3),
+        ({"BLOCK_T": 128, "BLOCK_K": 32}, 4),
+    )]
+)
 # Operand elements of one pipeline stage: BLOCK_T rows of g (BLOCK_P) and of x (BLOCK_D).
 _FEATURE_PRUNING = shared_memory_pruning(lambda b: b["BLOCK_T"] * (b["BLOCK_P"] + b["BLOCK_D"]))
 
@@ -118,7 +128,7 @@ def _example_weight_grad_tile(
 
 
 @autotune(
-    configs=PAIR_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=PAIR_PRUNING, reset_to_zero=["partial_ptr"]
+    configs=_GHOST_CONFIGS, key=["tune_T", "tune_d", "tune_p"], prune_configs_by=PAIR_PRUNING, reset_to_zero=["partial_ptr"]
 )
 @triton.jit
 def _ghost_norm_kernel(
@@ -357,7 +367,7 @@ def _ghost_norm_sq(
     x: torch.Tensor, gs: list[torch.Tensor], biases: list[bool], mask: torch.Tensor | None
 ) -> torch.Tensor:
     B, T, d = x.shape
-    partial = partials((len(gs), B), pair_slots(T, PAIR_CONFIGS), accum_dtype(x, *gs), x.device)
+    partial = partials((len(gs), B), pair_slots(T, _GHOST_CONFIGS), accum_dtype(x, *gs), x.device)
     _ghost_norm_kernel[pair_grid(T, B)](
         x, *x.stride(),
         tuple(gs), tuple(g.stride(0) for g in gs), tuple(g.stride(1) for g in gs), tuple(g.stride(2) for g in gs),
