@@ -98,6 +98,9 @@ def _train(config_path: str, out: str | None) -> int:
     share = last["selection_time"] / last["wall_time"] if last["wall_time"] > 0 else 0.0
     print(f"attent train: done: {last['epoch']:g} epochs, {last['step']} steps, {last['examples_seen']} examples in "
           f"{last['wall_time']:.2f} s of training (selection {100 * share:.1f}% of it); {metrics}")
+    uniform = next((record["uniform"] for record in result.selections if "uniform" in record), None)
+    if uniform is not None:
+        print(f"attent train: the teacher did not select, the run trained full data's shortened schedule: {uniform}")
     print(f"attent train: wrote {result.out_dir}/metrics.jsonl, checkpoint.pt and the plots")
     return 0
 

@@ -13,6 +13,8 @@ Example (every key but ``task`` is optional; omitted ones take the task's defaul
       ratio: {kind: cosine, initial: 0.2, final: 0.8}   # or a number (constant ratio)
       interval: 5                # or {kind: incremental, initial: 5, maximum: 10}
       refresh: cycle             # ... any attent.Teacher argument; epochs and budget default to the run's
+      when: always               # select without a reference model's evidence of waste; the default
+                                 # (evidence) trains full data's shortened schedule here and says so
     # teacher: {published: complex, strategy: soft}    # the published recipes (Teacher.published)
     optimizer: {name: adamw, lr: 2.0e-3, weight_decay: 0.05}   # adamw | adam | sgd (+ their options)
     lr_scheduler: {name: warmup_cosine, warmup_epochs: 2}      # none or null: a constant rate

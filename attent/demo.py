@@ -9,8 +9,11 @@ recipe), every run from the same initialization, at budgets b (the fraction of t
 
 - full data at b = 1 (the recipe) and at the lower budgets: the shortened schedule a user would
   otherwise run (``floor(b * epochs * N)`` examples as whole epochs and a partial last one);
-- the teacher (``Teacher(N, epochs=E, budget=b)``, the default strategy or the one asked for, fed
-  the chosen score): the recipe's epochs on subsets that spend the same examples as full data at b;
+- the teacher (``Teacher(N, epochs=E, budget=b, when="always")``, the default strategy or the one
+  asked for, fed the chosen score): the recipe's epochs on subsets that spend the same examples as
+  full data at b. It is told to select: without a reference model's evidence of waste, ``fit``'s
+  default teacher (``when="evidence"``) trains full data's shortened schedule instead, and says so;
+  the demo shows what selection by the learner's own scores does here;
 - the control a teacher must beat: a random subset redrawn every epoch at the same budgets
   (``strategy="random"``; left out when the teacher's strategy is itself random).
 
@@ -271,7 +274,8 @@ def run_demo(
         f"({n} train / {len(task.val)} val images), recipe {epochs} epochs, seed {seed}, every run from the same "
         f"initialization:\n"
         f"  full data at budget 1 (the recipe) and at {', '.join(map(str, budgets))} (the shortened schedule)\n"
-        + (f"  {teacher.name}: the {'default ' if strategy is None else ''}teacher fed {score} scores, "
+        + (f"  {teacher.name}: the {'default ' if strategy is None else ''}teacher fed {score} scores, told to select "
+           f"(when='always': without a reference, fit's default trains full data's schedule instead), "
            + ("at the same budgets\n" if teacher.budgeted else "once, at the budget its strategy sets itself\n"))
         + (f"  the control, a {control.name} redrawn every epoch, at the same budgets\n" if control is not None else "")
         + f"A budget is the fraction of the recipe's {epochs} x {n} training examples a run may process. Wall time "

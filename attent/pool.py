@@ -45,7 +45,7 @@ from torch import nn
 from .schedules import budget_sizes, check_count, check_fraction
 from .scores import Scorer, eval_mode, move_to, split_batch
 from .strategies import ScoreView, Strategy, strategy_from
-from .teacher import _derived_generator
+from .teacher import SELECTION_WHEN, _derived_generator, selection_decision
 from .teaching import EpochStart, Teaching
 
 __all__ = ["PoolSelection", "PoolTeaching", "POOL_SCORE_KINDS", "take_examples"]
@@ -75,8 +75,8 @@ class PoolSelection:
             raise ValueError(f"PoolSelection strategy must be one of {POOL_STRATEGIES} (a strategy that weights or "
                              f"sizes its subsets does not apply to a batch), got {strategy.name!r}")
         object.__setattr__(self, "strategy", strategy)
-        if self.when not in ("evidence", "always"):
-            raise ValueError(f"when must be 'evidence' or 'always', got {self.when!r}")
+        if self.when not in SELECTION_WHEN:
+            raise ValueError(f"when must be one of {SELECTION_WHEN}, got {self.when!r}")
 
     def candidates(self, batch_size: int) -> int:
         """nB: the candidates of a step that trains ``batch_size`` examples, ceil(nb / keep)."""
@@ -113,13 +113,7 @@ class PoolSelection:
 
     def decide(self, scorer: Scorer, reference: Any) -> tuple[bool, str]:
         """(whether the run selects, why) under ``when`` for the run's scorer and reference."""
-        if self.when == "always":
-            return True, "when='always'"
-        evidence = getattr(reference, "evidence", None)
-        if evidence is None:
-            return False, (f"no reference with evidence (score {scorer.kind!r}): pooled selection pays only where a "
-                           "reference finds waste in the pool")
-        return bool(evidence.selects), evidence.reason
+        return selection_decision(self.when, reference, scorer.kind)
 
     def describe(self) -> dict[str, Any]:
         """The options as plain values, for logs and records."""
@@ -164,21 +158,17 @@ class PoolTeaching(Teaching):
             raise ValueError(f"pooled selection scores candidates with a forward: score must be one of {POOL_SCORE_KINDS}, "
                              f"got {scorer.kind!r}")
         self.pool, self.batch_size = pool, batch_size
-        self.selects, self.reason = pool.decide(scorer, reference)
-        if self.selects:
+        selects, reason = pool.decide(scorer, reference)
+        if selects:
             self.candidates_per_step = pool.candidates(batch_size)
             sizes = pool.pass_sizes(epochs, num_examples, budget, batch_size)
         else:
             self.candidates_per_step = batch_size
             sizes = budget_sizes(epochs, num_examples, budget)
             warnings.warn(f"PoolSelection: this run trains uniformly (full data's shortened schedule, no candidate "
-                          f"forwards): {self.reason}", RuntimeWarning, stacklevel=3)
+                          f"forwards): {reason}", RuntimeWarning, stacklevel=3)
         super().__init__(None, scorer, num_examples=num_examples, seed=seed, full_sizes=sizes)
-
-    @property
-    def passes(self) -> int:
-        """Epochs of the run: passes over the pool's candidates (or full data's epochs)."""
-        return len(self.full_sizes)
+        self.selects, self.reason = selects, reason
 
     def _kept_of_pass(self, size: int) -> int:
         if not self.selects:

@@ -107,7 +107,24 @@ from ._teacher_state import COUNTERS, STATE_VERSION, Selection, checked_state, s
 from .schedules import EpochPlan, IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
 from .strategies import DEFAULT_RATIO, Hard, PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
 
-__all__ = ["Selection", "Teacher", "TeacherSampler"]
+__all__ = ["Selection", "Teacher", "TeacherSampler", "SELECTION_WHEN", "selection_decision"]
+
+
+# When a driver lets a teacher or a pooled selection select (``when=``): see :class:`Teacher`.
+SELECTION_WHEN = ("evidence", "always")
+
+
+def selection_decision(when: str, reference: Any, score_kind: str) -> tuple[bool, str]:
+    """(whether a run selects, why) under ``when`` for the run's reference (an
+    :class:`attent.Reference`, reference losses, or None) and score kind: ``"always"`` selects;
+    ``"evidence"`` selects only where the reference's evidence finds waste in the data."""
+    if when == "always":
+        return True, "when='always'"
+    evidence = getattr(reference, "evidence", None)
+    if evidence is None:
+        return False, (f"no reference model with evidence (score {score_kind!r}): selection pays only where a reference "
+                       "finds waste in the data (attent.Reference); when='always' selects anyway")
+    return bool(evidence.selects), evidence.reason
 
 
 HARMFUL_RATIO = 0.5  # pure top-k subsets below this share draw the warning (the teacher study's harmful regime)
@@ -233,6 +250,14 @@ class Teacher:
         reselect_each_epoch: make every subset epoch its own selection point (the default; the
             published code does so for soft only, and holds hard subsets for the interval).
         seed: seeds every random draw.
+        when: which runs of a driver (``attent.fit``, the Hugging Face trainer, any loop driving
+            :class:`attent.Teaching`) select: ``"evidence"`` (the default) only those whose
+            reference model finds waste in the data (:attr:`attent.Reference.evidence`); any other
+            run trains full data's shortened schedule at the teacher's budget, warns that it did
+            and says why in each epoch's record: the frontier records show selection by the
+            learner's own scores never reliably beating that schedule, and losing to it on some
+            tasks. ``"always"``: select whatever the evidence. A loop that calls
+            :meth:`sampler` / :meth:`select` itself gets the teacher's selection either way.
     """
 
     def __init__(
@@ -250,7 +275,11 @@ class Teacher:
         reselect_each_epoch: bool = True,
         budget: float | None = None,
         seed: int = 0,
+        when: Literal["evidence", "always"] = "evidence",
     ):
+        if when not in SELECTION_WHEN:
+            raise ValueError(f"when must be one of {SELECTION_WHEN}, got {when!r}")
+        self.when = when
         if isinstance(num_examples, bool) or not isinstance(num_examples, numbers.Integral) or num_examples < 1:
             raise ValueError(f"num_examples must be a positive integer (the dataset is empty?), got {num_examples!r}")
         self.num_examples = int(num_examples)
@@ -309,6 +338,7 @@ class Teacher:
         recipe: Literal["complex", "simple"] = "complex",
         strategy: Literal["hard", "greedy", "soft", "random"] = "hard",
         seed: int = 0,
+        when: Literal["evidence", "always"] = "evidence",
     ) -> "Teacher":
         """A teacher that behaves as the published AtteNT code (see the module docstring); feed it
         loss scores (``fit(..., score="loss")``), as the published code does.
@@ -317,7 +347,8 @@ class Teacher:
         dataset at each selection point, the published cycles and schedules, ``strategy`` hard,
         soft (redrawn at each subset epoch) or random. recipe ``"simple"`` (``AtteNTSimple``, LLM
         fine-tuning): one full epoch whose training losses score every example, then the 70%
-        highest-loss examples for every remaining epoch (hard only).
+        highest-loss examples for every remaining epoch (hard only). ``when`` as for the
+        constructor.
         """
         epochs = check_count("epochs", epochs, 1)
         if recipe == "complex":
@@ -326,12 +357,13 @@ class Teacher:
             with warnings.catch_warnings():  # asked for by name: the held top-k subsets are the recipe
                 warnings.filterwarnings("ignore", message="this plan (trains|selects)", category=UserWarning)
                 return cls(num_examples, strategy=strategy, epochs=epochs, ratio=RatioSchedule(), interval=IntervalSchedule(),
-                           warmup_epochs=1, refresh="cycle", reselect_each_epoch=strategy == "soft", seed=seed)
+                           warmup_epochs=1, refresh="cycle", reselect_each_epoch=strategy == "soft", seed=seed,
+                           when=when)
         if recipe == "simple":
             if strategy not in ("hard", "greedy"):
                 raise ValueError(f"the published simple recipe selects by hard top-k only, got strategy={strategy!r}")
             return cls(num_examples, strategy="hard", epochs=epochs, ratio=0.7, cycles=1 if epochs > 1 else None,
-                       interval=max(1, epochs - 1), warmup_epochs=1, reselect_each_epoch=False, seed=seed)
+                       interval=max(1, epochs - 1), warmup_epochs=1, reselect_each_epoch=False, seed=seed, when=when)
         raise ValueError(f"recipe must be 'complex' or 'simple', got {recipe!r}")
 
     def _budget_plan(self, request: PlanRequest) -> TeachingPlan:
@@ -634,7 +666,7 @@ class Teacher:
 
     def __repr__(self) -> str:
         return (f"Teacher(num_examples={self.num_examples}, strategy={self.strategy!r}, refresh={self.refresh!r}, "
-                f"budget={self.budget}, seed={self.seed}, plan={self.plan!r})")
+                f"budget={self.budget}, seed={self.seed}, when={self.when!r}, plan={self.plan!r})")
 
 
 class TeacherSampler(Sampler[int]):

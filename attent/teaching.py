@@ -18,6 +18,12 @@ orders and shards the epoch, and returns an :class:`EpochStart` (this rank's ord
 logs). Without a teacher the protocol is plain full-data training: every epoch a seeded
 permutation, weights of 1, nothing observed; so a trainer has one code path for both.
 
+Whether the teacher selects at all is decided once, when the protocol is built, by the teacher's
+``when`` and the run's ``reference`` (:func:`attent.teacher.selection_decision`): a teacher with
+``when="evidence"`` (the default) selects only where the reference finds waste in the data;
+otherwise the run is full data's shortened schedule at the teacher's budget (``selects`` False,
+``reason`` why, a warning, and ``uniform`` in every epoch's record), and the teacher is never fed.
+
 ``observe`` only keeps the step's scores where they are (on the model's device: no copy to the
 host, no synchronization, no collective per step); ``flush`` hands everything kept to the teacher
 in one ``Teacher.observe`` (each score with its own step), and ``begin_epoch`` flushes first, so
@@ -30,6 +36,7 @@ learning-rate schedules and progress counters can be sized for the epochs the ru
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,8 +45,9 @@ import torch
 from torch import nn
 
 from . import _distributed
+from .schedules import budget_sizes
 from .scores import Batches, Scorer
-from .teacher import Teacher
+from .teacher import Teacher, selection_decision
 
 __all__ = ["EpochStart", "Teaching", "HISTOGRAM_BINS"]
 
@@ -76,10 +84,12 @@ class Teaching:
         full_sizes: without a teacher, the examples of each epoch (``schedules.budget_sizes``: a
             budget's shortened schedule ends with a partial epoch, the start of that order);
             None: every epoch is whole.
+        reference: the run's :class:`attent.Reference` (or reference losses, or None), read for
+            its evidence when the teacher's ``when`` is ``"evidence"``.
     """
 
     def __init__(self, teacher: Teacher | None, scorer: Scorer, *, num_examples: int, seed: int = 0,
-                 full_sizes: list[int] | None = None):
+                 full_sizes: list[int] | None = None, reference: Any = None):
         if teacher is not None and not isinstance(teacher, Teacher):
             raise TypeError(f"teacher must be an attent.Teacher or None, got {type(teacher).__name__}")
         if num_examples < 1:
@@ -88,14 +98,40 @@ class Teaching:
             raise ValueError(f"teacher was built for {teacher.num_examples} examples but the training data has {num_examples}")
         if full_sizes is not None and (teacher is not None or not all(0 < s <= num_examples for s in full_sizes)):
             raise ValueError(f"full_sizes are for full-data training, each in [1, {num_examples}], got {full_sizes}")
+        self.planned_teacher = teacher
+        self.selects, self.reason = True, None
+        if teacher is not None:
+            self.selects, self.reason = selection_decision(teacher.when, reference, scorer.kind)
+            if not self.selects:
+                full_sizes = self._uniform_sizes(teacher, num_examples)
+                warnings.warn(f"this run trains uniformly (full data's shortened schedule at the teacher's budget, the "
+                              f"teacher unused): {self.reason}", RuntimeWarning, stacklevel=3)
+                teacher = None
         self.teacher, self.scorer = teacher, scorer
         self.num_examples, self.seed, self.full_sizes = num_examples, seed, full_sizes
         self._pending: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
+    @staticmethod
+    def _uniform_sizes(teacher: Teacher, num_examples: int) -> list[int] | None:
+        """Full data's epochs in place of a teacher that does not select: its budget's shortened
+        schedule over its planned epochs (None: whole epochs, as many as the run asks)."""
+        epochs, budget = teacher.plan.epochs, teacher.budget
+        if epochs is None or budget is None or budget == 1.0:
+            return None if epochs is None else [num_examples] * epochs
+        return budget_sizes(epochs, num_examples, budget)
+
+    @property
+    def passes(self) -> int | None:
+        """Epochs the run takes: the full-data epochs of a run without a selecting teacher (or
+        the teacher's plan where it selects); None when open-ended."""
+        if self.teacher is not None:
+            return self.teacher.plan.epochs
+        return None if self.full_sizes is None else len(self.full_sizes)
+
     def check_epochs(self, epochs: int) -> None:
         """Raise a ValueError unless a run of ``epochs`` epochs fits the teacher's plan (a teacher
         built for another length would crash at its end or silently cut its schedule)."""
-        planned = None if self.teacher is None else self.teacher.plan.epochs
+        planned = None if self.planned_teacher is None else self.planned_teacher.plan.epochs
         if planned is not None and planned != epochs:
             raise ValueError(f"teacher plans {planned} epochs but the run is asked for {epochs}; build the teacher "
                              f"with epochs={epochs} (or epochs=None for an open-ended plan)")
@@ -122,6 +158,8 @@ class Teaching:
             order = order[: self._full_size(epoch)]
             record = {"epoch": epoch + 1, "step": step, "ratio": len(order) / self.num_examples,
                       "selected": len(order), "is_full": len(order) == self.num_examples, "refreshed": 0}
+            if self.planned_teacher is not None:
+                record["uniform"] = self.reason
             return EpochStart(_distributed.shard(order) if shard else order, record)
         refresh = teacher.refresh_indices(epoch)
         refreshed = 0 if refresh is None else int(refresh.numel())

@@ -493,16 +493,18 @@ class _Run:
         if self.scorer.num_examples is not None and self.scorer.num_examples != len(train_data):
             raise ValueError(f"reference holds {self.scorer.num_examples} reference losses but train_data has "
                              f"{len(train_data)} examples")
-        if pool is not None:
-            self.teaching = _pool_teaching(pool, teacher, self.scorer, reference, len(train_data), o)
-            full_sizes = self.teaching.full_sizes
-        else:
-            full_sizes = None if teacher is not None or o.budget == 1.0 else budget_sizes(o.epochs, len(train_data), o.budget)
-            self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed, full_sizes=full_sizes)
-            self.teaching.check_epochs(o.epochs)
         if teacher is not None and o.budget != 1.0 and teacher.budget != o.budget:
             raise ValueError(f"fit budget={o.budget} but the teacher was built with budget={teacher.budget}; build it "
                              f"with Teacher(..., epochs={o.epochs}, budget={o.budget})")
+        if pool is not None:
+            self.teaching = _pool_teaching(pool, teacher, self.scorer, reference, len(train_data), o)
+        else:
+            full_sizes = None if teacher is not None or o.budget == 1.0 else budget_sizes(o.epochs, len(train_data), o.budget)
+            self.teaching = Teaching(teacher, self.scorer, num_examples=len(train_data), seed=o.seed, full_sizes=full_sizes,
+                                     reference=reference)
+            self.teaching.check_epochs(o.epochs)
+        full_sizes = self.teaching.full_sizes
+        # the teacher as given (its state is checkpointed), also when the run trains uniformly without it
         self.teacher = teacher
         self.epochs = o.epochs if full_sizes is None else len(full_sizes)
         # pooled selection: the loader yields chunks of nB candidates, train_group keeps nb of each
@@ -972,7 +974,11 @@ def fit(
             ``loss_weights`` (1 without a teacher): the mean of per-example losses.
         optimizer: a torch optimizer over the model's parameters.
         teacher: an ``attent.Teacher`` built for ``len(train_data)`` examples and the run's
-            ``epochs`` (or open-ended), or None (plain training).
+            ``epochs`` (or open-ended), or None (plain training). It selects only where its
+            ``when`` allows: by default (``"evidence"``) only with a ``reference`` that finds
+            waste in the data; otherwise the run trains full data's shortened schedule at the
+            budget, warns that it did, and each ``FitResult.selections`` record says why
+            (``"uniform"``).
         reference: for ``score="learnability"``: an :class:`attent.Reference` whose ``train`` is
             ``train_data``, or the (N,) reference losses of its examples.
         pool: an :class:`attent.PoolSelection`: instead of a teacher's per-epoch subsets, every

@@ -31,7 +31,9 @@ What it changes:
   times the teacher's ``loss_weights``, averaged over the batch. The examples' scores (``loss`` or
   ``fgrad`` from the logits, or ``learnability``: the loss less a reference model's loss on the
   example, ``reference=`` an :class:`attent.Reference` or (N,) reference losses of the training
-  examples) go to ``teacher.observe`` from the same forward.
+  examples) go to ``teacher.observe`` from the same forward. A teacher selects only where its
+  ``when`` allows (by default only with a reference that finds waste in the data); otherwise the
+  Trainer runs full data's shortened schedule at the teacher's budget and warns that it did.
 - Scoring passes: with ``loss="lm"`` or ``"cross_entropy"`` on a model whose head runs the Triton
   kernels (CUDA), the output head (``get_output_embeddings()``, when it is an ``nn.Linear``) goes
   to the scorer, so a refresh pass scores each batch from the head's input with
@@ -177,7 +179,8 @@ class AtteNTMixin:
         if pool is not None:
             self.teaching = self._pool_teaching(pool, scorer, reference)
         else:
-            self.teaching = Teaching(teacher, scorer, num_examples=len(self.train_dataset), seed=self.args.seed)
+            self.teaching = Teaching(teacher, scorer, num_examples=len(self.train_dataset), seed=self.args.seed,
+                                     reference=reference)
         if teacher is not None and teacher.plan.epochs is not None:
             if self.args.max_steps > 0:
                 raise ValueError(f"the teacher plans {teacher.plan.epochs} epochs; pass num_train_epochs="
@@ -270,7 +273,7 @@ class AtteNTMixin:
     def set_initial_training_values(self, args: Any, dataloader: DataLoader):
         """The Trainer's step accounting, with ``max_steps`` from the teacher's plan."""
         values = list(super().set_initial_training_values(args, dataloader))
-        epochs = self.teaching.passes if isinstance(self.teaching, PoolTeaching) else self.teacher.plan.epochs
+        epochs = self.teaching.passes
         if epochs is not None:
             values[0], values[-1] = epochs, self.teaching.planned_steps(epochs, self._epoch_updates)  # epochs, max_steps
         return tuple(values)

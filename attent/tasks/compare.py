@@ -53,6 +53,8 @@ class Method:
     depend on the run, ``extra(epochs, budget) -> options`` (e.g. one cycle per epoch). budgeted:
     False for strategies that size their own subsets (InfoBatch): the teacher gets no ``budget=``
     (``extra`` then sets options that approach it; the run records what it really spent).
+    A method's teachers select whatever the evidence (``when="always"``, unless its options say
+    otherwise): the comparisons measure selection itself.
     """
 
     name: str
@@ -86,8 +88,8 @@ class Method:
         if self.kind == "published":
             if budget != 1.0:
                 raise ValueError(f"the published recipe has no budget: it runs at budget 1.0, not {budget}")
-            return Teacher.published(num_examples, epochs=epochs, seed=seed, **self.options)
-        options = {**self.options, **(self.extra(epochs, budget) if self.extra is not None else {})}
+            return Teacher.published(num_examples, epochs=epochs, seed=seed, **{"when": "always", **self.options})
+        options = {"when": "always", **self.options, **(self.extra(epochs, budget) if self.extra is not None else {})}
         if self.budgeted:
             options["budget"] = budget
         return Teacher(num_examples, epochs=epochs, seed=seed, **options)

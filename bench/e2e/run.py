@@ -18,10 +18,12 @@ schedule over the optimizer steps the run takes.
 Methods (``--methods``; ``full`` always runs, it is the baseline):
 
 - ``full``: full data, the shortened schedule.
-- ``default``: ``Teacher(N, epochs=E, budget=b)``, the library's default teacher, fed fgrad:
-  soft selection (Gumbel-top-k) re-drawn every epoch at the same share, no warm-up epoch (the
-  variant the teacher study, ``bench/results/teacher_study.json``, found never far below a random
-  subset on its four tasks).
+- ``default``: ``Teacher(N, epochs=E, budget=b, when="always")``, the library's default teacher
+  told to select, fed fgrad: soft selection (Gumbel-top-k) re-drawn every epoch at the same share,
+  no warm-up epoch (the variant the teacher study, ``bench/results/teacher_study.json``, found
+  never far below a random subset on its four tasks). Every method's teacher here selects
+  (``when="always"``): without a reference's evidence, ``fit``'s default (``when="evidence"``) would
+  run full data's shortened schedule, the ``full`` rows.
 - ``loss``, ``gradnorm``: the default teacher's schedule fed that score, under the strategy the
   study found best for it (``BEST_STRATEGY``; gradnorm was not in the study and takes fgrad's).
 - ``hard``: the former default, hard top-k by fgrad re-selected every epoch.

@@ -28,7 +28,7 @@ def test_a_teacher_spends_its_budget_and_never_more(n, epochs, budget, options):
     """floor(b * E * N) at most, and within one epoch's subset-size step of it (the sizes are
     whole examples, the scale is the largest that fits)."""
     try:
-        teacher = Teacher(n, epochs=epochs, budget=budget, **options)
+        teacher = Teacher(n, when="always", epochs=epochs, budget=budget, **options)
     except ValueError as error:  # only when the plan's full-data epochs alone exceed the budget
         assert "already take" in str(error)
         return
@@ -40,7 +40,7 @@ def test_a_teacher_spends_its_budget_and_never_more(n, epochs, budget, options):
 
 
 def test_budget_scales_the_ratio_shape_and_keeps_it():
-    teacher = Teacher(1000, epochs=11, budget=0.5, ratio=RatioSchedule.incremental(0.2, 0.8), warmup_epochs=1,
+    teacher = Teacher(1000, when="always", epochs=11, budget=0.5, ratio=RatioSchedule.incremental(0.2, 0.8), warmup_epochs=1,
                       cycles=10, interval=1)
     sizes = [teacher.planned_size(e) for e in range(11)]
     assert sizes[0] == 1000 and sizes[1:] == sorted(sizes[1:]) and sizes[1] < sizes[-1]
@@ -57,7 +57,7 @@ def test_budget_scales_the_ratio_shape_and_keeps_it():
 ])
 def test_budget_errors_name_what_conflicts(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        Teacher(10, **kwargs)
+        Teacher(10, when="always", **kwargs)
 
 
 def test_budget_sizes_are_the_shortened_schedule_with_a_partial_last_epoch():
@@ -89,7 +89,7 @@ def test_fit_at_a_budget_processes_it_and_the_schedule_ends_at_the_last_step(tea
     options = dict(loss="cross_entropy", optimizer=optimizer, epochs=8, budget=0.5, batch_size=5, score="loss",
                    lr_scheduler=warmup_cosine_steps(0.1), progress=False)
     if teacher:
-        options["teacher"] = Teacher(24, epochs=8, budget=0.5, warmup_epochs=0, interval=IntervalSchedule.fixed(8),
+        options["teacher"] = Teacher(24, when="always", epochs=8, budget=0.5, warmup_epochs=0, interval=IntervalSchedule.fixed(8),
                                      reselect_each_epoch=True)
     result = fit(model, _data(), **options)
     assert result.epochs_completed == (8 if teacher else 4)
@@ -101,7 +101,7 @@ def test_fit_refuses_a_teacher_built_for_another_budget():
     model = _model()
     with pytest.raises(ValueError, match=r"fit budget=0.5 but the teacher was built with budget=None"):
         fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=4,
-            budget=0.5, teacher=Teacher(24, epochs=4), progress=False)
+            budget=0.5, teacher=Teacher(24, when="always", epochs=4), progress=False)
 
 
 def test_full_data_at_a_budget_ends_with_a_partial_epoch_of_the_shuffled_order():

@@ -41,7 +41,7 @@ def _run(out_dir, strategy="soft", **overrides):
     unless the strategy sizes its own) whose dropout draws from torch's generator."""
     model = _model()
     sizes = {} if STRATEGIES[strategy].sizes_own_subsets else dict(ratio=0.5, interval=2)
-    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, strategy=strategy, epochs=3, reselect_each_epoch=True, seed=2, **sizes)
+    teacher = Teacher(N_EXAMPLES, when="always", warmup_epochs=1, strategy=strategy, epochs=3, reselect_each_epoch=True, seed=2, **sizes)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     options = dict(loss="cross_entropy", optimizer=optimizer, teacher=teacher, score="fgrad", epochs=3, batch_size=4,
                    seed=1, progress=False, out_dir=out_dir,
@@ -134,7 +134,7 @@ def test_a_malicious_checkpoint_is_refused_and_nothing_in_it_runs(tmp_path):
     _run(tmp_path, max_steps=3)
     path, marker = tmp_path / CHECKPOINT_NAME, tmp_path / "written-by-the-checkpoint"
     _rewrite(path, lambda payload: payload["state"].update(note=_WritesAFile(marker)))
-    model, teacher = _model(), Teacher(N_EXAMPLES, epochs=4)
+    model, teacher = _model(), Teacher(N_EXAMPLES, when="always", epochs=4)
     scores = teacher.state_dict()["scores"]
     with pytest.raises(ValueError, match=rf"{path}.*holds io\.open.*trust_checkpoint=True") as refused:
         fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), teacher=teacher,
@@ -147,7 +147,7 @@ def test_a_malicious_checkpoint_is_refused_and_nothing_in_it_runs(tmp_path):
 @pytest.mark.parametrize("where", ["model", "teacher", "rng"])
 def test_an_object_anywhere_in_the_file_is_refused_before_it_is_built(tmp_path, where):
     marker = tmp_path / "written-by-the-checkpoint"
-    model, teacher = _model(), Teacher(N_EXAMPLES, epochs=4)
+    model, teacher = _model(), Teacher(N_EXAMPLES, when="always", epochs=4)
     parts = {"model": model, "optimizer": None, "lr_scheduler": None, "scaler": None, "teacher": teacher}
     path = _checkpoint.write(tmp_path, parts, {"step": 0}, [_checkpoint.rng_state()])
     evil = _WritesAFile(marker)
@@ -177,7 +177,7 @@ def test_a_previous_format_checkpoint_resumes_only_when_trusted(tmp_path):
                                          r"trust_checkpoint=True"):
         refused = _model()
         fit(refused, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(refused.parameters(), lr=0.1),
-            teacher=Teacher(N_EXAMPLES, epochs=4), epochs=4, batch_size=4, progress=False, resume_from=path)
+            teacher=Teacher(N_EXAMPLES, when="always", epochs=4), epochs=4, batch_size=4, progress=False, resume_from=path)
     assert _untouched(refused)
     _same_run(*_run(tmp_path / "split", resume_from=path, trust_checkpoint=True), model, teacher, result)
 

@@ -128,7 +128,7 @@ def test_train_prints_what_it_runs_a_summary_and_where_it_wrote(tmp_path, capsys
     path = _config(tmp_path, """
         task: {name: digits, quick: true}
         score: loss
-        teacher: {ratio: 0.5, interval: 1}
+        teacher: {ratio: 0.5, interval: 1, when: always}
         epochs: 2
         progress: false
         """)
@@ -137,6 +137,23 @@ def test_train_prints_what_it_runs_a_summary_and_where_it_wrote(tmp_path, capsys
     assert "120 training examples, 2 epochs, teacher soft fed loss scores; writing to runs/run" in out
     assert "done: 2 epochs" in out and "val_accuracy" in out
     assert (tmp_path / "runs" / "run" / "metrics.jsonl").is_file()
+
+
+def test_the_default_teacher_without_a_reference_says_it_ran_full_datas_schedule(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _config(tmp_path, """
+        task: {name: digits, quick: true}
+        score: loss
+        budget: 0.5
+        teacher: {strategy: soft}
+        epochs: 2
+        progress: false
+        """)
+    with pytest.warns(RuntimeWarning, match="trains uniformly"):
+        assert cli.main(["train", "--config", path]) == 0
+    out = capsys.readouterr().out
+    assert "the teacher did not select, the run trained full data's shortened schedule: no reference model" in out
+    assert "done: 1 epochs" in out and " 120 examples in " in out
 
 
 def test_train_summary_shows_the_figures_metrics_jsonl_ends_with(tmp_path, capsys, monkeypatch):
@@ -154,7 +171,7 @@ def test_train_summary_shows_the_figures_metrics_jsonl_ends_with(tmp_path, capsy
     path = _config(tmp_path, """
         task: {name: digits, quick: true}
         score: loss
-        teacher: {interval: 1}
+        teacher: {interval: 1, when: always}
         epochs: 2
         progress: false
         """)
@@ -174,7 +191,7 @@ def test_a_top_level_budget_reaches_the_teacher(tmp_path, capsys, monkeypatch):
         task: {name: digits, quick: true}
         score: loss
         budget: 0.25
-        teacher: {strategy: soft}
+        teacher: {strategy: soft, when: always}
         epochs: 4
         progress: false
         """)

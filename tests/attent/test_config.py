@@ -26,6 +26,7 @@ def test_run_from_config_trains_the_described_run(tmp_path):
           ratio: 0.5
           interval: 1
           warmup_epochs: 1
+          when: always
         optimizer: {{name: adamw, lr: 3e-3, weight_decay: 0.01}}
         epochs: 3
         batch_size: 16

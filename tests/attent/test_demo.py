@@ -216,7 +216,7 @@ def quick_demo(tmp_path_factory):
 def test_quick_demo_says_it_is_a_smoke_run_and_draws_no_verdict(quick_demo):
     _, numbers, printed = quick_demo
     assert printed.startswith("attent demo --quick (a smoke run: no verdict):")
-    assert "recipe 2 epochs, seed 3" in printed and "teacher (soft, loss): the default teacher fed loss scores" in printed
+    assert "recipe 2 epochs, seed 3" in printed and "teacher (soft, loss): the default teacher fed loss scores, told to select (when='always'" in printed
     assert numbers["table"] in printed and "draws no verdict" in printed
     assert "verdict:" not in printed and not re.search(r"faster|slower|saved|pays", printed)
     assert numbers["verdict"] is None and numbers["result"] is None and numbers["saving"] is None

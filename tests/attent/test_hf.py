@@ -47,7 +47,7 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
     train, val = _data(0), _data(1, 5)
     model = _lora_gpt2()
     initial = copy.deepcopy(model)
-    teacher = Teacher(len(train), warmup_epochs=1, strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
+    teacher = Teacher(len(train), when="always", warmup_epochs=1, strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
     observed, selected = [], {}
     select = teacher.select
     watch_observe(teacher, observed)
@@ -82,7 +82,7 @@ def test_lora_gpt2_trains_under_the_teacher(tmp_path):
 def test_compute_loss_is_the_weighted_mean_of_per_example_losses(tmp_path):
     train = _data(2)
     model = _lora_gpt2()
-    teacher = Teacher(len(train), warmup_epochs=1, ratio=0.5, epochs=2, interval=1)
+    teacher = Teacher(len(train), when="always", warmup_epochs=1, ratio=0.5, epochs=2, interval=1)
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no",
                                           num_train_epochs=2)
     trainer = AtteNTTrainer(model=model, args=args, train_dataset=train, teacher=teacher, score="loss")
@@ -105,16 +105,16 @@ def test_compute_loss_is_the_weighted_mean_of_per_example_losses(tmp_path):
 def test_bad_teachers_are_rejected(tmp_path):
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, num_train_epochs=3)
     with pytest.raises(ValueError, match="teacher was built for 5 examples"):
-        AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(5, ratio=0.5))
+        AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(5, when="always", ratio=0.5))
     with pytest.raises(ValueError, match="score must be one of .*'gradnorm' needs the probe"):
-        AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(N_EXAMPLES, ratio=0.5),
+        AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0), teacher=Teacher(N_EXAMPLES, when="always", ratio=0.5),
                       score="gradnorm")
     for epochs in (1, 5):  # fewer used to crash at the next epoch, more to cut the schedule silently
         with pytest.raises(ValueError, match=f"teacher plans {epochs} epochs but the run is asked for 3"):
             AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0),
-                          teacher=Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=epochs))
+                          teacher=Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=epochs))
     trainer = AtteNTTrainer(model=_lora_gpt2(), args=args, train_dataset=_data(0),
-                            teacher=Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=3))
+                            teacher=Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=3))
     with pytest.raises(ValueError, match="cannot resume from a Trainer checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path))
 
@@ -130,7 +130,7 @@ def test_subset_epochs_count_as_epochs_and_the_lr_schedule_ends_at_the_last_step
     """4 epochs: 11 examples, then 5 (ratio 0.5) three times, batch 2, accumulation 2: the steps
     are ceil(ceil(11/2)/2) + 3 * ceil(ceil(5/2)/2) = 3 + 3 * 2 = 9; the Trainer's epoch ends at 4.0
     and a linear decay reaches 0 at the last step."""
-    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=4)
+    teacher = Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=4)
     trainer = AtteNTTrainer(model=_lora_gpt2(), args=_args(tmp_path, gradient_accumulation_steps=2,
                                                            lr_scheduler_type="linear"),
                             train_dataset=_data(0), teacher=teacher, score="loss")
@@ -148,7 +148,7 @@ def test_a_budgeted_teacher_spends_its_budget_and_the_schedule_ends_at_its_last_
     max_steps is the plan's step count, and a linear decay ends at 0."""
     from attent.schedules import IntervalSchedule
 
-    teacher = Teacher(N_EXAMPLES, epochs=4, budget=0.5, warmup_epochs=0, interval=IntervalSchedule.fixed(4),
+    teacher = Teacher(N_EXAMPLES, when="always", epochs=4, budget=0.5, warmup_epochs=0, interval=IntervalSchedule.fixed(4),
                       reselect_each_epoch=True)
     sizes = [teacher.planned_size(e) for e in range(4)]
     trainer = AtteNTTrainer(model=_lora_gpt2(), args=_args(tmp_path, lr_scheduler_type="linear"),
@@ -165,7 +165,7 @@ def test_the_hf_trainer_and_fit_make_the_same_selections(tmp_path):
     from attent.strategies import Soft
 
     def make_teacher():
-        return Teacher(N_EXAMPLES, warmup_epochs=1, strategy=Soft(temperature=0.3), ratio=0.4, interval=1, epochs=4, refresh=0.5, seed=3)
+        return Teacher(N_EXAMPLES, when="always", warmup_epochs=1, strategy=Soft(temperature=0.3), ratio=0.4, interval=1, epochs=4, refresh=0.5, seed=3)
 
     def selections_of(teacher):
         seen = {}
@@ -209,7 +209,7 @@ def test_scoring_passes_use_the_output_embeddings_as_the_fused_head(tmp_path, mo
     calls = []
     fused_op = scores_module.linear_cross_entropy_scores
     monkeypatch.setattr(scores_module, "linear_cross_entropy_scores", lambda *a, **k: calls.append(1) or fused_op(*a, **k))
-    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=2)
+    teacher = Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=2)
     model = _lora_gpt2()
     on_cpu = AtteNTTrainer(model=model, args=_args(tmp_path, num_train_epochs=2), train_dataset=_data(0), teacher=teacher)
     assert on_cpu.teaching.scorer.head is None
@@ -238,7 +238,7 @@ def test_learnability_scores_are_the_loss_less_the_reference_of_each_example(tmp
     train = _data(3)
     model = _lora_gpt2()
     reference = torch.linspace(0.5, 3.0, N_EXAMPLES)
-    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, epochs=2, interval=1)
+    teacher = Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, epochs=2, interval=1)
     observed = []
     watch_observe(teacher, observed)
     trainer = AtteNTTrainer(model=model, args=_args(tmp_path, learning_rate=0.0, lr_scheduler_type="constant",
@@ -298,3 +298,25 @@ def test_pooled_selection_keeps_the_best_learnability_of_each_chunk(tmp_path):
     with pytest.raises(ValueError, match="pool= needs gradient_accumulation_steps=1"):
         AtteNTTrainer(model=model, args=_args(tmp_path, gradient_accumulation_steps=2), train_dataset=train,
                       pool=PoolSelection(), score="learnability", reference=Ref())
+
+
+def test_the_default_teacher_without_a_reference_trains_full_datas_shortened_schedule(tmp_path):
+    """Budget 0.5 of 4 epochs x 11 examples, no reference: the Trainer runs 2 whole epochs of every
+    example (a seeded permutation each), never feeds the teacher, warns and logs why."""
+    teacher = Teacher(N_EXAMPLES, epochs=4, budget=0.5)
+    with pytest.warns(RuntimeWarning, match="trains uniformly .*no reference model"):
+        trainer = AtteNTTrainer(model=_lora_gpt2(), args=_args(tmp_path, lr_scheduler_type="linear"),
+                                train_dataset=_data(0), teacher=teacher, score="loss")
+    orders = []
+    begin = trainer.attent_begin_epoch
+
+    def spy(epoch):
+        orders.append(begin(epoch).tolist())
+        return trainer._epoch_sampler.order
+
+    trainer.attent_begin_epoch = spy
+    trainer.train()
+    assert [sorted(order) for order in orders] == [list(range(N_EXAMPLES))] * 2
+    assert trainer.state.global_step == trainer.state.max_steps == 2 * ((N_EXAMPLES + 1) // 2)
+    assert teacher.stats["observed"] == 0 and not trainer.teaching.selects
+    assert trainer.lr_scheduler.get_last_lr()[0] == 0.0

@@ -114,7 +114,7 @@ def test_bad_combinations_are_refused():
     from attent import Teacher
 
     with pytest.raises(ValueError, match="either teacher= .* or pool="):
-        fit(model, data, teacher=Teacher(8, epochs=1), pool=PoolSelection(), score="learnability", reference=reference, **base)
+        fit(model, data, teacher=Teacher(8, when="always", epochs=1), pool=PoolSelection(), score="learnability", reference=reference, **base)
     with pytest.raises(ValueError, match="pool= needs grad_accum=1"):
         fit(model, data, pool=PoolSelection(), grad_accum=2, score="learnability", reference=reference, **base)
     with pytest.raises(ValueError, match="reference holds 5 reference losses but train_data has 8 examples"):

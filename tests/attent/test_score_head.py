@@ -361,7 +361,7 @@ def test_fit_scores_its_refresh_passes_through_the_head(monkeypatch):
 
     def run(score_head):
         model = MappingLM(vocab, 5, seed=2)
-        teacher = Teacher(len(data), warmup_epochs=1, strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
+        teacher = Teacher(len(data), when="always", warmup_epochs=1, strategy="hard", ratio=0.5, interval=1, epochs=3, refresh="cycle")
         seen = {}
         select = teacher.select
         teacher.select = lambda epoch: seen.setdefault(epoch, select(epoch))

@@ -673,7 +673,7 @@ def test_buffered_step_scores_leave_the_teacher_as_step_by_step_observing_does(s
     from attent.teaching import Teaching
 
     generator = torch.Generator().manual_seed(5)
-    buffered = Teacher(12, epochs=3, strategy=strategy, seed=1)
+    buffered = Teacher(12, epochs=3, strategy=strategy, seed=1, when="always")
     direct = Teacher(12, epochs=3, strategy=strategy, seed=1)
     teaching = Teaching(buffered, Scorer("loss", "cross_entropy"), num_examples=12)
     for step in range(7):
@@ -692,7 +692,7 @@ def test_teaching_observe_checks_shapes_at_once_and_keeps_nothing_without_a_teac
     from attent.scores import Scorer
     from attent.teaching import Teaching
 
-    teaching = Teaching(Teacher(4, epochs=2), Scorer("loss", "cross_entropy"), num_examples=4)
+    teaching = Teaching(Teacher(4, epochs=2, when="always"), Scorer("loss", "cross_entropy"), num_examples=4)
     with pytest.raises(ValueError, match=r"same shape \(b,\), got indices \(3,\) and scores \(2,\)"):
         teaching.observe(torch.arange(3), torch.ones(2), step=0)
     full = Teaching(None, Scorer("loss", "cross_entropy"), num_examples=4)

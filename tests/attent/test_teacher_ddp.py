@@ -26,8 +26,8 @@ def make_teacher(strategy: str):
     from attent.teacher import Teacher
 
     if strategy == "infobatch":
-        return Teacher(NUM_EXAMPLES, strategy=strategy, epochs=EPOCHS, seed=3, warmup_epochs=1)
-    return Teacher(NUM_EXAMPLES, strategy=strategy, epochs=EPOCHS, seed=3, cycles=2, interval=2, refresh="cycle",
+        return Teacher(NUM_EXAMPLES, when="always", strategy=strategy, epochs=EPOCHS, seed=3, warmup_epochs=1)
+    return Teacher(NUM_EXAMPLES, when="always", strategy=strategy, epochs=EPOCHS, seed=3, cycles=2, interval=2, refresh="cycle",
                    warmup_epochs=1, reselect_each_epoch=strategy == "soft")
 
 

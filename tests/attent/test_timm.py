@@ -20,7 +20,7 @@ def _digits(start, count):
 
 def test_train_vit_with_a_teacher_end_to_end(tmp_path):
     train, val = _digits(0, 61), _digits(100, 23)
-    teacher = Teacher(len(train), warmup_epochs=1, ratio=0.5, interval=1, epochs=3)
+    teacher = Teacher(len(train), when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=3)
     model, result = train_vit(train, eval_data=val, teacher=teacher, score="fgrad", epochs=3, batch_size=16, warmup_epochs=1,
                               progress=False, out_dir=tmp_path, **TINY)
     assert model.patch_embed.proj.kernel_size == (4, 4) and len(model.blocks) == 1 and model.head.out_features == 10

@@ -119,7 +119,7 @@ def test_mixed_precision_trains_on_cpu(amp):
 
     model = _model()
     before = copy.deepcopy(model)
-    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=3)
+    teacher = Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=3)
     result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.5), epochs=3,
                  batch_size=8, amp=amp, teacher=teacher, score="fgrad", eval_data=_data(), progress=False)
     assert teacher.stats["observed"] == N_EXAMPLES + 2 * 18 and teacher.stats["nonfinite_scores"] == 0
@@ -265,7 +265,7 @@ def test_teacher_trains_on_its_selection_and_observes_each_trained_example(kind)
 
     data, model = _data(7), _model()
     logged = _LoggedData(data)
-    teacher = Teacher(len(data), warmup_epochs=1, strategy="hard", ratio=0.4, interval=1, epochs=3)
+    teacher = Teacher(len(data), when="always", warmup_epochs=1, strategy="hard", ratio=0.4, interval=1, epochs=3)
     spy = _Spy(teacher)
     # lr=0: the model never changes, so every score the trainer feeds can be checked against it.
     result = fit(model, logged, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
@@ -294,9 +294,9 @@ def test_a_weighted_teachers_update_is_the_gradient_of_the_weighted_loss(strateg
     data, model = _data(8), _model()
     before = copy.deepcopy(model)
     if strategy == "importance":
-        teacher = Teacher(len(data), strategy="importance", ratio=1.0, interval=1, epochs=1, warmup_epochs=0)
+        teacher = Teacher(len(data), when="always", strategy="importance", ratio=1.0, interval=1, epochs=1, warmup_epochs=0)
     else:
-        teacher = Teacher(len(data), strategy="infobatch", epochs=8, warmup_epochs=0)
+        teacher = Teacher(len(data), when="always", strategy="infobatch", epochs=8, warmup_epochs=0)
     teacher.observe(torch.arange(len(data)), torch.linspace(0.1, 3.0, len(data)))
     selection = teacher.select(0)
     chosen, weights = selection.indices, selection.weights
@@ -315,7 +315,7 @@ def _teacher_resume_run(out_dir, refresh="cycle", **overrides):
     from attent.teacher import Teacher
 
     model = _model(dropout=0.2, seed=4)
-    teacher = Teacher(len(_data(3)), warmup_epochs=1, strategy="soft", ratio=0.5, interval=2, epochs=5, refresh=refresh,
+    teacher = Teacher(len(_data(3)), when="always", warmup_epochs=1, strategy="soft", ratio=0.5, interval=2, epochs=5, refresh=refresh,
                       reselect_each_epoch=True, seed=2)
     options = dict(loss="cross_entropy", optimizer=torch.optim.Adam(model.parameters(), lr=0.02), teacher=teacher,
                    score="fgrad", epochs=5, batch_size=4, seed=1, progress=False, out_dir=out_dir)
@@ -353,7 +353,7 @@ def test_an_lr_scheduler_factory_gets_the_planned_steps_and_the_rate_ends_at_zer
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     result = fit(model, _data(), loss="cross_entropy", optimizer=optimizer, lr_scheduler=linear,
-                 teacher=Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=3), score="loss", epochs=3, batch_size=4,
+                 teacher=Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=3), score="loss", epochs=3, batch_size=4,
                  grad_accum=2, progress=False, eval_data=_data(4, 13), out_dir=tmp_path)
     assert planned == [11] and result.steps == 11 and optimizer.param_groups[0]["lr"] == 0.0
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -381,9 +381,9 @@ def test_teacher_must_match_the_run():
     model, data = _model(), _data()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="teacher was built for 36 examples"):
-        fit(model, data, loss="cross_entropy", optimizer=optimizer, epochs=2, teacher=Teacher(36, ratio=0.5))
+        fit(model, data, loss="cross_entropy", optimizer=optimizer, epochs=2, teacher=Teacher(36, when="always", ratio=0.5))
     with pytest.raises(ValueError, match="teacher plans 3 epochs"):
-        fit(model, data, loss="cross_entropy", optimizer=optimizer, epochs=2, teacher=Teacher(37, epochs=3))
+        fit(model, data, loss="cross_entropy", optimizer=optimizer, epochs=2, teacher=Teacher(37, when="always", epochs=3))
 
 
 # ---------------------------------------------------------------- torch.distributed (2 gloo processes)
@@ -400,7 +400,7 @@ def _ddp_rank(rank, store, out):
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD_SIZE)
     model = DistributedDataParallel(_model(seed=6))
-    teacher = Teacher(N_EXAMPLES, warmup_epochs=1, ratio=0.5, interval=1, epochs=3, refresh="cycle", seed=1)
+    teacher = Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=3, refresh="cycle", seed=1)
     result = fit(model, _data(5), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.3),
                  teacher=teacher, score="fgrad", epochs=3, batch_size=4, grad_accum=2, eval_data=_data(6, 9), progress=False,
                  out_dir=os.path.dirname(out), max_time=60.0)
@@ -439,7 +439,7 @@ def test_after_fit_the_teacher_holds_every_steps_scores_with_their_steps():
     from attent.teacher import Teacher
 
     model = _model()
-    teacher = Teacher(N_EXAMPLES, ratio=0.5, epochs=2, seed=3)
+    teacher = Teacher(N_EXAMPLES, when="always", ratio=0.5, epochs=2, seed=3)
     seen = []
     original = teacher.observe
 
@@ -528,7 +528,7 @@ def test_on_cuda_the_loop_neither_synchronizes_nor_reads_a_tensor_per_step(monke
         model = _model()
         stand_ins.syncs = stand_ins.reads = 0
         result = fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                     teacher=Teacher(48, ratio=0.5, epochs=2, seed=1), score=score, epochs=2, batch_size=batch_size,
+                     teacher=Teacher(48, when="always", ratio=0.5, epochs=2, seed=1), score=score, epochs=2, batch_size=batch_size,
                      eval_data=_data(3, 10), progress=False)
         counts.append((stand_ins.syncs, stand_ins.reads))
         assert result.steps == 2 * 24 // batch_size and len(result.step_times) == result.steps
@@ -623,7 +623,7 @@ def test_result_times_are_the_last_records_and_exclude_the_plots(tmp_path, monke
     monkeypatch.setattr(plots, "plot_run", lambda *args: (time.sleep(0.3), draw(*args)))
     model = _model()
     result = fit(model, _data(), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                 teacher=Teacher(N_EXAMPLES, ratio=0.5, epochs=2), epochs=2, batch_size=8, out_dir=tmp_path,
+                 teacher=Teacher(N_EXAMPLES, when="always", ratio=0.5, epochs=2), epochs=2, batch_size=8, out_dir=tmp_path,
                  progress=False)
     last = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()][-1]
     assert result.wall_time == last["wall_time"] and result.selection_time == last["selection_time"] > 0
@@ -702,7 +702,7 @@ def test_fit_with_a_teacher_on_cuda_end_to_end(kind, tmp_path):
 
     data, model = _data(7), _model()
     oracle_model = copy.deepcopy(model)
-    teacher = Teacher(len(data), warmup_epochs=1, ratio=0.5, interval=1, epochs=3, seed=2)
+    teacher = Teacher(len(data), when="always", warmup_epochs=1, ratio=0.5, interval=1, epochs=3, seed=2)
     result = fit(model, data, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.0), teacher=teacher,
                  score=kind, epochs=3, batch_size=5, device="cuda", eval_data=_data(3, 11), out_dir=tmp_path, progress=False)
     assert next(model.parameters()).is_cuda and result.steps == 8 + 2 * 4 and len(result.step_times) == result.steps
@@ -738,7 +738,7 @@ def test_on_a_real_gpu_fit_synchronizes_no_more_with_more_steps(monkeypatch):
         model = _model()
         counts.update(syncs=0, reads=0)
         fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            teacher=Teacher(48, ratio=0.5, epochs=2, seed=1), score="loss", epochs=2, batch_size=batch_size,
+            teacher=Teacher(48, when="always", ratio=0.5, epochs=2, seed=1), score="loss", epochs=2, batch_size=batch_size,
             eval_data=_data(3, 10), device="cuda", progress=False)
         seen.append(dict(counts))
     assert seen[0] == seen[1] and seen[0]["syncs"] > 0
@@ -767,7 +767,7 @@ def test_on_a_real_gpu_a_training_step_never_waits_for_the_device(monkeypatch, s
     model = _model()
     reference = torch.rand(48) if score == "learnability" else None
     result = fit(model, _data(n=48), loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                 teacher=Teacher(48, ratio=0.5, epochs=2, seed=1), score=score, reference=reference, epochs=2,
+                 teacher=Teacher(48, when="always", ratio=0.5, epochs=2, seed=1), score=score, reference=reference, epochs=2,
                  batch_size=4, eval_data=_data(3, 10), device="cuda", progress=False)
     assert result.steps == 12
 
@@ -792,7 +792,7 @@ def test_a_teacher_fed_learnability_observes_each_steps_losses_less_the_referenc
     snapshots = []
     monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: snapshots.append(copy.deepcopy(model)))
     fit(model, data, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        teacher=Teacher(24, ratio=0.5, epochs=1, seed=3), score="learnability", reference=reference, epochs=1,
+        teacher=Teacher(24, when="always", ratio=0.5, epochs=1, seed=3), score="learnability", reference=reference, epochs=1,
         batch_size=4, progress=False)
     indices = torch.cat([i for i, _ in seen])
     scores = torch.cat([s for _, s in seen])
