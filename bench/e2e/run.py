@@ -386,7 +386,7 @@ def extend(path: Path, seeds: int, conditions: str, argv: Sequence[str]) -> None
     now = datetime.datetime.now(datetime.timezone.utc).astimezone()
     record.setdefault("extended", []).append({"timestamp": now.isoformat(timespec="seconds"), "argv": list(argv),
                                               "seeds": list(range(have, seeds)), "conditions": conditions})
-    _plot(record, Path(record["plot"]) if "plot" in record else path.with_suffix(".png"))
+    record["plot"] = str(_plot(record, path.with_suffix(".png")))
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(format_part(record))
     print(f"added seeds {have} .. {seeds - 1} to {path}")
