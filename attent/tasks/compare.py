@@ -104,8 +104,9 @@ class Method:
 
     @property
     def needs_reference(self) -> bool:
-        """Whether the method reads the task's reference model."""
-        return self.kind in REFERENCE_KINDS
+        """Whether the method reads the task's reference model (its kind does, or its score is
+        ``"learnability"``)."""
+        return self.kind in REFERENCE_KINDS or self.score == "learnability"
 
 
 FULL_DATA = Method("full data", "full")
@@ -170,7 +171,9 @@ def run_method(
     data, run_epochs, run_budget = _training_plan(task, method, epochs=epochs, budget=budget, reference=reference)
     teacher = method.teacher(len(data), epochs=run_epochs, seed=seed, budget=budget)
     score = method.score if method.kind != "pool" or reference is not None else "loss"
-    selection = {"pool": PoolSelection(**method.options), "reference": reference} if method.kind == "pool" else {}
+    selection = {"pool": PoolSelection(**method.options)} if method.kind == "pool" else {}
+    if score == "learnability":
+        selection["reference"] = reference
     model = task.model(seed)
     return fit(
         model, data, loss=task.loss, optimizer=task.optimizer(model), teacher=teacher, score=score,

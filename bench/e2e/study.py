@@ -4,6 +4,11 @@ wall times are recorded but the study reads quality at equal budget, which does 
 machine's load.
 
     python -m bench.e2e.study --tasks digits,digits_augmented --budgets 0.25,0.5 --seeds 2 [--record]
+    python -m bench.e2e.study --tasks digits_noisy --variants random-each,pool,pool-10,pool-soft,pool-loss,\
+        learn-each,learn-hard-each,static,static-25 --seeds 3 --json bench/results/waste_study.json
+
+On a waste testbed the variants that read a reference (pooled selection, the static filters, the
+teachers fed learnability) share one reference model per seed, as the frontier's do.
 
 Writes ``teacher_study.json`` (runs/bench/, or bench/results/ with --record): every run, and per
 (task, budget, variant) the paired advantage over full data and over random (mean, std, n). A
@@ -32,7 +37,7 @@ from attent.tasks import make_task  # noqa: E402
 from attent.tasks.compare import FULL_DATA, Method, final_metric, format_table, run_method  # noqa: E402
 from attent.tasks.frontier import Point, equal_budget  # noqa: E402
 from bench import record_info  # noqa: E402
-from bench.e2e.run import CONSTANT, every_epoch, infobatch_near  # noqa: E402
+from bench.e2e.run import CONSTANT, METHODS, every_epoch, infobatch_near  # noqa: E402
 
 DECREASING = RatioSchedule.incremental(1.0, 0.2)  # near full data first, pruned as examples are learned
 VARIANTS: dict[str, Method] = {
@@ -67,6 +72,18 @@ VARIANTS: dict[str, Method] = {
                             options={"strategy": Soft(temperature=4.0), "ratio": CONSTANT},
                             extra=every_epoch),
     "infobatch": Method("InfoBatch (prune ratio set for the budget)", budgeted=False, extra=infobatch_near, score="loss"),
+    # The waste testbeds' variants: what the reference adds, per step or per epoch, and how much to keep.
+    **{name: METHODS[name] for name in ("pool", "pool-25", "pool-10", "pool-soft", "static")},
+    "static-25": Method("static filter by the reference (keep 25%), uniform", "static", options={"keep": 0.25},
+                        score="loss"),
+    "pool-loss": Method("pooled by the learner's loss, no reference (hard, keep 50%)", "pool",
+                        options={"keep": 0.5, "when": "always"}, score="loss"),
+    "learn-each": Method("per-epoch teacher fed learnability, soft, every epoch (the default teacher with a reference: "
+                         "when='evidence')", options={"strategy": "soft", "ratio": CONSTANT, "when": "evidence"},
+                         extra=every_epoch, score="learnability"),
+    "learn-hard-each": Method("per-epoch teacher fed learnability, hard top-k, every epoch (when='evidence')",
+                              options={"strategy": "hard", "ratio": CONSTANT, "when": "evidence"}, extra=every_epoch,
+                              score="learnability"),
 }
 
 
@@ -110,10 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         infeasible: dict[str, str] = {}
         for seed in range(args.seeds):
             task = make_task(name, seed=seed, quick=args.quick)
+            reads = task.reference is not None and any(VARIANTS[v].needs_reference for v in variants)
+            reference = task.reference.fit(task, seed) if reads else None
             for budget in budgets:
                 for variant in variants:
                     try:
-                        result = run_method(task, VARIANTS[variant], seed=seed, budget=budget)
+                        result = run_method(task, VARIANTS[variant], seed=seed, budget=budget, reference=reference)
                     except ValueError as error:  # a plan that cannot spend this budget (its full epochs exceed it)
                         infeasible[f"{variant}@{budget}"] = str(error)
                         print(f"[{name}] budget {budget}: {variant} infeasible: {error}", flush=True)

@@ -173,3 +173,18 @@ def test_readme_waste_tables_come_from_the_record(waste_record, tmp_path, capsys
     assert tables.main(["--tasks", "", "--waste", "digits_off_target", "--results", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert table in printed and goals in printed
+
+
+def test_the_study_runs_the_waste_variants_with_one_reference_per_seed(tmp_path):
+    """Every waste variant (pooled by learnability or by loss, per-epoch teachers fed learnability,
+    the static filters) runs on a waste testbed: the ones that read the reference get it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO))
+        study = importlib.import_module("bench.e2e.study")
+    variants = ["pool", "pool-loss", "learn-each", "learn-hard-each", "static", "static-25"]
+    out = tmp_path / "study.json"
+    assert study.main(["--tasks", "digits_noisy", "--quick", "--seeds", "1", "--budgets", "0.5", "--variants",
+                       ",".join(variants), "--json", str(out)]) == 0
+    task = json.loads(out.read_text())["tasks"]["digits_noisy"]
+    assert task["infeasible"] == {}
+    assert sorted(p["method"] for p in task["points"]) == sorted(["full", *variants])
