@@ -57,7 +57,8 @@ _CE_CONFIGS = autotune_configs(
         ({"BLOCK_N": 16, "BLOCK_V": 256}, 4, 2),
     ],
 )
-# (row block, vocabulary tile, hidden chunk) of the fused head kernel: GEMM-like tiles.
+# (row block, vocabulary tile, hidden chunk) of the fused head kernel: GEMM-like tiles, and one
+# 4-stage pipeline for large heads (a 128 x 256 logit tile spills registers beside the softmax state).
 _HEAD_CONFIGS = autotune_configs(
     {"BLOCK_N": 16, "BLOCK_V": 64, "BLOCK_K": 16},
     [
@@ -66,6 +67,7 @@ _HEAD_CONFIGS = autotune_configs(
         ({"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_K": 32}, 8, 3),
         ({"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_K": 64}, 8, 3),
         ({"BLOCK_N": 64, "BLOCK_V": 256, "BLOCK_K": 64}, 8, 3),
+        ({"BLOCK_N": 128, "BLOCK_V": 128, "BLOCK_K": 64}, 8, 4),
     ],
 )
 # Operand elements of one pipeline stage: BLOCK_K features of the hidden rows and weight rows.
