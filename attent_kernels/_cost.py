@@ -7,7 +7,9 @@ A kernel's predicted time is the waves in which its grid's programs run
 grid too small to fill the device, tiles padded past the data and each program's fixed cost all
 count. The ghost kernels do half of the Gram products (the block pairs sb <= tb), and that is
 what is counted. The fused weight-gradient kernel also pays ``FUSED_EXAMPLE_S`` per example a
-program walks (its pipeline restarts at every example) and ``FUSED_SLICE_S`` per element of the
+program walks (each example ends in a wait for its last dot, a square-sum and a running-sum update;
+in the kernel the record measured, its pipeline also drained and refilled there, which the
+one-loop kernel no longer does: the constant is to be refitted) and ``FUSED_SLICE_S`` per element of the
 sum of its batch slices; cuBLAS's weight-gradient GEMM is ``flops / GEMM_RATE + GEMM_LAUNCH_S``.
 
 The constants are fitted to an H200 record of ``bench/gpu/run.py`` (bfloat16, 2026-12-04) by
