@@ -153,6 +153,21 @@ def test_every_autotune_configuration_in_bfloat16(name, index):
         _assert_close(CALLS[name](torch.bfloat16, torch.bfloat16), TOLERANCE["bfloat16"], f"{name} {config}")
 
 
+@pytest.mark.parametrize("slots", [1, 3])
+def test_persistent_fused_programs_walking_several_units(monkeypatch, slots):
+    """Every persistent configuration of the fused kernel with the device shrunk to 1 or 3 slots,
+    so each program walks several (slice, tile) units; with more slices than the batch needs."""
+    from attent_kernels import _cost
+
+    monkeypatch.setattr(_cost, "SM_COUNT", slots)
+    monkeypatch.setattr(_cost, "RESIDENT_PROGRAMS", 1)
+    monkeypatch.setattr(_cost, "TARGET_PROGRAMS", 10_000)
+    kernel = KERNELS["_weight_grad_and_norm_kernel"]
+    for config in [c for c in kernel.configs if c.kwargs["PERSISTENT"]]:
+        with pinned(kernel, [config]):
+            _assert_close(_fused(torch.bfloat16, torch.bfloat16), TOLERANCE["bfloat16"], f"persistent {config}")
+
+
 @pytest.mark.parametrize("policy", list(DTYPES))
 @pytest.mark.parametrize("name", list(CALLS))
 def test_dtype_policy_at_its_documented_tolerance(name, policy):
