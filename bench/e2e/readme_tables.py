@@ -1,6 +1,6 @@
 """The README's time-to-quality tables, printed from the committed records (no training):
 
-    python -m bench.e2e.readme_tables                 # every e2e_<task>.json and teacher_study.json
+    python -m bench.e2e.readme_tables                 # every e2e_<task>.json, teacher_study.json and waste_study.json
     python -m bench.e2e.readme_tables --tasks digits,scb
 
 Per task (``bench/results/e2e_<task>.json``): each method's quality at every budget (seed mean),
@@ -15,7 +15,8 @@ The waste testbeds (``e2e_<testbed>.json`` for ``WASTE_ORDER``) get their own ta
 quality per budget, its saving at full-data quality cold (the reference's seconds counted) and
 amortised (left out), its paired advantage over full data, over the static filter and over the
 holdout-added baseline, its optimizer steps and candidate forwards at b = 0.25, and its selection
-overhead; then the pooled default against the goals, testbed by testbed.
+overhead; then the pooled default against the goals, testbed by testbed; and the waste-testbed
+study (``bench/results/waste_study.json``, the same table as the teacher study's).
 """
 from __future__ import annotations
 
@@ -255,7 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     study_path = args.results / "teacher_study.json"
     if study_path.exists():
         print("Teacher study (advantage over full data at the same budget, mean ± std over seeds):\n\n"
-              + study_table(json.loads(study_path.read_text()), tasks))
+              + study_table(json.loads(study_path.read_text()), tasks) + "\n")
+    waste_study_path = args.results / "waste_study.json"
+    if waste_study_path.exists():
+        print("Waste-testbed study (advantage over full data at the same budget, mean ± std over seeds):\n\n"
+              + study_table(json.loads(waste_study_path.read_text()), list(waste) or WASTE_ORDER))
     return 0
 
 
