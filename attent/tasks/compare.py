@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 
-from torch.utils.data import ConcatDataset, Subset
+from torch.utils.data import ConcatDataset
 
 from ..pool import PoolSelection
 from ..schedules import budget_sizes
@@ -28,7 +28,7 @@ from ..teacher import Teacher
 from ..trainer import FitResult, fit
 from ._task import Task
 
-__all__ = ["Method", "FULL_DATA", "PUBLISHED", "REFERENCE_KINDS", "run_method", "static_filter", "run_cost",
+__all__ = ["Method", "FULL_DATA", "PUBLISHED", "REFERENCE_KINDS", "run_method", "run_cost",
            "final_metric", "format_table", "FINAL_EVALUATIONS", "EVAL_POINTS"]
 
 REFERENCE_KINDS = ("pool", "static")  # the kinds that read the task's reference model
@@ -113,19 +113,12 @@ FULL_DATA = Method("full data", "full")
 PUBLISHED = Method("published AtteNT", "published", score="loss")
 
 
-def static_filter(reference: Any, keep: float) -> list[int]:
-    """Positions (in the reference's training set) of the ``floor(keep * N)`` examples with the lowest
-    reference loss (at least one), ascending."""
-    count = max(1, math.floor(keep * len(reference.losses) + 1e-9))
-    return sorted(reference.losses.argsort(stable=True)[:count].tolist())
-
-
 def _training_plan(task: Task, method: Method, *, epochs: int, budget: float, reference: Any) -> tuple[Any, int, float]:
     """(training set, epochs, budget) of a run: the static filter and the holdout-added baseline
     train full data's shortened schedule on their own set for the examples ``floor(budget * epochs *
     N)`` of the task's pool of N (epochs: enough whole passes over their set, at most ``epochs`` more)."""
     if method.kind == "static":
-        data = Subset(task.train, static_filter(reference, method.options["keep"]))
+        data = reference.filtered(method.options["keep"])
     elif method.kind == "holdout":
         holdout = task.info.get("holdout")
         if holdout is None:

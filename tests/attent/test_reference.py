@@ -60,6 +60,25 @@ def test_a_fraction_of_the_pool_is_split_off_and_the_learner_trains_on_the_rest(
     assert torch.equal(again.holdout_indices, held) and torch.equal(again.losses, ref.losses)  # seeded
 
 
+def test_static_filter_keeps_the_lowest_reference_losses_of_the_learners_set_by_hand():
+    pool = _data(40, 4)
+    ref = Reference.fit(_factory, pool, loss="cross_entropy", holdout=0.15, max_epochs=2, batch_size=8)
+    ref.losses[[3, 7, 20]] = ref.losses.min() - 1  # a three-way tie, kept in index order
+    before = ref.losses.clone()
+    for keep, count in [(0.5, 17), (0.1, 3), (0.06, 2), (0.001, 1), (1, 34)]:
+        ranked = sorted(range(34), key=lambda i: (float(ref.losses[i]), i))[:count]
+        kept = ref.filtered(keep)
+        assert kept.dataset is ref.train and kept.indices == sorted(ranked) and len(kept) == count
+    kept = ref.filtered(0.06)
+    assert kept.indices == [3, 7]
+    for position, i in enumerate(kept.indices):  # examples of the learner's set, not of the pool
+        assert torch.equal(kept[position][0], pool[ref.train_indices[i].item()][0])
+    assert torch.equal(ref.losses, before)
+    for bad in (0, -0.5, 1.5, True, "half", float("nan")):
+        with pytest.raises(ValueError, match="keep must be a number in \\(0, 1\\]"):
+            ref.filtered(bad)
+
+
 def test_cross_fitting_scores_each_half_with_the_model_trained_on_the_other():
     # two halves that disagree: in each half the label is a different function of the input, so a
     # model that saw an example's own half would fit it; the other half's model does not

@@ -328,22 +328,23 @@ def test_waste_references_train_on_the_clean_holdout_and_score_the_pool(name):
 
 
 def test_static_filter_and_holdout_plans_train_full_datas_examples_by_hand():
-    from torch.utils.data import TensorDataset
+    from torch.utils.data import Subset, TensorDataset
 
-    from attent.tasks.compare import _training_plan, static_filter
+    from attent.tasks.compare import _training_plan
 
-    class Ref:
-        losses = torch.tensor([3.0, 1.0, 2.0, 0.5, 4.0, 0.5, 2.5])
-
-    assert static_filter(Ref(), 0.5) == [1, 3, 5]  # floor(3.5) = 3 lowest, ties in index order, ascending
-    assert static_filter(Ref(), 0.01) == [3]  # at least one
     train = TensorDataset(torch.zeros(7, 2), torch.zeros(7))
+
+    class Ref:  # the static plan trains on reference.filtered(keep)
+        def filtered(self, keep):
+            assert keep == 0.5
+            return Subset(train, [1, 3, 5])
+
     task = Task("t", train, train, lambda: torch.nn.Linear(2, 1), "mse", "val_loss", TrainDefaults(4, 2, 0.1, 0.0, 0, None),
                 info={"holdout": TensorDataset(torch.zeros(3, 2), torch.zeros(3))})
     # static at b = 0.5 of 4 epochs x 7: 14 examples on 3 kept: ceil(14 / 3) = 5 epochs at 14 / 15 of them
     data, epochs, budget = _training_plan(task, Method("s", "static", options={"keep": 0.5}), epochs=4, budget=0.5,
                                           reference=Ref())
-    assert len(data) == 3 and epochs == 5 and budget == pytest.approx(14 / 15)
+    assert data.indices == [1, 3, 5] and epochs == 5 and budget == pytest.approx(14 / 15)
     # holdout added: 10 examples; 14 of them: 2 epochs at 14 / 20
     data, epochs, budget = _training_plan(task, Method("h", "holdout"), epochs=4, budget=0.5, reference=None)
     assert len(data) == 10 and epochs == 2 and budget == pytest.approx(0.7)
