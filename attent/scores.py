@@ -340,13 +340,29 @@ def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContex
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    """Run the block with ``model`` in eval mode, restoring its mode after."""
-    was_training = model.training
-    model.eval()
+    """Run the block with ``model`` in eval mode, restoring after it every submodule's own mode
+    (a submodule the user keeps in eval inside a training model, a frozen BatchNorm, stays so).
+
+    Where no module overrides ``nn.Module.train``, the flags are set directly (no recursive
+    ``train()`` calls: a pooled run switches modes twice per optimizer step); otherwise
+    ``model.eval()`` and ``model.train(mode)`` run, so that the overrides see the switch, and then
+    every flag is set back to its recorded value.
+    """
+    modules = list(model.modules())
+    modes = [module.training for module in modules]
+    overridden = any(type(module).train is not nn.Module.train for module in modules)
+    if overridden:
+        model.eval()
+    else:
+        for module in modules:
+            module.training = False
     try:
         yield
     finally:
-        model.train(was_training)
+        if overridden:
+            model.train(modes[0])
+        for module, mode in zip(modules, modes):
+            module.training = mode
 
 
 # The objectives whose scores a Scorer can take from the output head's input, and the score kinds.

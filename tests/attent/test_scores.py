@@ -157,6 +157,55 @@ def test_score_pass_matches_single_example_forwards(kind):
     torch.testing.assert_close(scores, torch.stack(expected).float(), rtol=1e-5, atol=1e-7)
 
 
+class _FrozenNorm(nn.Module):
+    """A model with dropout and a BatchNorm the user keeps in eval mode while the rest trains."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.drop, self.out = nn.BatchNorm1d(5), nn.Dropout(0.5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(self.drop(self.norm(x)))
+
+
+class _KeepsNormFrozen(_FrozenNorm):
+    """The same, freezing its norm in an override of ``train`` (the overrides must still run)."""
+
+    calls: list
+
+    def train(self, mode=True):
+        self.__dict__.setdefault("calls", []).append(mode)
+        super().train(mode)
+        self.norm.eval()
+        return self
+
+
+@pytest.mark.parametrize("model_class", [_FrozenNorm, _KeepsNormFrozen])
+def test_eval_mode_runs_everything_in_eval_and_restores_each_modules_own_mode(model_class):
+    from attent.scores import eval_mode
+
+    torch.manual_seed(3)
+    model = model_class().train()
+    model.norm.eval()
+    stats = model.norm.running_mean.clone()
+    modes = {name: m.training for name, m in model.named_modules()}
+    assert modes[""] and not modes["norm"] and modes["drop"]
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    if model_class is _KeepsNormFrozen:
+        assert model.calls[-2:] == [False, True]
+    data = torch.utils.data.TensorDataset(torch.randn(9, 5), torch.randint(0, 3, (9,)))
+    first = score_pass(model, data, "loss", loss="cross_entropy", batch_size=4)
+    assert {name: m.training for name, m in model.named_modules()} == modes  # the frozen norm stays frozen
+    torch.testing.assert_close(score_pass(model, data, "loss", loss="cross_entropy", batch_size=4), first)  # no dropout
+    assert torch.equal(model.norm.running_mean, stats)
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not any(m.training for m in model.modules())
+
+
 def test_score_pass_gradnorm_matches_per_example_parameter_gradients():
     pytest.importorskip("attent.probe")
     torch.manual_seed(1)
