@@ -27,6 +27,14 @@ Each model's data is split once more (``val_fraction``, from the seed) into its 
 validation part; it trains for at most ``max_epochs`` epochs and keeps the parameters of its best
 validation loss, stopping after ``patience`` epochs without improvement.
 
+Augmented data (``per_draw=True``): where the pool's ``__getitem__`` draws a new view of an
+example every time (random crops, noise), the loss table scored at fit time is one draw's. With
+``per_draw`` the learnability of a batch is the learner's loss minus the reference's loss on the
+*same drawn inputs*: the scorer runs the model that scores that example (its fold's, when
+cross-fitting) on the batch it scores (:meth:`Reference.draw_losses`), at a small model's forward per
+example, counted in ``drawn_examples`` and ``draw_time``. The table still decides the evidence and
+the static filter.
+
 Its cost is counted (:class:`ReferenceCost`: training steps, examples and seconds, validation
 forwards, scoring forwards and seconds), so that a run's budget and wall time can include it
 (cold) or leave it out (amortised, when the reference is reused).
@@ -117,6 +125,9 @@ class Reference:
     fold: (N,) int64 which model scored each training example (0, or 0/1 when cross-fitting).
     models: the trained models (in eval mode). val_losses: each model's validation loss per epoch.
     cost: :class:`ReferenceCost`. evidence: :class:`Evidence`.
+    objective: the loss the models were trained and score with. per_draw: learnability takes the
+    reference loss of each drawn batch (:meth:`draw_losses`) instead of ``losses``.
+    drawn_examples, draw_time: examples scored by :meth:`draw_losses` so far and the seconds it took.
     """
 
     losses: torch.Tensor
@@ -128,9 +139,55 @@ class Reference:
     val_losses: list[list[float]]
     cost: ReferenceCost
     evidence: Evidence
+    objective: Objective | None = None
+    per_draw: bool = False
+    drawn_examples: int = 0
+    draw_time: float = 0.0
 
     def __len__(self) -> int:
         return self.losses.numel()
+
+    @torch.no_grad()
+    def draw_losses(self, inputs: Any, targets: Any, indices: torch.Tensor) -> torch.Tensor:
+        """The reference losses of one drawn batch: (B,) float32 on the targets' device.
+
+        Args:
+            inputs: the batch's model inputs as the learner gets them (a tensor, or a mapping of
+                keyword arguments). targets: its targets (B, ...).
+            indices: (B,) int64 positions of the batch's examples in :attr:`train` (they pick the
+                model that scores each example: its fold's).
+
+        Each model whose fold the batch holds runs once on the whole batch, in eval mode, on the
+        targets' device (the models move there); example i takes the loss of model ``fold[i]``.
+        """
+        if self.objective is None:
+            raise ValueError("draw_losses needs the reference's objective; build the Reference with Reference.fit")
+        start = time.perf_counter()
+        index = torch.as_tensor(indices).reshape(-1).cpu().long()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise ValueError(f"indices must lie in [0, {len(self)}) (positions in the reference's train set), got "
+                             f"values in [{int(index.min())}, {int(index.max())}]")
+        folds = self.fold[index]
+        device = (targets if isinstance(targets, torch.Tensor) else folds).device
+        losses = None
+        for k in sorted(set(folds.tolist())):
+            model = self.models[k].to(device)
+            was_training = model.training
+            model.eval()
+            try:
+                values = self.objective.losses(forward_batch(model, inputs), targets).float()
+            finally:
+                model.train(was_training)
+            if values.shape != index.shape:
+                raise ValueError(f"indices name {index.numel()} examples but the reference scored a batch of shape "
+                                 f"{tuple(values.shape)}: pass one index per example of inputs and targets")
+            take = (folds == k).to(values.device)
+            losses = values if losses is None else torch.where(take, values, losses)
+        if losses is None:
+            losses = torch.zeros(0, dtype=torch.float32, device=device)
+        self.drawn_examples += int(index.numel())
+        self.draw_time += time.perf_counter() - start
+        return losses
 
     def filtered(self, keep: float) -> Subset:
         """The static filter: the ``max(1, floor(keep * N))`` examples of :attr:`train` with the
@@ -164,6 +221,7 @@ class Reference:
         weight_decay: float = 0.0,
         val_fraction: float = 0.2,
         seed: int = 0,
+        per_draw: bool = False,
         device: torch.device | str | None = None,
         collate_fn: Callable[[list], Any] | None = None,
         label_key: str = "labels",
@@ -181,12 +239,16 @@ class Reference:
             batch_size, lr, weight_decay: AdamW training of the reference.
             val_fraction: the share of each model's data held out for early stopping, in (0, 1).
             seed: the splits, the initializations and the training order.
+            per_draw: learnability takes each drawn batch's reference loss from the models
+                (augmented data; see the module docstring) instead of the table ``losses``.
             device: where it trains and scores (default: CPU).
 
         Returns:
             The :class:`Reference`; ``losses[i]`` is the reference loss of ``train[i]``.
         """
         objective = Objective.resolve(loss, ignore_index=ignore_index)
+        if not isinstance(per_draw, bool):
+            raise ValueError(f"per_draw must be True or False, got {per_draw!r}")
         n = _pool_size(pool)
         _check_int("max_epochs", max_epochs, 1)
         _check_int("patience", patience, 1)
@@ -249,7 +311,7 @@ class Reference:
         val_losses = torch.cat([f.best_val_losses for f in fits])
         return cls(losses=losses, train=train, train_indices=train_indices, holdout_indices=holdout_indices, fold=fold,
                    models=[f.model for f in fits], val_losses=[f.history for f in fits], cost=cost,
-                   evidence=evidence_of(losses, val_losses))
+                   evidence=evidence_of(losses, val_losses), objective=objective, per_draw=per_draw)
 
 
 def evidence_of(pool_losses: torch.Tensor, holdout_losses: torch.Tensor) -> Evidence:

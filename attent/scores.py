@@ -15,7 +15,8 @@ over its valid positions, whatever reduction training applies to the batch:
   example (RHO-LOSS's reducible loss; for MSE the difference of the two mean squared errors). The
   reference losses r (one per training example, :class:`attent.Reference`) are given to the
   :class:`Scorer`, which looks them up by example index: from the training step's own losses
-  (online, free) and from scoring passes.
+  (online, free) and from scoring passes; a per-draw reference (augmented data) is run on the
+  batch being scored instead.
 
 A :class:`Scorer` owns the score kind, the objective and (for ``"gradnorm"``) the probe: every
 trainer asks it for a training step's scores and for the scores of a refresh pass. Given the
@@ -498,6 +499,7 @@ class Scorer:
         self.probe_params = probe_params
         self.probe: Any = None
         self.reference_losses = _reference_losses(kind, reference)
+        self.draw_reference = reference if self.reference_losses is not None and getattr(reference, "per_draw", False) else None
         if head is not None:
             if kind not in _OUTPUT_KINDS or self.objective.name not in _HEAD_LOSSES:
                 raise ValueError(f"head is for score kinds 'loss' and 'fgrad' (and 'learnability') with loss {' or '.join(map(repr, _HEAD_LOSSES))}; "
@@ -603,8 +605,10 @@ class Scorer:
         """The training examples the reference losses cover (``"learnability"``), else None."""
         return None if self.reference_losses is None else self.reference_losses.numel()
 
-    def _minus_reference(self, scores: torch.Tensor, indices: Any) -> torch.Tensor:
-        """``scores`` (B,) less the reference losses of the examples ``indices`` (B,) (learnability)."""
+    def _minus_reference(self, scores: torch.Tensor, indices: Any, inputs: Any = None, targets: Any = None) -> torch.Tensor:
+        """``scores`` (B,) less the reference losses of the examples ``indices`` (B,) (learnability):
+        looked up in the table, or, for a per-draw reference, its losses on the batch's ``inputs``
+        and ``targets`` (:meth:`attent.Reference.draw_losses`)."""
         if indices is None:
             raise ValueError("score kind 'learnability' needs the batch's example indices (indices=) to look up the "
                              "reference losses")
@@ -616,19 +620,26 @@ class Scorer:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
             raise ValueError(f"indices must lie in [0, {n}) (the reference losses cover {n} training examples), got "
                              f"values in [{int(index.min())}, {int(index.max())}]")
-        return scores - self.reference_losses[index].to(device=scores.device, dtype=scores.dtype, non_blocking=True)
+        if self.draw_reference is not None:
+            if inputs is None or targets is None:
+                raise ValueError("a per-draw reference (Reference(per_draw=True)) scores the batch it is given: "
+                                 "learnability needs the batch's inputs= and targets=")
+            reference = self.draw_reference.draw_losses(inputs, targets, index)
+        else:
+            reference = self.reference_losses[index]
+        return scores - reference.to(device=scores.device, dtype=scores.dtype, non_blocking=True)
 
     def step_scores(self, pred: torch.Tensor, targets: Any, losses: torch.Tensor, *,
                     norms_sq: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,
-                    indices: Any = None) -> torch.Tensor:
+                    indices: Any = None, inputs: Any = None) -> torch.Tensor:
         """(B,) detached scores of a training step: the losses, fgrad from the prediction, gradnorm
         from the probe's squared norms ``norms_sq`` of the losses scaled by ``coefficients`` (see
         :func:`gradnorm_scores`), or learnability: the losses less the reference losses of the
-        examples ``indices`` (B,)."""
+        examples ``indices`` (B,) (a per-draw reference scores the step's ``inputs``)."""
         if self.kind == "loss":
             return losses.detach()
         if self.kind == "learnability":
-            return self._minus_reference(losses.detach(), indices)
+            return self._minus_reference(losses.detach(), indices, inputs, targets)
         if self.kind == "fgrad":
             return self.objective.output_scores(pred, targets, "fgrad", targets_checked=True)
         if norms_sq is None or coefficients is None:
@@ -674,7 +685,7 @@ class Scorer:
             with torch.no_grad(), autocast_context():
                 pred = forward_batch(model, inputs)
             scores = self.objective.output_scores(pred, targets, self._output_kind).float()
-        return self._minus_reference(scores, indices) if self.kind == "learnability" else scores
+        return self._minus_reference(scores, indices, inputs, targets) if self.kind == "learnability" else scores
 
     def score_batches(self, model: nn.Module, batches: Batches, *,
                       autocast_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,

@@ -735,7 +735,7 @@ class _Run:
             if not teaching.observes:
                 continue
             start = clock.mark()
-            scores = self.scorer.step_scores(pred, targets, losses, norms_sq=norms_sq, indices=indices,
+            scores = self.scorer.step_scores(pred, targets, losses, norms_sq=norms_sq, indices=indices, inputs=inputs,
                                              coefficients=None if norms_sq is None else coefficients * loss_scale)
             pending.append((indices, scores))
             scoring.append((start, clock.mark()))

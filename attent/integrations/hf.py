@@ -324,7 +324,7 @@ class AtteNTMixin:
         loss = (losses * self.teaching.loss_weights(indices).to(losses)).mean()
         if self.teaching.observes:
             start = time.perf_counter()
-            scores = self.teaching.scorer.step_scores(pred, labels, losses, indices=indices)
+            scores = self.teaching.scorer.step_scores(pred, labels, losses, indices=indices, inputs=model_inputs)
             self.teaching.observe(indices, scores, step=self.state.global_step)
             self.attent_selection_time += time.perf_counter() - start
         return (loss, outputs) if return_outputs else loss

@@ -232,12 +232,26 @@ def test_scoring_passes_use_the_output_embeddings_as_the_fused_head(tmp_path, mo
         AtteNTTrainer(model=model, args=_args(tmp_path), train_dataset=_data(0), teacher=teacher, score_head=True)
 
 
-def test_learnability_scores_are_the_loss_less_the_reference_of_each_example(tmp_path):
+class _DrawnReference:
+    """A per-draw stand-in reference: its loss on a drawn batch is a function of the batch's model
+    inputs (the mean token id over 10), its table zeros."""
+
+    losses = torch.zeros(N_EXAMPLES)
+    per_draw = True
+
+    def draw_losses(self, inputs, targets, indices):
+        assert inputs["input_ids"].shape == targets.shape == (torch.as_tensor(indices).numel(), LENGTH)
+        return inputs["input_ids"].float().mean(1) / 10
+
+
+@pytest.mark.parametrize("drawn", [False, True])
+def test_learnability_scores_are_the_loss_less_the_reference_of_each_example(tmp_path, drawn):
     """score="learnability": each training batch's scores are the examples' mean shifted-token
-    losses less their reference losses (the model frozen at lr 0: a loop over single examples)."""
+    losses less their reference losses (the model frozen at lr 0: a loop over single examples):
+    the table's, or a per-draw reference's on the batch's own model inputs."""
     train = _data(3)
     model = _lora_gpt2()
-    reference = torch.linspace(0.5, 3.0, N_EXAMPLES)
+    reference = _DrawnReference() if drawn else torch.linspace(0.5, 3.0, N_EXAMPLES)
     teacher = Teacher(N_EXAMPLES, when="always", warmup_epochs=1, ratio=0.5, epochs=2, interval=1)
     observed = []
     watch_observe(teacher, observed)
@@ -250,7 +264,8 @@ def test_learnability_scores_are_the_loss_less_the_reference_of_each_example(tmp
     with torch.no_grad():
         expected = torch.stack([
             F.cross_entropy(model(input_ids=train[i]["input_ids"][None]).logits[0, :-1], train[i]["labels"][1:],
-                            ignore_index=-100) - reference[i] for i in indices.tolist()])
+                            ignore_index=-100) - (train[i]["input_ids"].float().mean() / 10 if drawn else reference[i])
+            for i in indices.tolist()])
     torch.testing.assert_close(scores.float(), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="reference holds 4 reference losses but train_dataset has 11"):
         AtteNTTrainer(model=model, args=_args(tmp_path), train_dataset=train, teacher=teacher, score="learnability",

@@ -176,3 +176,69 @@ def test_bad_pools_and_factories_are_refused():
         Reference.fit(_factory, _data(3, 0), loss="cross_entropy", holdout="cross-fit")
     with pytest.raises(ValueError, match="model_factory must build an nn.Module with trainable parameters"):
         Reference.fit(lambda: nn.Identity(), _data(20, 0), loss="cross_entropy")
+
+
+def _per_draw_reference(n=41):
+    return Reference.fit(_factory, _data(n, 3), loss="cross_entropy", holdout="cross-fit", max_epochs=3, batch_size=8,
+                         per_draw=True)
+
+
+def _drawn_oracle(ref, x, y, indices):
+    """Each example's loss under the model of its fold, on the drawn inputs given, one at a time."""
+    with torch.no_grad():
+        return torch.tensor([float(F.cross_entropy(ref.models[int(ref.fold[i])](x[j:j + 1]), y[j:j + 1]))
+                             for j, i in enumerate(indices.tolist())])
+
+
+def test_per_draw_losses_run_each_examples_fold_model_on_the_drawn_batch():
+    ref = _per_draw_reference()
+    table = ref.losses.clone()
+    both = torch.tensor([int((ref.fold == 0).nonzero()[0]), int((ref.fold == 1).nonzero()[0])])
+    one_fold = (ref.fold == 1).nonzero().reshape(-1)[:3]
+    generator = torch.Generator().manual_seed(9)
+    for indices in (torch.tensor([both[1], both[0], both[1], 40, 0]), one_fold, both[:1], torch.arange(41)):
+        b = indices.numel()
+        x, y = torch.randn(b, 3, generator=generator) * 2, torch.randint(0, 2, (b,), generator=generator)
+        before = x.clone()
+        drawn = ref.draw_losses(x, y, indices)
+        assert drawn.dtype == torch.float32 and drawn.shape == (b,)
+        torch.testing.assert_close(drawn, _drawn_oracle(ref, x, y, indices), rtol=1e-5, atol=1e-6)
+        assert torch.equal(x, before)
+    assert ref.drawn_examples == 5 + 3 + 1 + 41 and ref.draw_time > 0
+    assert all(not m.training for m in ref.models) and torch.equal(ref.losses, table)
+    # the drawn inputs, not the table: the pool's own inputs give the table's losses back
+    torch.testing.assert_close(ref.draw_losses(*_data(41, 3).tensors, torch.arange(41)), table, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 41\).* \[0, 41\]"):
+        ref.draw_losses(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.tensor([0, 41]))
+    with pytest.raises(ValueError, match=r"indices name 3 examples but .* shape \(2,\)"):
+        ref.draw_losses(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.tensor([0, 1, 2]))
+
+
+def test_learnability_with_a_per_draw_reference_is_the_learner_loss_less_the_reference_on_the_same_draw():
+    from attent import Scorer
+
+    ref = _per_draw_reference()
+    torch.manual_seed(1)
+    learner = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    generator = torch.Generator().manual_seed(5)
+    indices = torch.tensor([7, 40, 7, 2, 31, 19])  # both folds, an example drawn twice
+    x, y = torch.randn(6, 3, generator=generator) * 2, torch.randint(0, 2, (6,), generator=generator)
+    with torch.no_grad():
+        losses = F.cross_entropy(learner(x), y, reduction="none")
+    expected = losses - _drawn_oracle(ref, x, y, indices)
+    scorer = Scorer("learnability", "cross_entropy", reference=ref)
+    torch.testing.assert_close(scorer.score_batch(learner, x, y, indices=indices), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scorer.step_scores(learner(x), y, losses, indices=indices, inputs=x), expected,
+                               rtol=1e-5, atol=1e-6)
+    assert ref.drawn_examples == 12
+    with pytest.raises(ValueError, match="per-draw reference .* needs the batch's inputs= and targets="):
+        scorer.step_scores(learner(x), y, losses, indices=indices)
+    ref.per_draw = False  # the table: one draw's losses, not this one's
+    table = Scorer("learnability", "cross_entropy", reference=ref).step_scores(learner(x), y, losses, indices=indices)
+    torch.testing.assert_close(table, losses - ref.losses[indices])
+    assert not torch.allclose(table, expected)
+
+
+def test_per_draw_must_be_a_bool():
+    with pytest.raises(ValueError, match="per_draw must be True or False, got 'yes'"):
+        Reference.fit(_factory, _data(20, 0), loss="cross_entropy", per_draw="yes")

@@ -772,14 +772,27 @@ def test_on_a_real_gpu_a_training_step_never_waits_for_the_device(monkeypatch, s
     assert result.steps == 12
 
 
-def test_a_teacher_fed_learnability_observes_each_steps_losses_less_the_reference(monkeypatch):
+class _DrawnReference:
+    """A per-draw stand-in reference: its loss on a drawn batch is a function of the batch's inputs
+    (the sum of each row), its table something else."""
+
+    losses = torch.zeros(24)
+    per_draw = True
+
+    def draw_losses(self, inputs, targets, indices):
+        assert inputs.shape == (torch.as_tensor(indices).numel(), 5) and targets.shape == inputs.shape[:1]
+        return inputs.sum(1)
+
+
+@pytest.mark.parametrize("drawn", [False, True])
+def test_a_teacher_fed_learnability_observes_each_steps_losses_less_the_reference(monkeypatch, drawn):
     """fit(score="learnability") with a per-epoch teacher: every observed score is the example's
     loss at that step (a loop over single examples with the model of that step) less its
-    reference loss."""
+    reference loss: the table's, or a per-draw reference's on the step's own inputs."""
     from attent.teacher import Teacher
 
     data = _data(n=24)
-    reference = torch.linspace(-1.0, 2.0, 24)
+    reference = _DrawnReference() if drawn else torch.linspace(-1.0, 2.0, 24)
     model = _model()
     seen = []
     original = Teacher.observe
@@ -804,7 +817,8 @@ def test_a_teacher_fed_learnability_observes_each_steps_losses_less_the_referenc
             step_model = snapshots[position // 4 - 1]
         with torch.no_grad():
             loss = F.cross_entropy(step_model(x[index:index + 1]), y[index:index + 1])
-        assert score == pytest.approx(float(loss) - float(reference[index]), abs=1e-5)
+        expected = float(x[index].sum()) if drawn else float(reference[index])
+        assert score == pytest.approx(float(loss) - expected, abs=1e-5)
 
 
 def test_finished_step_marks_are_folded_without_waiting(monkeypatch):
