@@ -253,14 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if waste:
         print("Pooled learnability against the goals (cold: the reference's seconds counted):\n\n"
               + waste_goals(waste) + "\n")
-    study_path = args.results / "teacher_study.json"
-    if study_path.exists():
-        print("Teacher study (advantage over full data at the same budget, mean ± std over seeds):\n\n"
-              + study_table(json.loads(study_path.read_text()), tasks) + "\n")
-    waste_study_path = args.results / "waste_study.json"
-    if waste_study_path.exists():
-        print("Waste-testbed study (advantage over full data at the same budget, mean ± std over seeds):\n\n"
-              + study_table(json.loads(waste_study_path.read_text()), list(waste) or WASTE_ORDER))
+    for name, title, wanted in (("teacher_study.json", "Teacher study", tasks),
+                                ("waste_study.json", "Waste-testbed study", list(waste) or WASTE_ORDER)):
+        path = args.results / name
+        study = json.loads(path.read_text()) if path.exists() else {"tasks": {}}
+        studied = [task for task in wanted if task in study["tasks"]]
+        if studied:  # the study's tasks among those asked for, else nothing to print
+            print(f"{title} (advantage over full data at the same budget, mean ± std over seeds):\n\n"
+                  + study_table(study, studied) + "\n")
     return 0
 
 
