@@ -37,13 +37,13 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
 
 from .schedules import budget_sizes, check_count, check_fraction
-from .scores import Scorer, eval_mode, move_to, split_batch
+from .scores import Scorer, eval_mode, move_to, split_batch, take_examples
 from .strategies import ScoreView, Strategy, strategy_from
 from .teacher import SELECTION_WHEN, _derived_generator, selection_decision
 from .teaching import EpochStart, Teaching
@@ -118,22 +118,6 @@ class PoolSelection:
     def describe(self) -> dict[str, Any]:
         """The options as plain values, for logs and records."""
         return {"keep": self.keep, "strategy": self.strategy.describe(), "when": self.when}
-
-
-def take_examples(batch: Any, positions: torch.Tensor, count: int) -> Any:
-    """The batch's examples at ``positions`` (k,) int64: every tensor in it (nested tuples, lists,
-    mappings) indexed along its first dimension, which must be the batch's ``count``; other
-    values are kept as they are."""
-    if isinstance(batch, torch.Tensor):
-        if batch.dim() == 0 or batch.shape[0] != count:
-            raise ValueError(f"pooled selection indexes every tensor of a batch of {count} candidates along its first "
-                             f"dimension; got a tensor of shape {tuple(batch.shape)}")
-        return batch[positions.to(batch.device)]
-    if isinstance(batch, Mapping):
-        return {key: take_examples(value, positions, count) for key, value in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(take_examples(value, positions, count) for value in batch)
-    return batch
 
 
 class PoolTeaching(Teaching):

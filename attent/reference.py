@@ -53,13 +53,25 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable, Literal, Mapping, Union
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .scores import LossSpec, Objective, Scorer, forward_batch, indexed_loader, loader_batches, move_to, split_batch
+from .scores import (
+    LossSpec,
+    Objective,
+    Scorer,
+    eval_mode,
+    example_indices,
+    forward_batch,
+    indexed_loader,
+    loader_batches,
+    move_to,
+    split_batch,
+    take_examples,
+)
 
 __all__ = ["Reference", "ReferenceCost", "Evidence", "EVIDENCE_MARGIN", "EVIDENCE_STDERRS", "DEFAULT_HOLDOUT"]
 
@@ -67,6 +79,18 @@ DEFAULT_HOLDOUT = 0.15
 EVIDENCE_MARGIN = 0.05
 EVIDENCE_STDERRS = 3.0
 Holdout = Union[Dataset, float, Literal["cross-fit"]]
+
+
+def _first_tensor(batch: Any) -> torch.Tensor | None:
+    """The first tensor inside a batch (nested tuples, lists, mappings), or None."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+    for value in values:
+        found = _first_tensor(value)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass(frozen=True)
@@ -148,43 +172,38 @@ class Reference:
         return self.losses.numel()
 
     @torch.no_grad()
-    def draw_losses(self, inputs: Any, targets: Any, indices: torch.Tensor) -> torch.Tensor:
-        """The reference losses of one drawn batch: (B,) float32 on the targets' device.
+    def draw_losses(self, inputs: Any, targets: Any, indices: Any) -> torch.Tensor:
+        """The reference losses of one drawn batch: (B,) float32 on the batch's device.
 
         Args:
             inputs: the batch's model inputs as the learner gets them (a tensor, or a mapping of
-                keyword arguments). targets: its targets (B, ...).
-            indices: (B,) int64 positions of the batch's examples in :attr:`train` (they pick the
-                model that scores each example: its fold's).
+                keyword arguments), every tensor with the batch's B examples along dimension 0.
+            targets: its targets (B, ...).
+            indices: (B,) integer positions of the batch's examples in :attr:`train` (they pick
+                the model that scores each example: its fold's).
 
-        Each model whose fold the batch holds runs once on the whole batch, in eval mode, on the
-        targets' device (the models move there); example i takes the loss of model ``fold[i]``.
+        Each fold's model runs once, in eval mode (each submodule's own mode restored after), on
+        that fold's examples of the batch, one forward per example; the models move to the
+        device of the batch's first tensor (inputs first, then targets).
         """
         if self.objective is None:
             raise ValueError("draw_losses needs the reference's objective; build the Reference with Reference.fit")
         start = time.perf_counter()
-        index = torch.as_tensor(indices).reshape(-1).cpu().long()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
-            raise ValueError(f"indices must lie in [0, {len(self)}) (positions in the reference's train set), got "
-                             f"values in [{int(index.min())}, {int(index.max())}]")
+        first = _first_tensor(inputs) if _first_tensor(inputs) is not None else _first_tensor(targets)
+        if first is None or first.dim() == 0:
+            raise ValueError("draw_losses needs a batch: inputs or targets holding a tensor with the examples along "
+                             "dimension 0")
+        count = first.shape[0]
+        index = example_indices(indices, count, len(self), "positions in the reference's train set, {n} examples")
         folds = self.fold[index]
-        device = (targets if isinstance(targets, torch.Tensor) else folds).device
-        losses = None
+        losses = torch.zeros(count, dtype=torch.float32, device=first.device)
         for k in sorted(set(folds.tolist())):
-            model = self.models[k].to(device)
-            was_training = model.training
-            model.eval()
-            try:
-                values = self.objective.losses(forward_batch(model, inputs), targets).float()
-            finally:
-                model.train(was_training)
-            if values.shape != index.shape:
-                raise ValueError(f"indices name {index.numel()} examples but the reference scored a batch of shape "
-                                 f"{tuple(values.shape)}: pass one index per example of inputs and targets")
-            take = (folds == k).to(values.device)
-            losses = values if losses is None else torch.where(take, values, losses)
-        if losses is None:
-            losses = torch.zeros(0, dtype=torch.float32, device=device)
+            positions = torch.nonzero(folds == k).flatten()
+            model = self.models[k].to(first.device)
+            with eval_mode(model):
+                values = self.objective.losses(forward_batch(model, take_examples(inputs, positions, count)),
+                                               take_examples(targets, positions, count))
+            losses[positions.to(first.device)] = values.float()
         self.drawn_examples += int(index.numel())
         self.draw_time += time.perf_counter() - start
         return losses

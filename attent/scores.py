@@ -296,6 +296,36 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def take_examples(batch: Any, positions: torch.Tensor, count: int) -> Any:
+    """The batch's examples at ``positions`` (k,) int64: every tensor in it (nested tuples, lists,
+    mappings) indexed along its first dimension, which must be the batch's ``count``; other
+    values are kept as they are."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 0 or batch.shape[0] != count:
+            raise ValueError(f"taking examples indexes every tensor of a batch of {count} examples along its first "
+                             f"dimension; got a tensor of shape {tuple(batch.shape)}")
+        return batch[positions.to(batch.device)]
+    if isinstance(batch, Mapping):
+        return {key: take_examples(value, positions, count) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(take_examples(value, positions, count) for value in batch)
+    return batch
+
+
+def example_indices(indices: Any, count: int, n: int, covers: str) -> torch.Tensor:
+    """``indices`` as (count,) int64 on the CPU, checked: 1-D integers (not bool), one per example,
+    each in [0, n); ``covers`` says what n counts (``{n}`` is filled in) in the range error."""
+    given = torch.as_tensor(indices).detach()
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool or given.shape != (count,):
+        raise ValueError(f"indices must be ({count},) integer example indices, one per example of the batch; got dtype "
+                         f"{given.dtype} and shape {tuple(given.shape)}")
+    index = given.cpu().long()
+    if count and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise ValueError(f"indices must lie in [0, {n}) ({covers.format(n=n)}), got values in "
+                         f"[{int(index.min())}, {int(index.max())}]")
+    return index
+
+
 def split_batch(batch: Any, label_key: str = "labels") -> tuple[Any, Any]:
     """(model input, targets) of a batch: an ``(input, target)`` pair, or a mapping whose
     ``label_key`` entry is the target (the input is then the mapping without it)."""
@@ -612,14 +642,8 @@ class Scorer:
         if indices is None:
             raise ValueError("score kind 'learnability' needs the batch's example indices (indices=) to look up the "
                              "reference losses")
-        index = torch.as_tensor(indices).detach().reshape(-1).cpu()
-        if index.is_floating_point() or index.dtype == torch.bool or index.numel() != scores.numel():
-            raise ValueError(f"indices must be {scores.numel()} integer example indices, one per score; got dtype "
-                             f"{index.dtype} and shape {tuple(torch.as_tensor(indices).shape)} for scores {_shape(scores)}")
-        n = self.reference_losses.numel()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-            raise ValueError(f"indices must lie in [0, {n}) (the reference losses cover {n} training examples), got "
-                             f"values in [{int(index.min())}, {int(index.max())}]")
+        index = example_indices(indices, scores.numel(), self.reference_losses.numel(),
+                                "the reference losses cover {n} training examples")
         if self.draw_reference is not None:
             if inputs is None or targets is None:
                 raise ValueError("a per-draw reference (Reference(per_draw=True)) scores the batch it is given: "

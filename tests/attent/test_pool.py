@@ -108,7 +108,7 @@ def test_mapping_batches_and_non_batch_values_are_taken_along_the_first_dimensio
     taken = take_examples(batch, torch.tensor([3, 1]), 4)
     assert taken["input_ids"].tolist() == [[9, 10, 11], [3, 4, 5]] and taken["labels"].tolist() == [3, 1]
     assert taken["note"] == "kept"
-    with pytest.raises(ValueError, match=r"a batch of 4 candidates .* shape \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"a batch of 4 examples .* shape \(3, 4\)"):
         take_examples({"x": torch.zeros(3, 4)}, torch.tensor([0]), 4)
 
 

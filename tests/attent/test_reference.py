@@ -2,6 +2,7 @@
 cross-fitting), each training example's reference loss against a loop over single examples with
 the model that scored it, early stopping and the counted cost, the evidence rule by hand, and bad
 input."""
+import copy
 import math
 
 import pytest
@@ -210,8 +211,37 @@ def test_per_draw_losses_run_each_examples_fold_model_on_the_drawn_batch():
     torch.testing.assert_close(ref.draw_losses(*_data(41, 3).tensors, torch.arange(41)), table, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 41\).* \[0, 41\]"):
         ref.draw_losses(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.tensor([0, 41]))
-    with pytest.raises(ValueError, match=r"indices name 3 examples but .* shape \(2,\)"):
-        ref.draw_losses(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), torch.tensor([0, 1, 2]))
+    x, y = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
+    for indices, got in ((torch.tensor([0, 1, 2]), r"int64 and shape \(3,\)"),
+                         (torch.tensor([True, False]), r"bool and shape \(2,\)"),
+                         (torch.tensor([1.9, 0.0]), r"float32 and shape \(2,\)"),
+                         (torch.tensor([[0], [1]]), r"int64 and shape \(2, 1\)")):
+        with pytest.raises(ValueError, match=r"indices must be \(2,\) integer example indices.*" + got):
+            ref.draw_losses(x, y, indices)
+    with pytest.raises(ValueError, match="draw_losses needs a batch"):
+        ref.draw_losses({"note": "no tensor"}, [1, 2], torch.tensor([0, 1]))
+
+
+def test_per_draw_losses_run_each_fold_model_once_per_example_in_eval_mode_and_restore_its_mode():
+    ref = Reference.fit(lambda: nn.Sequential(nn.Dropout(0.5), nn.Linear(3, 2)), _data(30, 4), loss="cross_entropy",
+                        holdout="cross-fit", max_epochs=2, batch_size=8, per_draw=True)
+    ref.models[0].train()
+    ref.models[1][1].train()  # a submodule in train mode inside a model in eval mode stays so
+    rows = []
+    hooks = [model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0])) for model in ref.models]
+    oracle_models = [copy.deepcopy(model).eval() for model in ref.models]
+    indices = torch.tensor([3, 17, 0, 29, 11, 8, 21])
+    x, y = torch.randn(7, 3), torch.randint(0, 2, (7,))
+    drawn = ref.draw_losses(x, y, indices)
+    for hook in hooks:
+        hook.remove()
+    assert sorted(rows) == sorted(int((ref.fold[indices] == k).sum()) for k in (0, 1)) and sum(rows) == 7
+    with torch.no_grad():
+        oracle = torch.tensor([float(F.cross_entropy(oracle_models[int(ref.fold[i])](x[j:j + 1]), y[j:j + 1]))
+                               for j, i in enumerate(indices.tolist())])
+    torch.testing.assert_close(drawn, oracle, rtol=1e-5, atol=1e-6)
+    assert ref.models[0].training and ref.models[0][0].training
+    assert not ref.models[1].training and ref.models[1][1].training and not ref.models[1][0].training
 
 
 def test_learnability_with_a_per_draw_reference_is_the_learner_loss_less_the_reference_on_the_same_draw():
