@@ -30,7 +30,11 @@ Examples never scored, and examples whose latest score is NaN or infinite, count
 informative: the greedy and soft teachers take them first, importance sampling gives them the
 largest finite score's probability, InfoBatch never prunes them. So a teacher without scores
 (before the first observation, or without warm-up) still selects — the unscored ones, in a seeded
-random order. NaN/inf scores are counted in ``stats`` and warned about once per selection.
+random order. NaN/inf scores are counted in ``stats`` and warned about once per selection. A
+``prior`` given to ``select`` scores the never-scored examples instead: :class:`attent.Teaching`
+gives a learnability teacher one from the reference (the learner's typical loss less each
+example's reference loss), so that unseen examples the reference finds unlearnable (mislabelled,
+off target) are not taken first.
 
 Strategies (``attent.strategies``; at a selection point of target ratio r, m = max(1, floor(r N))
 of N examples): ``"soft"`` (the default: Gumbel-top-k, ``Soft(temperature, normalize)``),
@@ -326,7 +330,9 @@ class Teacher:
         warnings.warn(
             f"this plan {regime} (bench/results/teacher_study.json). Randomize the selection: strategy='soft' "
             f"(the default) or Hard(random_share=0.3)" + (", and re-select every epoch (reselect_each_epoch=True)"
-                                                         if held else ""),
+                                                         if held else "")
+            + ". This concerns the learner's own scores (loss, fgrad, gradnorm): fed learnability, where the reference "
+              "gives unlearnable examples the lowest scores, top-k is RHO-LOSS's selection",
             UserWarning, stacklevel=3)
 
     @classmethod
@@ -490,12 +496,17 @@ class Teacher:
         """m = max(1, floor(ratio N)), at most N: the size of a subset at ``ratio``."""
         return min(self.num_examples, max(1, fraction_count(ratio, self.num_examples)))
 
-    def select(self, epoch: int) -> Selection:
+    def select(self, epoch: int, *, prior: torch.Tensor | None = None) -> Selection:
         """The examples epoch ``epoch`` (0-based) trains on.
 
         At a selection point the teacher picks a new subset from the scores it holds; later epochs
         of the same selection reuse it (however many scores arrive meanwhile); full-data epochs
         return every index with ``is_full=True``. The result also sets ``loss_weights``.
+
+        prior: None, or (N,) real scores assumed, at a new selection, for the examples never
+        scored (in place of "maximally informative"; NaN keeps that for an example). Not stored:
+        :class:`attent.Teaching` passes learnability's prior (the learner's typical loss less each
+        example's reference loss) at every selection.
         """
         plan = self._plan_at(epoch)
         if plan.is_full:
@@ -504,12 +515,20 @@ class Teacher:
             selection = self._full
         else:
             if self._subset is None or self._subset.selected_at != plan.selection_epoch:
-                self._subset = self._choose(plan.selection_epoch, self.planned_size(epoch))
+                self._subset = self._choose(plan.selection_epoch, self.planned_size(epoch), self._prior_of(prior))
             selection = self._subset
         self._activate(selection, epoch)
         return selection
 
-    def _choose(self, selection_epoch: int, m: int | None) -> Selection:
+    def _prior_of(self, prior: torch.Tensor | None) -> torch.Tensor | None:
+        if prior is None:
+            return None
+        values = _score_tensor(prior, "prior")
+        if values.shape != (self.num_examples,):
+            raise ValueError(f"prior must hold one score per example, shape ({self.num_examples},), got {_shape(values)}")
+        return values
+
+    def _choose(self, selection_epoch: int, m: int | None, prior: torch.Tensor | None = None) -> Selection:
         n = self.num_examples
         finite = torch.isfinite(self._scores)
         nonfinite = int(((self._score_steps >= 0) & ~finite).sum())
@@ -520,7 +539,11 @@ class Teacher:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        view = ScoreView(self._scores.clone(), (self._score_steps < 0) | ~finite)
+        values, unscored = self._scores.clone(), self._score_steps < 0
+        if prior is not None:
+            values[unscored] = prior[unscored]
+            unscored = torch.zeros_like(unscored)
+        view = ScoreView(values, unscored | ~torch.isfinite(values))
         generator = _derived_generator(self.seed, selection_epoch, "select")
         indices, weights = self.strategy.select(view, n if m is None else m, generator)
         indices, order = torch.sort(indices.to(torch.int64), stable=True)

@@ -30,6 +30,13 @@ in one ``Teacher.observe`` (each score with its own step), and ``begin_epoch`` f
 every selection reads every score observed before it. A trainer flushes before it saves or reads
 the teacher's state (a checkpoint, the end of training).
 
+With ``"learnability"`` scores, the examples the learner has not been scored on are ranked by a
+prior at each selection, their learnability estimated as the learner's typical loss (the mean
+loss of the examples scored, scores plus reference losses) less their reference loss: the first
+selection ranks by the reference alone (the static filter's order), later ones put unseen and
+seen examples on one footing. Without it the teacher takes unseen examples first, every
+mislabelled one included, before learnability steers.
+
 ``planned_sizes`` / ``planned_steps`` give the work the run will do, from the teacher's plan, so
 learning-rate schedules and progress counters can be sized for the epochs the run actually takes.
 """
@@ -169,12 +176,30 @@ class Teaching:
                                  "begin_epoch needs model= and batches=")
             indices, scores = self.scorer.score_batches(model, batches(refresh), autocast_context=autocast_context)
             teacher.observe(indices, scores, step=step)
-        selection = teacher.select(epoch)
+        prior = self._learnability_prior()
+        selection = teacher.select(epoch) if prior is None else teacher.select(epoch, prior=prior)
         record = {"epoch": epoch + 1, "step": step, "ratio": float(selection.ratio), "selected": len(selection),
                   "is_full": bool(selection.is_full), "refreshed": refreshed}
         if teacher.plan.at(epoch).is_selection_point:
             record["histogram"] = self._histogram()
         return EpochStart(teacher.epoch_order(epoch, shard=shard), record)
+
+    def _learnability_prior(self) -> torch.Tensor | None:
+        """For ``"learnability"``: the score assumed for an example the learner has not been scored
+        on, its typical loss (the mean of the learner losses the teacher holds, each its score plus
+        the example's reference loss; 0 before any) less the example's reference loss. Before the
+        first score this ranks the pool as the static filter does (lowest reference loss first);
+        later an unseen example competes with the seen ones on the same footing (both stale by as
+        much), instead of counting as maximally informative (which takes every unseen example,
+        mislabelled ones included, before learnability steers). None for other kinds."""
+        if self.scorer.kind != "learnability":
+            return None
+        reference = self.scorer.reference_losses.to(torch.float64)
+        held = self.teacher.score_steps >= 0
+        learner = self.teacher.scores[held] + reference[held]
+        learner = learner[torch.isfinite(learner)]
+        typical = learner.mean() if learner.numel() else torch.zeros((), dtype=torch.float64)
+        return typical - reference
 
     def _histogram(self) -> dict[str, list[float]]:
         held = self.teacher.scores[self.teacher.score_steps >= 0]

@@ -2,6 +2,7 @@
 reference that finds waste in the data. Without that evidence fit trains full data's shortened
 schedule at the teacher's budget (bitwise the run without a teacher), warns, records why in every
 epoch and never feeds the teacher; with it, or with ``when="always"``, the teacher selects."""
+import math
 import warnings
 
 import pytest
@@ -97,3 +98,51 @@ def test_the_protocol_decides_once_and_plans_the_uniform_epochs():
 def test_when_must_be_known():
     with pytest.raises(ValueError, match="when must be one of \\('evidence', 'always'\\), got 'sometimes'"):
         Teacher(N, epochs=EPOCHS, when="sometimes")
+
+
+def _top(values, m):
+    return torch.sort(torch.topk(values, m).indices).values
+
+
+def test_learnability_ranks_examples_the_learner_has_not_scored_by_a_prior_from_the_reference():
+    """An unseen example's learnability is the learner's typical loss (the mean of its held losses)
+    less the example's reference loss: before any score the hard teacher keeps the lowest reference
+    losses (the static filter's ranking), later unseen and seen examples compete on that footing."""
+    generator = torch.Generator().manual_seed(3)
+    reference = torch.rand(N, generator=generator) * 3
+    teaching = Teaching(Teacher(N, strategy="hard", ratio=0.5, when="always"),
+                        Scorer("learnability", "cross_entropy", reference=reference), num_examples=N)
+    m = N // 2
+    first = teaching.begin_epoch(0, step=0)
+    assert torch.equal(torch.sort(first.order).values, _top(-reference.double(), m))
+    seen = torch.tensor([0, 3, 4, 9, 13])
+    learner = torch.tensor([2.5, 0.1, 3.0, 1.2, 0.4], dtype=torch.float64)
+    teaching.observe(seen, learner - reference[seen].double(), step=4)
+    second = teaching.begin_epoch(1, step=5)
+    values = learner.mean() - reference.double()
+    values[seen] = learner - reference[seen].double()
+    expected = _top(values, m)
+    without_typical = values.clone()
+    without_typical[~torch.isin(torch.arange(N), seen)] -= learner.mean()
+    assert not torch.equal(expected, _top(without_typical, m))  # the typical loss decides this selection
+    assert torch.equal(torch.sort(second.order).values, expected)
+
+
+def test_a_prior_scores_only_the_unscored_and_nan_keeps_them_maximally_informative():
+    teacher = Teacher(6, strategy="hard", ratio=0.5, when="always")
+    teacher.observe(torch.tensor([0, 1, 2]), torch.tensor([5.0, -1.0, 0.0]), step=0)
+    prior = torch.tensor([-9.0, 9.0, 9.0, 1.0, math.nan, -2.0])
+    assert teacher.select(0, prior=prior).indices.tolist() == [0, 3, 4]  # held 5 beats prior 9; NaN taken first
+    assert Teacher(6, strategy="hard", ratio=0.5, when="always").select(0).indices.numel() == 3
+    with pytest.raises(ValueError, match=r"prior must hold one score per example, shape \(6,\), got \(5,\)"):
+        Teacher(6, strategy="hard", ratio=0.5, when="always").select(0, prior=torch.zeros(5))
+
+
+def test_other_scores_keep_unseen_examples_maximally_informative():
+    teaching = Teaching(Teacher(N, strategy="hard", ratio=0.5, when="always"), Scorer("loss", "cross_entropy"),
+                        num_examples=N)
+    teaching.begin_epoch(0, step=0)
+    seen = torch.arange(9)
+    teaching.observe(seen, torch.linspace(5.0, 9.0, 9), step=1)
+    chosen = torch.sort(teaching.begin_epoch(1, step=2).order).values
+    assert set(range(9, N)) <= set(chosen.tolist()) and set(chosen.tolist()) - set(range(9, N)) == {7, 8}

@@ -223,8 +223,8 @@ class _Spy:
         self.selections, self.observed = {}, []
         select = teacher.select
 
-        def spy_select(epoch):
-            self.selections[epoch] = selection = select(epoch)
+        def spy_select(epoch, **options):
+            self.selections[epoch] = selection = select(epoch, **options)
             return selection
 
         teacher.select = spy_select
