@@ -35,12 +35,17 @@ Methods (``--methods``; ``full`` always runs, it is the baseline):
   learner's loss less the task's reference model's), hard, keeping 50% / 25% / 10% of the
   candidates each step (``attent.PoolSelection``; it selects only where the reference finds waste,
   else it runs full data's schedule and says so); ``pool-soft``: the same at 50%, Gumbel-soft.
+- ``teach``, ``teach-hard``: the default teacher (``Teacher(N, epochs=E, budget=b)``: the same
+  share every epoch, ``when="evidence"``) fed learnability from its training steps (stale scores,
+  no candidate forwards; an example the learner has not been scored on takes the prior of
+  :class:`attent.Teaching`: the learner's typical loss less its reference loss), soft (the
+  default) or hard top-k.
 - ``static``: a one-off static filter by the same reference (the half of the pool with the lowest
   reference loss), then full data's shortened schedule on it at the same number of examples.
 - ``holdout``: full data with the reference's clean holdout added to the training set, at the
   same number of examples (the baseline that gets the reference's data).
 
-The methods that read a reference (``pool*``, ``static``) share one reference per seed, trained
+The methods that read a reference (``pool*``, ``teach*``, ``static``) share one reference per seed, trained
 and scored before the runs (``Task.reference``); its seconds are charged to every run that reads
 it (cold: ``saving``) or left out (amortised: ``saving_amortised``). A clean task has no reference:
 ``static`` and ``holdout`` cannot run there, and ``pool`` runs uniform (no evidence of waste).
@@ -143,11 +148,15 @@ METHODS: dict[str, Method] = {
     "pool-10": Method("pooled learnability (hard, keep 10%)", "pool", options={"keep": 0.1}, score="learnability"),
     "pool-soft": Method("pooled learnability (soft, keep 50%)", "pool", options={"keep": 0.5, "strategy": "soft"},
                         score="learnability"),
+    "teach": Method("per-epoch teacher fed learnability (soft: the default teacher with a reference)",
+                    options={"when": "evidence"}, score="learnability"),
+    "teach-hard": Method("per-epoch teacher fed learnability (hard top-k)", options={"when": "evidence", "strategy": "hard"},
+                         score="learnability"),
     STATIC: Method("static filter by the reference (keep 50%), uniform", "static", options={"keep": 0.5}, score="loss"),
     HOLDOUT: Method("full data + the reference's holdout", "holdout", score="loss"),
 }
 CLEAN_METHODS = ("full", "default", "loss", "gradnorm", "hard", "importance", "infobatch", "random", "published")
-WASTE_METHODS = ("full", "default", "random", "pool", "pool-25", "static", "holdout")
+WASTE_METHODS = ("full", "default", "random", "pool", "pool-25", "teach", "teach-hard", "static", "holdout")
 EXTRA_VERSIONS = ("timm", "transformers", "scikit-learn", "matplotlib")
 DEFINITIONS = (
     "quality: mean of a run's last three of 20 evaluations evenly spaced over its steps (at 90%, 95%, 100%); "

@@ -87,6 +87,31 @@ VARIANTS: dict[str, Method] = {
 }
 
 
+def merged_task(kept: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """A task's record with the variants just run (``fresh``) in place of the same variants of the
+    ``kept`` one, its other variants' runs kept. Full data's runs must come out bit-identical in
+    both (same seeds and budgets, same quality): otherwise the two runs are not paired and the
+    merge is refused. The merged task lists every command that measured it (``argv``, oldest
+    first) and the variants each re-measured (``merged``)."""
+    def full_runs(task: dict[str, Any]) -> dict[tuple[float, int], float]:
+        return {(p["budget"], p["seed"]): p["quality"] for p in task["points"] if p["method"] == "full"}
+
+    old_full, new_full = full_runs(kept), full_runs(fresh)
+    differs = sorted(key for key in old_full.keys() & new_full.keys() if old_full[key] != new_full[key])
+    if not new_full or not old_full.keys() >= new_full.keys() or differs:
+        raise SystemExit(f"--merge: full data's runs differ from the record's (budget, seed) "
+                         f"{differs or sorted(new_full.keys() - old_full.keys())}: the runs are not paired; re-run the task "
+                         f"whole")
+    rerun = {p["method"] for p in fresh["points"]} - {"full"}
+    points = [p for p in kept["points"] if p["method"] not in rerun]
+    points += [p for p in fresh["points"] if p["method"] in rerun]
+    infeasible = {key: why for key, why in kept.get("infeasible", {}).items() if key.split("@")[0] not in rerun}
+    argvs = kept["argv"] if kept.get("argv") and isinstance(kept["argv"][0], list) else [kept.get("argv")]
+    return {**kept, "points": points, "infeasible": {**infeasible, **fresh["infeasible"]},
+            "argv": [*argvs, fresh["argv"]], "date": fresh["date"],
+            "merged": [*kept.get("merged", []), {"date": fresh["date"], "variants": sorted(rerun)}]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--merge", action="store_true",
+                        help="re-run only these variants of a task the record holds: keep its other variants' runs, "
+                             "after checking that full data's runs come out bit-identical (same seeds, same code path)")
     record_info.add_output_options(parser)
     argv = list(argv) if argv is not None else sys.argv[1:]
     args = parser.parse_args(argv)
@@ -113,10 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variants": {name: VARIANTS[name].describe() for name in variants}, "tasks": {},
     }
     out = args.json or record_info.output_dir(args) / "teacher_study.json"
+    kept_tasks: dict[str, Any] = {}
     if out.exists():
         kept = json.loads(out.read_text())
-        for task_name, task_record in kept.get("tasks", {}).items():
-            if task_name not in tasks:
+        kept_tasks = kept.get("tasks", {})
+        for task_name, task_record in kept_tasks.items():
+            if task_name not in tasks or args.merge:
                 task_record.setdefault("argv", kept.get("argv"))
                 task_record.setdefault("date", kept.get("date"))
                 record["tasks"][task_name] = task_record
@@ -142,14 +172,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"[{name}] seed {seed} budget {budget}: {variant} {points[-1].quality:.4f} "
                           f"({points[-1].examples} examples, {points[-1].wall_time:.1f} s)", flush=True)
         higher = task.higher_is_better
-        readings = {str(b): {v: {"vs_full": equal_budget(points, method=v, baseline="full", budget=b, higher_is_better=higher),
-                                 "vs_random": equal_budget(points, method=v, baseline="random-each", budget=b,
+        entry = {"argv": argv, "date": record["date"], "metric": task.metric, "higher_is_better": higher,
+                 "epochs": task.defaults.epochs, "train_examples": len(task.train), "points": [p.as_dict() for p in points],
+                 "infeasible": infeasible}
+        if args.merge and name in kept_tasks:
+            entry = merged_task(kept_tasks[name], entry)
+        shown = list(dict.fromkeys(p["method"] for p in entry["points"]))
+        shown_budgets = sorted({p["budget"] for p in entry["points"]})
+        runs = [Point(**p) for p in entry["points"]]
+        readings = {str(b): {v: {"vs_full": equal_budget(runs, method=v, baseline="full", budget=b, higher_is_better=higher),
+                                 "vs_random": equal_budget(runs, method=v, baseline="random-each", budget=b,
                                                            higher_is_better=higher)}
-                             for v in variants} for b in budgets}
-        record["tasks"][name] = {"argv": argv, "date": record["date"], "metric": task.metric, "higher_is_better": higher, "epochs": task.defaults.epochs,
-                                 "train_examples": len(task.train), "points": [p.as_dict() for p in points],
-                                 "infeasible": infeasible,
-                                 "advantage": readings}
+                             for v in shown} for b in shown_budgets}
+        record["tasks"][name] = {**entry, "advantage": readings}
         def cell(stat: dict) -> str:
             return "-" if stat["n"] == 0 else f"{stat['mean']:+.4f} ± {stat['std']:.4f}"
 

@@ -188,3 +188,30 @@ def test_the_study_runs_the_waste_variants_with_one_reference_per_seed(tmp_path)
     task = json.loads(out.read_text())["tasks"]["digits_noisy"]
     assert task["infeasible"] == {}
     assert sorted(p["method"] for p in task["points"]) == sorted(["full", *variants])
+
+
+def test_the_study_merges_re_run_variants_into_a_task_only_when_full_data_comes_out_bit_identical(tmp_path):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO))
+        study = importlib.import_module("bench.e2e.study")
+    out = tmp_path / "study.json"
+    base = ["--tasks", "digits_noisy", "--quick", "--seeds", "2", "--budgets", "0.5", "--json", str(out)]
+    assert study.main([*base, "--variants", "random-each,learn-each"]) == 0
+    first = json.loads(out.read_text())["tasks"]["digits_noisy"]
+    assert study.main([*base, "--variants", "learn-hard-each,random-each", "--merge"]) == 0
+    merged = json.loads(out.read_text())["tasks"]["digits_noisy"]
+    kept = [p for p in first["points"] if p["method"] == "learn-each"]
+    assert [p for p in merged["points"] if p["method"] == "learn-each"] == kept and len(kept) == 2
+    assert sorted(p["method"] for p in merged["points"]) == sorted(["full", "random-each", "learn-each",
+                                                                    "learn-hard-each"] * 2)
+    assert set(merged["advantage"]["0.5"]) == {"full", "random-each", "learn-each", "learn-hard-each"}
+    assert merged["advantage"]["0.5"]["learn-each"] == first["advantage"]["0.5"]["learn-each"]
+    assert merged["argv"][0] == first["argv"] and "--merge" in merged["argv"][1]
+    assert merged["merged"][0]["variants"] == ["learn-hard-each", "random-each"]
+    record = json.loads(out.read_text())
+    for point in record["tasks"]["digits_noisy"]["points"]:
+        if point["method"] == "full" and point["seed"] == 1:
+            point["quality"] += 1e-9
+    out.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"full data's runs differ .*\(0.5, 1\).*not paired"):
+        study.main([*base, "--variants", "learn-each", "--merge"])
