@@ -53,8 +53,9 @@ def _run(out_dir, strategy="soft", **overrides):
 def _same_run(model, teacher, result, other_model, other_teacher, other_result):
     for (name, p), q in zip(model.named_parameters(), other_model.parameters()):
         assert torch.equal(p, q), name
-    for field in ("scores", "score_steps"):
-        assert torch.equal(teacher.state_dict()[field], other_teacher.state_dict()[field]), field
+    for field in ("scores", "score_steps"):  # bit-exact, NaN (never scored) where NaN
+        torch.testing.assert_close(teacher.state_dict()[field], other_teacher.state_dict()[field], rtol=0, atol=0,
+                                   equal_nan=True, msg=field)
     assert result.steps == other_result.steps
     assert [s["selected"] for s in result.selections] == [s["selected"] for s in other_result.selections]
 
@@ -297,3 +298,35 @@ def test_the_trust_option_is_a_checked_bool():
     with pytest.raises(ValueError, match="trust_checkpoint must be true or false"):
         fit(_model(), _data(), loss="cross_entropy", optimizer=torch.optim.SGD(_model().parameters(), lr=0.1), epochs=1,
             trust_checkpoint="yes")
+
+
+def test_a_learnability_teacher_resumes_bit_exactly_its_prior_rebuilt_from_the_held_scores(tmp_path, monkeypatch):
+    """No warm-up, so every selection ranks unseen examples by the learnability prior; stopped
+    inside the second epoch (step 7 of 5-step epochs) and resumed: the same run, and the same prior
+    handed to the teacher at the resumed run's selection as at the uninterrupted run's."""
+    reference = torch.rand(N_EXAMPLES, generator=torch.Generator().manual_seed(8)) * 2
+    priors = []
+    select = Teacher.select
+
+    def recording_select(self, epoch, **options):
+        priors.append((epoch, options.get("prior")))
+        return select(self, epoch, **options)
+
+    monkeypatch.setattr(Teacher, "select", recording_select)
+
+    def run(out_dir, **overrides):
+        model = _model()
+        teacher = Teacher(N_EXAMPLES, when="always", strategy="hard", ratio=0.5, epochs=3, seed=2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+        result = fit(model, _data(), loss="cross_entropy", optimizer=optimizer, teacher=teacher, score="learnability",
+                     reference=reference, epochs=3, batch_size=4, seed=1, progress=False, out_dir=out_dir, **overrides)
+        return model, teacher, result
+
+    full = run(tmp_path / "full")
+    uninterrupted = {epoch: prior for epoch, prior in priors if prior is not None}
+    assert set(uninterrupted) == {0, 1, 2} and full[1].stats["unscored"] > 0
+    run(tmp_path / "split", max_steps=7)
+    priors.clear()
+    _same_run(*run(tmp_path / "split", resume_from=tmp_path / "split"), *full)
+    resumed = {epoch: prior for epoch, prior in priors if prior is not None}
+    assert 2 in resumed and all(torch.equal(prior, uninterrupted[epoch]) for epoch, prior in resumed.items())
