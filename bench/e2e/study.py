@@ -145,13 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists():
         kept = json.loads(out.read_text())
         kept_tasks = kept.get("tasks", {})
+        record.update({key: value for key, value in kept.items() if key not in record})  # e.g. a hand-written note
         for task_name, task_record in kept_tasks.items():
             if task_name not in tasks or args.merge:
                 task_record.setdefault("argv", kept.get("argv"))
                 task_record.setdefault("date", kept.get("date"))
                 record["tasks"][task_name] = task_record
-                record["variants"].update({v: VARIANTS[v].describe() if v in VARIANTS else d
-                                           for v, d in kept.get("variants", {}).items() if v not in record["variants"]})
+                known = {v: VARIANTS[v].describe() if v in VARIANTS else d for v, d in kept.get("variants", {}).items()}
+                record["variants"] = {**known, **record["variants"]}  # the record's order first, then new variants
     for name in tasks:
         points: list[Point] = []
         infeasible: dict[str, str] = {}
