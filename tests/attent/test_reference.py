@@ -272,3 +272,20 @@ def test_learnability_with_a_per_draw_reference_is_the_learner_loss_less_the_ref
 def test_per_draw_must_be_a_bool():
     with pytest.raises(ValueError, match="per_draw must be True or False, got 'yes'"):
         Reference.fit(_factory, _data(20, 0), loss="cross_entropy", per_draw="yes")
+
+
+def test_a_per_draw_reference_in_fit_counts_each_drawn_example_once_inside_the_selection_time():
+    """fit with a per-epoch teacher fed learnability and a scoring pass every cycle: the real
+    per-draw reference runs on every trained and every re-scored example once, and its seconds
+    lie inside the run's selection time."""
+    from attent import Teacher, fit
+
+    ref = _per_draw_reference(30)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    teacher = Teacher(30, when="always", ratio=0.5, epochs=3, refresh="cycle", warmup_epochs=1, seed=0)
+    result = fit(model, ref.train, loss="cross_entropy", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                 teacher=teacher, score="learnability", reference=ref, epochs=3, batch_size=4, progress=False)
+    assert result.examples_scored > 0 and result.examples_seen > 0
+    assert ref.drawn_examples == result.examples_seen + result.examples_scored
+    assert 0 < ref.draw_time <= result.selection_time
