@@ -111,7 +111,7 @@ from ._teacher_state import COUNTERS, STATE_VERSION, Selection, checked_state, s
 from .schedules import EpochPlan, IntervalSchedule, RatioSchedule, ScaledRatio, TeachingPlan, check_count, check_fraction
 from .strategies import DEFAULT_RATIO, Hard, PlanRequest, ScoreView, Strategy, fraction_count, strategy_from
 
-__all__ = ["Selection", "Teacher", "TeacherSampler", "SELECTION_WHEN", "selection_decision"]
+__all__ = ["Selection", "Teacher", "TeacherSampler", "SELECTION_WHEN", "learnability_prior", "selection_decision"]
 
 
 # When a driver lets a teacher or a pooled selection select (``when=``): see :class:`Teacher`.
@@ -584,7 +584,7 @@ class Teacher:
             return torch.ones(index.numel(), dtype=torch.float32, device=device)
         return self._active_weights[index].to(device)
 
-    def sampler(self, data: Any = None, *, shuffle: bool = True) -> "TeacherSampler":
+    def sampler(self, data: Any = None, *, shuffle: bool = True, reference: Any = None) -> "TeacherSampler":
         """A ``torch.utils.data.Sampler`` over the selected example indices (see ``TeacherSampler``).
 
         data: the map-style dataset the DataLoader reads, ``attent.IndexedDataset(ds)``. Checked
@@ -592,6 +592,9 @@ class Teacher:
         the loader would ask for items that do not exist), and its first and last items are
         ``(index, item)`` pairs (a loader over the bare dataset yields ``(x, y)``, and the loop's
         ``idx`` would be a batch of inputs). Omitted: nothing can be checked, and a warning says so.
+        reference: for a loop that observes learnability (the learner's losses less these): an
+            :class:`attent.Reference` or its (N,) reference losses; each selection then ranks the
+            examples not yet scored by :func:`learnability_prior`, as ``fit`` does.
         """
         if data is None:
             warnings.warn("teacher.sampler() without the loader's dataset cannot check that it has num_examples="
@@ -599,7 +602,10 @@ class Teacher:
                           "with data = attent.IndexedDataset(ds)", UserWarning, stacklevel=2)
         else:
             self._check_loader_data(data)
-        return TeacherSampler(self, shuffle=shuffle)
+        losses = None if reference is None else getattr(reference, "losses", reference)
+        if losses is not None:
+            learnability_prior(self, losses)  # checked here, where the loop is built
+        return TeacherSampler(self, shuffle=shuffle, reference_losses=losses)
 
     def _check_loader_data(self, data: Any) -> None:
         if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
@@ -692,6 +698,28 @@ class Teacher:
                 f"budget={self.budget}, seed={self.seed}, when={self.when!r}, plan={self.plan!r})")
 
 
+def learnability_prior(teacher: Teacher, reference_losses: torch.Tensor) -> torch.Tensor:
+    """(N,) float64: the learnability assumed for an example the learner has not been scored on,
+    the learner's typical loss less the example's reference loss, for ``Teacher.select(prior=)``.
+
+    The typical loss is the mean of the learner losses the teacher holds (each example's
+    learnability score plus its reference loss; NaN/inf ones left out), 0 before any: the first
+    selection then ranks by the reference alone (the static filter's order), later ones put unseen
+    and seen examples on one footing (both stale by as much) instead of taking every unseen
+    example, mislabelled ones included, first. ``reference_losses``: (N,) the losses the scores
+    were computed against. Read from the teacher's state only, so a resumed run gets the same.
+    """
+    reference = torch.as_tensor(reference_losses).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    if reference.numel() != teacher.num_examples:
+        raise ValueError(f"reference losses must hold one loss per example, ({teacher.num_examples},), got "
+                         f"{tuple(torch.as_tensor(reference_losses).shape)}")
+    held = teacher.score_steps >= 0
+    learner = teacher.scores[held] + reference[held]
+    learner = learner[torch.isfinite(learner)]
+    typical = learner.mean() if learner.numel() else torch.zeros((), dtype=torch.float64)
+    return typical - reference
+
+
 class TeacherSampler(Sampler[int]):
     """Yields the example indices of one epoch's selection, shuffled, and under
     ``torch.distributed`` this rank's shard of them (:meth:`Teacher.epoch_order`).
@@ -704,10 +732,16 @@ class TeacherSampler(Sampler[int]):
     open-ended). Both call ``select``: observe the ``refresh_indices(epoch)`` scores first.
     """
 
-    def __init__(self, teacher: Teacher, *, shuffle: bool = True):
+    def __init__(self, teacher: Teacher, *, shuffle: bool = True, reference_losses: torch.Tensor | None = None):
         self.teacher = teacher
         self.shuffle = shuffle
+        self.reference_losses = reference_losses
         self.epoch = 0
+
+    def _select(self, epoch: int) -> Selection:
+        if self.reference_losses is None:
+            return self.teacher.select(epoch)
+        return self.teacher.select(epoch, prior=learnability_prior(self.teacher, self.reference_losses))
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next pass yields."""
@@ -722,6 +756,7 @@ class TeacherSampler(Sampler[int]):
             raise ValueError(f"the loop starts epoch {self.epoch} (0-based) but the teacher plans {epochs} epochs; build "
                              f"it with epochs= the loop's length, or epochs=None for an open-ended teacher")
         epoch = self.epoch
+        self._select(epoch)  # the selection epoch_order reads: made here, with the prior where there is one
         yield from self.teacher.epoch_order(epoch, shuffle=self.shuffle).tolist()
         if self.epoch == epoch:
             self.epoch = epoch + 1
@@ -730,4 +765,4 @@ class TeacherSampler(Sampler[int]):
         if self._finished():
             return 0
         _, world = _distributed.rank_and_world_size()
-        return math.ceil(len(self.teacher.select(self.epoch)) / world)
+        return math.ceil(len(self._select(self.epoch)) / world)

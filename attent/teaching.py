@@ -54,7 +54,7 @@ from torch import nn
 from . import _distributed
 from .schedules import budget_sizes
 from .scores import Batches, Scorer
-from .teacher import Teacher, selection_decision
+from .teacher import Teacher, learnability_prior, selection_decision
 
 __all__ = ["EpochStart", "Teaching", "HISTOGRAM_BINS"]
 
@@ -185,21 +185,11 @@ class Teaching:
         return EpochStart(teacher.epoch_order(epoch, shard=shard), record)
 
     def _learnability_prior(self) -> torch.Tensor | None:
-        """For ``"learnability"``: the score assumed for an example the learner has not been scored
-        on, its typical loss (the mean of the learner losses the teacher holds, each its score plus
-        the example's reference loss; 0 before any) less the example's reference loss. Before the
-        first score this ranks the pool as the static filter does (lowest reference loss first);
-        later an unseen example competes with the seen ones on the same footing (both stale by as
-        much), instead of counting as maximally informative (which takes every unseen example,
-        mislabelled ones included, before learnability steers). None for other kinds."""
+        """For ``"learnability"``: :func:`attent.teacher.learnability_prior` of the scorer's
+        reference losses (the module docstring); None for other kinds."""
         if self.scorer.kind != "learnability":
             return None
-        reference = self.scorer.reference_losses.to(torch.float64)
-        held = self.teacher.score_steps >= 0
-        learner = self.teacher.scores[held] + reference[held]
-        learner = learner[torch.isfinite(learner)]
-        typical = learner.mean() if learner.numel() else torch.zeros((), dtype=torch.float64)
-        return typical - reference
+        return learnability_prior(self.teacher, self.scorer.reference_losses)
 
     def _histogram(self) -> dict[str, list[float]]:
         held = self.teacher.scores[self.teacher.score_steps >= 0]

@@ -146,3 +146,32 @@ def test_other_scores_keep_unseen_examples_maximally_informative():
     teaching.observe(seen, torch.linspace(5.0, 9.0, 9), step=1)
     chosen = torch.sort(teaching.begin_epoch(1, step=2).order).values
     assert set(range(9, N)) <= set(chosen.tolist()) and set(chosen.tolist()) - set(range(9, N)) == {7, 8}
+
+
+def test_a_plain_loops_sampler_given_the_reference_ranks_unseen_examples_by_the_same_prior():
+    """teacher.sampler(data, reference=): the loader's length (asked first, as a DataLoader does)
+    and its order both come from the selection with the prior; the next epoch's after observing
+    learnability scores is the hand-computed one; a reference of the wrong length is refused."""
+    from torch.utils.data import DataLoader
+
+    from attent import IndexedDataset
+    from attent.teacher import learnability_prior
+
+    generator = torch.Generator().manual_seed(4)
+    reference = torch.rand(N, generator=generator) * 3
+    data = IndexedDataset(TensorDataset(torch.randn(N, 4, generator=generator), torch.zeros(N, dtype=torch.long)))
+    teacher = Teacher(N, strategy="hard", ratio=0.5, when="always", epochs=2)
+    sampler = teacher.sampler(data, reference=reference)
+    loader = DataLoader(data, batch_size=3, sampler=sampler)
+    assert len(sampler) == N // 2
+    first = torch.cat([idx for idx, _ in loader])
+    assert torch.equal(torch.sort(first).values, _top(-reference.double(), N // 2))
+    learner = torch.linspace(0.2, 2.8, first.numel(), dtype=torch.float64)
+    teacher.observe(first, learner - reference[first].double(), step=0)
+    values = learnability_prior(teacher, reference)
+    torch.testing.assert_close(values, learner.mean() - reference.double())
+    values[first] = learner - reference[first].double()
+    second = torch.cat([idx for idx, _ in loader])
+    assert torch.equal(torch.sort(second).values, _top(values, N // 2))
+    with pytest.raises(ValueError, match=rf"reference losses must hold one loss per example, \({N},\), got \(5,\)"):
+        Teacher(N, when="always", epochs=2).sampler(data, reference=torch.zeros(5))
