@@ -189,7 +189,9 @@ class Reference:
         if self.objective is None:
             raise ValueError("draw_losses needs the reference's objective; build the Reference with Reference.fit")
         start = time.perf_counter()
-        first = _first_tensor(inputs) if _first_tensor(inputs) is not None else _first_tensor(targets)
+        first = _first_tensor(inputs)
+        if first is None:
+            first = _first_tensor(targets)
         if first is None or first.dim() == 0:
             raise ValueError("draw_losses needs a batch: inputs or targets holding a tensor with the examples along "
                              "dimension 0")
